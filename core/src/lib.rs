@@ -1,0 +1,15 @@
+//! Domain types shared by every daskrs component: task specs, graphs and their
+//! validation, task states, the built-in task kinds' arguments, byte sizes.
+//!
+//! This crate does no I/O and links neither tonic nor kube: it is what the
+//! scheduler's state machine, the workers and the client agree on.
+
+pub mod bytesize;
+pub mod graph;
+pub mod json;
+pub mod kinds;
+pub mod state;
+
+pub use bytesize::ByteSize;
+pub use graph::{GraphError, TaskSpec, ValidGraph, validate};
+pub use state::TaskState;

@@ -1,0 +1,88 @@
+//! Every gRPC channel and server is built here, so message limits, keepalives
+//! and timeouts are set once.
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint, Server};
+
+/// Largest single message. Bulk data moves as streams of [`crate::chunks::CHUNK_SIZE`]
+/// chunks, so only a huge graph submission comes near this.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid address {address:?}: {source}")]
+pub struct AddressError {
+    address: String,
+    source: tonic::transport::Error,
+}
+
+/// An endpoint for `host:port` or a full `http://` URL.
+pub fn endpoint(address: &str) -> Result<Endpoint, AddressError> {
+    let uri = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    Endpoint::from_shared(uri)
+        .map(|e| {
+            e.connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
+                .http2_adaptive_window(true)
+        })
+        .map_err(|source| AddressError {
+            address: address.to_string(),
+            source,
+        })
+}
+
+/// Connects now, failing after [`CONNECT_TIMEOUT`].
+pub async fn connect(address: &str) -> Result<Channel, ConnectError> {
+    let ep = endpoint(address).map_err(ConnectError::Address)?;
+    ep.connect()
+        .await
+        .map_err(|source| ConnectError::Unreachable {
+            address: address.to_string(),
+            source,
+        })
+}
+
+/// A channel that connects on first use and reconnects after failures.
+pub fn connect_lazy(address: &str) -> Result<Channel, AddressError> {
+    Ok(endpoint(address)?.connect_lazy())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Address(AddressError),
+    #[error("cannot reach {address}: {source}")]
+    Unreachable {
+        address: String,
+        source: tonic::transport::Error,
+    },
+}
+
+/// A server with the same limits as the channels.
+pub fn server() -> Server {
+    Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_adaptive_window(Some(true))
+}
+
+/// Applies the message limits to a generated client or server.
+#[macro_export]
+macro_rules! limits {
+    ($svc:expr) => {
+        $svc.max_decoding_message_size($crate::net::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size($crate::net::MAX_MESSAGE_BYTES)
+    };
+}

@@ -1,0 +1,545 @@
+//! The scheduler's state machine: plain synchronous Rust, driven by events
+//! (a graph submitted, a task finished, a worker lost, a clock tick) and
+//! answering with messages collected in an outbox that the services send
+//! after the transition, in batches.
+//!
+//! Task states follow Dask's: released -> waiting -> queued -> processing ->
+//! memory | erred, and forgotten when the graph is released. A result is
+//! dropped from every worker as soon as `refs` (unfinished dependents, plus
+//! the client while it wants the result) reaches zero.
+
+mod graph;
+mod placement;
+mod retire;
+mod task;
+#[cfg(test)]
+mod tests;
+mod worker;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use daskrs_core::TaskState;
+
+pub use graph::{Graph, LocateError, OutputInfo, Submission};
+pub use placement::Registration;
+pub use task::{GraphId, Priority, Task, TaskId, WorkerId};
+pub use worker::{WorkerState, WorkerStatus};
+
+/// Expected run time of a task kind never seen before, as Dask assumes.
+const DEFAULT_ESTIMATE: f64 = 0.5;
+/// A worker whose threads are busy still gets new tasks while its queued work
+/// is expected to take less than this per thread: short tasks are pipelined
+/// so a worker never waits a round trip for its next task.
+const PIPELINE_SECONDS: f64 = 0.005;
+/// The most tasks a worker holds per thread, however short they are.
+const MAX_WINDOW_PER_THREAD: usize = 512;
+/// A worker that dies this many times while running a task fails the task.
+pub const MAX_SUSPICIOUS: u32 = 3;
+/// Tasks expected to run shorter than this are not worth stealing.
+const MIN_STEAL_SECONDS: f64 = 0.005;
+
+/// A message the state machine wants sent to a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToWorker {
+    Compute(Compute),
+    Free(TaskId),
+    Steal(TaskId),
+    FetchReplica {
+        task: TaskId,
+        addresses: Vec<String>,
+    },
+    Close {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compute {
+    pub task: TaskId,
+    pub key: Arc<str>,
+    pub kind: Arc<str>,
+    pub payload: bytes::Bytes,
+    pub inputs: Vec<TaskId>,
+    /// Where each distinct input the worker lacks is held: (task, addresses, bytes).
+    pub locations: Vec<(TaskId, Vec<String>, u64)>,
+    pub priority: i64,
+}
+
+/// A message the state machine wants sent to the client running a graph.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GraphEvent {
+    Progress {
+        total: u64,
+        done: u64,
+        processing: u64,
+        erred: u64,
+    },
+    Finished {
+        outputs: Vec<OutputInfo>,
+    },
+    Failed {
+        key: String,
+        worker: String,
+        error: String,
+        lost_outputs: Vec<String>,
+    },
+}
+
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pub to_workers: Vec<(WorkerId, ToWorker)>,
+    pub to_clients: Vec<(GraphId, GraphEvent)>,
+    /// Workers removed by the state machine, whose streams should close.
+    pub closed_workers: Vec<WorkerId>,
+}
+
+impl Outbox {
+    pub fn is_empty(&self) -> bool {
+        self.to_workers.is_empty() && self.to_clients.is_empty() && self.closed_workers.is_empty()
+    }
+}
+
+/// Settings of the state machine.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    /// A worker silent for this long is removed.
+    pub worker_ttl: Duration,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            worker_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Figures the state machine keeps for metrics.
+#[derive(Debug, Default, Clone)]
+pub struct Totals {
+    pub tasks_finished: u64,
+    pub tasks_erred: u64,
+    pub transfer_bytes: u64,
+    pub workers_lost: u64,
+    pub tasks_recomputed: u64,
+    pub steals: u64,
+}
+
+#[derive(Debug)]
+pub struct State {
+    pub config: StateConfig,
+    pub tasks: HashMap<TaskId, Task>,
+    pub graphs: HashMap<GraphId, Graph>,
+    pub workers: HashMap<WorkerId, WorkerState>,
+    /// Tasks ready to run, best first. Entries whose task left the queued
+    /// state are skipped when they surface.
+    queue: BinaryHeap<Reverse<(Priority, TaskId)>>,
+    /// Tasks with a steal request out; stale entries are dropped lazily.
+    stealing: Vec<TaskId>,
+    counts: [u64; TaskState::ALL.len()],
+    estimates: HashMap<Arc<str>, f64>,
+    next_task: TaskId,
+    next_graph: GraphId,
+    next_worker: WorkerId,
+    pub totals: Totals,
+    pub outbox: Outbox,
+}
+
+impl State {
+    pub fn new(config: StateConfig) -> Self {
+        State {
+            config,
+            tasks: HashMap::new(),
+            graphs: HashMap::new(),
+            workers: HashMap::new(),
+            queue: BinaryHeap::new(),
+            stealing: Vec::new(),
+            counts: [0; TaskState::ALL.len()],
+            estimates: HashMap::new(),
+            next_task: 1,
+            next_graph: 1,
+            next_worker: 1,
+            totals: Totals::default(),
+            outbox: Outbox::default(),
+        }
+    }
+
+    /// Takes the messages produced since the last call.
+    pub fn take_outbox(&mut self) -> Outbox {
+        std::mem::take(&mut self.outbox)
+    }
+
+    pub fn count(&self, state: TaskState) -> u64 {
+        self.counts[state as usize]
+    }
+
+    pub fn bytes_held(&self) -> u64 {
+        self.workers.values().map(|w| w.nbytes).sum()
+    }
+
+    fn set_state(&mut self, id: TaskId, new: TaskState) {
+        let t = self.tasks.get_mut(&id).expect("set_state on a known task");
+        let old = t.state;
+        t.state = new;
+        self.counts[old as usize] -= 1;
+        self.counts[new as usize] += 1;
+        if let Some(g) = self.graphs.get_mut(&t.graph) {
+            g.counts[old as usize] -= 1;
+            g.counts[new as usize] += 1;
+            g.dirty = true;
+        }
+    }
+
+    fn estimate(&self, kind: &str) -> f64 {
+        self.estimates
+            .get(kind)
+            .copied()
+            .unwrap_or(DEFAULT_ESTIMATE)
+    }
+
+    fn enqueue(&mut self, id: TaskId) {
+        self.set_state(id, TaskState::Queued);
+        let t = &self.tasks[&id];
+        self.queue.push(Reverse((t.priority, id)));
+    }
+
+    /// Makes sure `root` will be computed: when it has no result and is not
+    /// on its way, it waits for its dependencies, computing again those whose
+    /// results were dropped or lost.
+    fn need(&mut self, root: TaskId) {
+        let mut stack = vec![root];
+        while let Some(id) = stack.pop() {
+            let Some(t) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            if t.state != TaskState::Released {
+                continue;
+            }
+            if t.done {
+                // Computed before, but the result is gone: its dependencies
+                // are needed again until it finishes once more.
+                t.done = false;
+                let graph = t.graph;
+                let deps = t.deps.clone();
+                for d in &deps {
+                    if let Some(dt) = self.tasks.get_mut(d) {
+                        dt.refs += 1;
+                    }
+                }
+                self.totals.tasks_recomputed += 1;
+                if let Some(g) = self.graphs.get_mut(&graph) {
+                    g.n_done -= 1;
+                }
+            }
+            let t = &self.tasks[&id];
+            let missing: Vec<TaskId> = t
+                .deps
+                .iter()
+                .copied()
+                .filter(|d| self.tasks.get(d).is_some_and(|dt| !dt.in_memory()))
+                .collect();
+            let n_missing = missing.len() as u32;
+            self.tasks.get_mut(&id).expect("task exists").waiting_on = n_missing;
+            if n_missing == 0 {
+                self.enqueue(id);
+            } else {
+                self.set_state(id, TaskState::Waiting);
+                stack.extend(missing);
+            }
+        }
+    }
+
+    /// Drops a result nobody needs any more from every worker holding it.
+    fn release_result(&mut self, id: TaskId) {
+        let t = self.tasks.get_mut(&id).expect("release of a known task");
+        if t.state != TaskState::Memory {
+            return;
+        }
+        let holders = std::mem::take(&mut t.who_has);
+        let nbytes = t.nbytes;
+        for w in holders {
+            if let Some(ws) = self.workers.get_mut(&w) {
+                ws.has_what.remove(&id);
+                ws.nbytes -= nbytes;
+            }
+            self.outbox.to_workers.push((w, ToWorker::Free(id)));
+        }
+        self.set_state(id, TaskState::Released);
+    }
+
+    /// A worker finished a task it was given.
+    pub fn task_finished(
+        &mut self,
+        worker: WorkerId,
+        id: TaskId,
+        nbytes: u64,
+        format: i32,
+        duration: f64,
+        transfer_bytes: u64,
+    ) {
+        if !self.take_from_processing(worker, id) {
+            // Cancelled, stolen or forgotten meanwhile: the worker must not keep it.
+            self.outbox.to_workers.push((worker, ToWorker::Free(id)));
+            return;
+        }
+        self.totals.tasks_finished += 1;
+        self.totals.transfer_bytes += transfer_bytes;
+        let t = self.tasks.get_mut(&id).expect("processing task exists");
+        t.who_has.push(worker);
+        t.nbytes = nbytes;
+        t.format = format;
+        t.done = true;
+        t.suspicious = 0;
+        let kind = t.kind.clone();
+        let graph = t.graph;
+        let wanted = t.wanted;
+        let refs = t.refs;
+        let deps = t.deps.clone();
+        let dependents = t.dependents.clone();
+        self.set_state(id, TaskState::Memory);
+        let est = self.estimates.entry(kind).or_insert(duration);
+        *est = 0.8 * *est + 0.2 * duration;
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.has_what.insert(id);
+            w.nbytes += nbytes;
+        }
+        for d in dependents {
+            let dt = self.tasks.get_mut(&d).expect("dependent exists");
+            if dt.state == TaskState::Waiting {
+                dt.waiting_on -= 1;
+                if dt.waiting_on == 0 {
+                    self.enqueue(d);
+                }
+            }
+        }
+        for d in deps {
+            let dt = self.tasks.get_mut(&d).expect("dependency exists");
+            dt.refs -= 1;
+            if dt.refs == 0 {
+                self.release_result(d);
+            }
+        }
+        if let Some(g) = self.graphs.get_mut(&graph) {
+            g.n_done += 1;
+            if wanted {
+                g.outputs_ready += 1;
+            }
+        }
+        if refs == 0 {
+            self.release_result(id);
+        }
+        self.check_finished(graph);
+        self.schedule();
+    }
+
+    /// Removes a task from its worker's processing set; false when the task
+    /// is not processing there.
+    fn take_from_processing(&mut self, worker: WorkerId, id: TaskId) -> bool {
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return false;
+        };
+        if t.state != TaskState::Processing || t.processing_on != Some(worker) {
+            return false;
+        }
+        t.processing_on = None;
+        t.steal_pending = false;
+        let est = t.estimate;
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.processing.remove(&id);
+            w.occupancy = (w.occupancy - est).max(0.0);
+        }
+        true
+    }
+
+    /// A worker reports that a task failed, or that inputs it needed could not be fetched.
+    pub fn task_erred(
+        &mut self,
+        worker: WorkerId,
+        id: TaskId,
+        error: String,
+        missing: Vec<TaskId>,
+    ) {
+        if !self.take_from_processing(worker, id) {
+            return;
+        }
+        if !missing.is_empty() {
+            // The inputs are gone from where we said they were: forget those
+            // copies and compute what is needed again. Not the task's fault.
+            for m in missing {
+                self.forget_copies(m);
+            }
+            self.set_state(id, TaskState::Released);
+            self.need(id);
+        } else if self.tasks[&id].retries_left > 0 {
+            let t = self.tasks.get_mut(&id).expect("task exists");
+            t.retries_left -= 1;
+            tracing::info!(task = %t.key, retries_left = t.retries_left, %error, "task failed, retrying");
+            self.enqueue(id);
+        } else {
+            let worker_name = self
+                .workers
+                .get(&worker)
+                .map(|w| w.name.clone())
+                .unwrap_or_default();
+            self.fail_task(id, worker_name, error);
+        }
+        self.schedule();
+    }
+
+    /// The task errs for good: its graph fails with this task's own error.
+    fn fail_task(&mut self, id: TaskId, worker: String, error: String) {
+        self.set_state(id, TaskState::Erred);
+        self.totals.tasks_erred += 1;
+        let t = &self.tasks[&id];
+        let key = t.key.to_string();
+        let graph = t.graph;
+        tracing::warn!(task = %key, %worker, %error, "task erred");
+        let lost_outputs = self.downstream_outputs(id);
+        self.outbox.to_clients.push((
+            graph,
+            GraphEvent::Failed {
+                key,
+                worker,
+                error,
+                lost_outputs,
+            },
+        ));
+        // Nothing downstream can finish: stop the rest of the graph now.
+        self.remove_graph(graph);
+    }
+
+    /// Keys of the outputs that depend on `id`, itself included.
+    fn downstream_outputs(&self, id: TaskId) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![id];
+        let mut out = Vec::new();
+        while let Some(t) = stack.pop() {
+            if !seen.insert(t) {
+                continue;
+            }
+            if let Some(task) = self.tasks.get(&t) {
+                if task.wanted {
+                    out.push(task.key.to_string());
+                }
+                stack.extend(task.dependents.iter().copied());
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Forgets every copy of a result (the holders are told to drop it) and
+    /// computes it again if it is still needed.
+    fn forget_copies(&mut self, id: TaskId) {
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        if t.state != TaskState::Memory {
+            return;
+        }
+        let holders = std::mem::take(&mut t.who_has);
+        let nbytes = t.nbytes;
+        for w in holders {
+            if let Some(ws) = self.workers.get_mut(&w) {
+                ws.has_what.remove(&id);
+                ws.nbytes -= nbytes;
+            }
+            self.outbox.to_workers.push((w, ToWorker::Free(id)));
+        }
+        self.result_lost(id);
+    }
+
+    /// A result has no holder left.
+    fn result_lost(&mut self, id: TaskId) {
+        self.set_state(id, TaskState::Released);
+        let t = &self.tasks[&id];
+        let (graph, wanted, refs) = (t.graph, t.wanted, t.refs);
+        let dependents = t.dependents.clone();
+        if wanted && let Some(g) = self.graphs.get_mut(&graph) {
+            g.outputs_ready -= 1;
+        }
+        for d in dependents {
+            let dt = self.tasks.get_mut(&d).expect("dependent exists");
+            match dt.state {
+                TaskState::Waiting => dt.waiting_on += 1,
+                TaskState::Queued => {
+                    dt.waiting_on = 1;
+                    self.set_state(d, TaskState::Waiting);
+                }
+                _ => {}
+            }
+        }
+        if refs > 0 {
+            self.need(id);
+        }
+    }
+
+    fn check_finished(&mut self, graph: GraphId) {
+        let Some(g) = self.graphs.get_mut(&graph) else {
+            return;
+        };
+        if g.finished || g.outputs_ready < g.outputs.len() {
+            return;
+        }
+        g.finished = true;
+        let outputs = g
+            .outputs
+            .iter()
+            .map(|id| {
+                let t = &self.tasks[id];
+                OutputInfo {
+                    key: t.key.to_string(),
+                    nbytes: t.nbytes,
+                    format: t.format,
+                }
+            })
+            .collect();
+        self.outbox
+            .to_clients
+            .push((graph, GraphEvent::Finished { outputs }));
+    }
+
+    /// Emits progress for graphs that changed since the last call.
+    pub fn report_progress(&mut self) {
+        for g in self.graphs.values_mut() {
+            if !g.dirty {
+                continue;
+            }
+            g.dirty = false;
+            self.outbox.to_clients.push((
+                g.id,
+                GraphEvent::Progress {
+                    total: g.tasks.len() as u64,
+                    done: g.n_done,
+                    processing: g.counts[TaskState::Processing as usize],
+                    erred: g.counts[TaskState::Erred as usize],
+                },
+            ));
+        }
+    }
+
+    /// Periodic work: removes silent workers, moves retirements on, sends progress.
+    pub fn tick(&mut self, now: Instant) {
+        let ttl = self.config.worker_ttl;
+        let silent: Vec<WorkerId> = self
+            .workers
+            .values()
+            .filter(|w| now.saturating_duration_since(w.last_seen) > ttl)
+            .map(|w| w.id)
+            .collect();
+        for w in silent {
+            tracing::warn!(
+                worker = w,
+                ttl_s = ttl.as_secs_f64(),
+                "worker missed its heartbeats"
+            );
+            self.remove_worker(w, "missed heartbeats");
+        }
+        self.advance_retirements();
+        self.report_progress();
+        self.schedule();
+    }
+}

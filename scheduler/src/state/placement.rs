@@ -1,0 +1,326 @@
+//! Worker membership and placement: which worker runs which queued task,
+//! stealing for idle workers, and what happens when a worker is lost.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use daskrs_core::TaskState;
+
+use super::task::{TaskId, WorkerId};
+use super::worker::{WorkerState, WorkerStatus};
+use super::{
+    Compute, MAX_SUSPICIOUS, MAX_WINDOW_PER_THREAD, MIN_STEAL_SECONDS, PIPELINE_SECONDS, State,
+    ToWorker,
+};
+
+/// What a worker says about itself when it registers.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub name: String,
+    pub address: String,
+    pub nthreads: u32,
+    pub memory_limit: u64,
+    pub kinds: Vec<String>,
+}
+
+impl State {
+    pub fn add_worker(&mut self, reg: Registration, now: Instant) -> WorkerId {
+        let id = self.next_worker;
+        self.next_worker += 1;
+        let name = if reg.name.is_empty() {
+            reg.address.clone()
+        } else {
+            reg.name
+        };
+        tracing::info!(worker = id, %name, address = %reg.address, nthreads = reg.nthreads, "worker joined");
+        self.workers.insert(
+            id,
+            WorkerState {
+                id,
+                name,
+                address: reg.address,
+                nthreads: reg.nthreads.max(1),
+                memory_limit: reg.memory_limit,
+                kinds: reg.kinds,
+                status: WorkerStatus::Running,
+                processing: HashSet::new(),
+                occupancy: 0.0,
+                has_what: HashSet::new(),
+                nbytes: 0,
+                last_seen: now,
+                memory_bytes: 0,
+                spilled_bytes: 0,
+                executed: 0,
+            },
+        );
+        self.schedule();
+        id
+    }
+
+    pub fn seen(&mut self, worker: WorkerId, now: Instant) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.last_seen = now;
+        }
+    }
+
+    pub fn heartbeat(
+        &mut self,
+        worker: WorkerId,
+        memory: u64,
+        spilled: u64,
+        paused: bool,
+        executed: u64,
+    ) {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        w.memory_bytes = memory;
+        w.spilled_bytes = spilled;
+        w.executed = executed;
+        let was = w.status;
+        w.status = match (w.status, paused) {
+            (WorkerStatus::Retiring, _) => WorkerStatus::Retiring,
+            (_, true) => WorkerStatus::Paused,
+            (_, false) => WorkerStatus::Running,
+        };
+        if was != w.status {
+            tracing::info!(worker = %w.name, status = w.status.as_str(), memory, "worker status changed");
+            if w.status == WorkerStatus::Running {
+                self.schedule();
+            }
+        }
+    }
+
+    /// Forgets a worker: its running tasks go back to the queue and results
+    /// only it held are computed again where still needed.
+    pub fn remove_worker(&mut self, worker: WorkerId, reason: &str) {
+        let Some(w) = self.workers.remove(&worker) else {
+            return;
+        };
+        tracing::warn!(worker = %w.name, address = %w.address, reason, processing = w.processing.len(), results = w.has_what.len(), "worker removed");
+        if reason != "retired" {
+            self.totals.workers_lost += 1;
+        }
+        self.outbox.closed_workers.push(worker);
+        // Results first, so that re-queued tasks see which inputs are gone.
+        let mut lost = Vec::new();
+        for id in w.has_what {
+            let Some(t) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            t.who_has.retain(|&h| h != worker);
+            if t.who_has.is_empty() && t.state == TaskState::Memory {
+                lost.push(id);
+            }
+        }
+        // Lost results are handled in priority order so recomputation follows the graph's order.
+        lost.sort_by_key(|id| self.tasks[id].priority);
+        for id in lost {
+            self.result_lost(id);
+        }
+        for id in w.processing {
+            let Some(t) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            if t.state != TaskState::Processing || t.processing_on != Some(worker) {
+                continue;
+            }
+            t.processing_on = None;
+            t.steal_pending = false;
+            t.suspicious += 1;
+            if t.suspicious >= MAX_SUSPICIOUS {
+                let error = format!(
+                    "{} workers died while running this task (last: {}, {reason}); it may be what kills them",
+                    t.suspicious, w.name
+                );
+                self.fail_task(id, w.name.clone(), error);
+                continue;
+            }
+            self.set_state(id, TaskState::Released);
+            self.need(id);
+        }
+        self.schedule();
+    }
+
+    fn can_take(w: &WorkerState) -> bool {
+        if !w.accepts_tasks() {
+            return false;
+        }
+        let threads = w.nthreads as usize;
+        let n = w.processing.len();
+        n < threads
+            || (w.occupancy < w.nthreads as f64 * PIPELINE_SECONDS
+                && n < threads * MAX_WINDOW_PER_THREAD)
+    }
+
+    /// The worker to run a task on: fewest input bytes to move, then the
+    /// least occupied per thread.
+    fn pick_worker(&self, id: TaskId) -> Option<WorkerId> {
+        let t = &self.tasks[&id];
+        let mut best: Option<(u64, f64, usize, WorkerId)> = None;
+        for w in self.workers.values() {
+            if !Self::can_take(w) {
+                continue;
+            }
+            let to_move: u64 = t
+                .deps
+                .iter()
+                .map(|d| {
+                    let dt = &self.tasks[d];
+                    if dt.who_has.contains(&w.id) {
+                        0
+                    } else {
+                        dt.nbytes
+                    }
+                })
+                .sum();
+            let load = w.occupancy / w.nthreads as f64;
+            let cand = (to_move, load, w.processing.len(), w.id);
+            let better = match &best {
+                None => true,
+                Some(b) => (cand.0, cand.1, cand.2) < (b.0, b.1, b.2),
+            };
+            if better {
+                best = Some(cand);
+            }
+        }
+        best.map(|b| b.3)
+    }
+
+    /// Hands queued tasks to workers with room, best first.
+    pub fn schedule(&mut self) {
+        while let Some(&std::cmp::Reverse((_, id))) = self.queue.peek() {
+            let live = self
+                .tasks
+                .get(&id)
+                .is_some_and(|t| t.state == TaskState::Queued);
+            if !live {
+                self.queue.pop();
+                continue;
+            }
+            let Some(worker) = self.pick_worker(id) else {
+                break;
+            };
+            self.queue.pop();
+            self.assign(id, worker);
+        }
+        if self.queue.is_empty() {
+            self.steal_for_idle();
+        }
+    }
+
+    fn assign(&mut self, id: TaskId, worker: WorkerId) {
+        let est = {
+            let t = &self.tasks[&id];
+            self.estimate(&t.kind)
+        };
+        self.set_state(id, TaskState::Processing);
+        let t = self.tasks.get_mut(&id).expect("queued task exists");
+        t.processing_on = Some(worker);
+        t.estimate = est;
+        let w = self.workers.get_mut(&worker).expect("picked worker exists");
+        w.processing.insert(id);
+        w.occupancy += est;
+        let t = &self.tasks[&id];
+        let mut locations = Vec::new();
+        for d in &t.deps {
+            let dt = &self.tasks[d];
+            if dt.who_has.contains(&worker) {
+                continue;
+            }
+            let addrs = dt
+                .who_has
+                .iter()
+                .filter_map(|h| self.workers.get(h).map(|w| w.address.clone()))
+                .collect();
+            locations.push((*d, addrs, dt.nbytes));
+        }
+        let compute = Compute {
+            task: id,
+            key: t.key.clone(),
+            kind: t.kind.clone(),
+            payload: t.payload.clone(),
+            inputs: t.inputs.clone(),
+            locations,
+            priority: (t.priority.1 as i64) << 32 | t.priority.2 as i64,
+        };
+        self.outbox
+            .to_workers
+            .push((worker, ToWorker::Compute(compute)));
+    }
+
+    /// With nothing queued, a worker with idle threads takes tasks that wait
+    /// in another worker's queue, if they are long enough to be worth it.
+    fn steal_for_idle(&mut self) {
+        let idle: Vec<(WorkerId, usize)> = self
+            .workers
+            .values()
+            .filter(|w| w.accepts_tasks() && w.processing.len() < w.nthreads as usize)
+            .map(|w| (w.id, w.nthreads as usize - w.processing.len()))
+            .collect();
+        if idle.is_empty() {
+            return;
+        }
+        let mut wanted: usize = idle.iter().map(|(_, n)| n).sum();
+        let tasks = &self.tasks;
+        self.stealing
+            .retain(|id| tasks.get(id).is_some_and(|t| t.steal_pending));
+        wanted = wanted.saturating_sub(self.stealing.len());
+        if wanted == 0 {
+            return;
+        }
+        let mut victims: Vec<&WorkerState> = self
+            .workers
+            .values()
+            .filter(|w| w.processing.len() > w.nthreads as usize)
+            .collect();
+        victims.sort_by(|a, b| b.processing.len().cmp(&a.processing.len()));
+        let mut requests = Vec::new();
+        for v in victims {
+            let mut spare = v.processing.len() - v.nthreads as usize;
+            // The last in the worker's order run last: those are the ones to take.
+            let mut cands: Vec<(super::Priority, TaskId)> = v
+                .processing
+                .iter()
+                .filter_map(|id| self.tasks.get(id).map(|t| (t, *id)))
+                .filter(|(t, _)| !t.steal_pending && t.estimate >= MIN_STEAL_SECONDS)
+                .map(|(t, id)| (t.priority, id))
+                .collect();
+            cands.sort_unstable_by(|a, b| b.cmp(a));
+            for (_, id) in cands {
+                if spare == 0 || wanted == 0 {
+                    break;
+                }
+                requests.push((v.id, id));
+                spare -= 1;
+                wanted -= 1;
+            }
+        }
+        for (victim, id) in requests {
+            self.tasks
+                .get_mut(&id)
+                .expect("candidate exists")
+                .steal_pending = true;
+            self.stealing.push(id);
+            self.outbox.to_workers.push((victim, ToWorker::Steal(id)));
+        }
+    }
+
+    /// The worker answers a steal request.
+    pub fn steal_response(&mut self, worker: WorkerId, id: TaskId, stolen: bool) {
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        if t.state != TaskState::Processing || t.processing_on != Some(worker) {
+            return;
+        }
+        t.steal_pending = false;
+        if !stolen {
+            return;
+        }
+        self.take_from_processing(worker, id);
+        self.totals.steals += 1;
+        self.enqueue(id);
+        self.schedule();
+    }
+}

@@ -1,0 +1,56 @@
+//! A task as the scheduler tracks it.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use daskrs_core::TaskState;
+
+pub type TaskId = u64;
+pub type WorkerId = u64;
+pub type GraphId = u64;
+
+/// Lower runs first: the user's priority (negated), then the graph's
+/// submission order, then the task's position in its graph's depth-first order.
+pub type Priority = (i64, u64, u32);
+
+#[derive(Debug)]
+pub struct Task {
+    pub key: Arc<str>,
+    pub graph: GraphId,
+    pub kind: Arc<str>,
+    pub payload: Bytes,
+    /// Inputs in order, with repeats, as the task kind sees them.
+    pub inputs: Vec<TaskId>,
+    /// Distinct dependencies.
+    pub deps: Vec<TaskId>,
+    pub dependents: Vec<TaskId>,
+    pub state: TaskState,
+    /// While waiting: dependencies not yet in memory.
+    pub waiting_on: u32,
+    /// Dependents that have not finished, plus one when a client wants the
+    /// result. At zero the result is dropped from every worker.
+    pub refs: u32,
+    pub wanted: bool,
+    /// The result was computed and its dependencies were told so; cleared
+    /// when a lost result has to be computed again.
+    pub done: bool,
+    pub who_has: Vec<WorkerId>,
+    pub nbytes: u64,
+    pub format: i32,
+    pub processing_on: Option<WorkerId>,
+    /// Expected run time in seconds, counted in the worker's occupancy.
+    pub estimate: f64,
+    pub retries_left: u32,
+    /// Times a worker died while running this task.
+    pub suspicious: u32,
+    pub priority: Priority,
+    pub steal_pending: bool,
+    /// A hand-off copy is being made on this worker.
+    pub replica_pending: Option<WorkerId>,
+}
+
+impl Task {
+    pub fn in_memory(&self) -> bool {
+        self.state == TaskState::Memory
+    }
+}
