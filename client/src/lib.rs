@@ -1,1 +1,280 @@
+//! The daskrs client library: connect to a scheduler, run graphs, follow
+//! their progress, gather results. The `daskrs` command is built on it, and
+//! so is `daskrs local`, which runs a scheduler and workers in one process.
 
+pub mod local;
+pub mod output;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use daskrs_core::TaskSpec;
+use daskrs_proto::scheduler_client::SchedulerClient;
+use daskrs_proto::{DataFormat, RunRequest, run_event, run_request};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Connect(String),
+    #[error("graph rejected: {0}")]
+    Rejected(String),
+    #[error("task {key:?} failed on worker {worker:?}: {error}")]
+    Failed {
+        key: String,
+        worker: String,
+        error: String,
+        lost_outputs: Vec<String>,
+    },
+    #[error("lost the scheduler: {0}")]
+    Lost(String),
+    #[error("cannot gather {key:?}: {message}")]
+    Gather { key: String, message: String },
+    #[error("scheduler answered: {0}")]
+    Status(#[from] tonic::Status),
+}
+
+impl Error {
+    /// The exit code the `daskrs` command uses for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Rejected(_) => 2,
+            Error::Failed { .. } => 1,
+            Error::Connect(_) | Error::Lost(_) => 3,
+            Error::Gather { .. } | Error::Status(_) => 4,
+        }
+    }
+}
+
+/// A graph to run.
+#[derive(Debug, Clone, Default)]
+pub struct Graph {
+    pub name: String,
+    pub tasks: Vec<TaskSpec>,
+    /// Keys wanted back; empty means every task nothing depends on.
+    pub outputs: Vec<String>,
+}
+
+/// Progress of a running graph.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub total: u64,
+    pub done: u64,
+    pub processing: u64,
+}
+
+/// A gathered result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub key: String,
+    pub format: DataFormat,
+    pub bytes: Bytes,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    grpc: SchedulerClient<Channel>,
+    address: String,
+}
+
+/// A finished graph whose results stay on the workers until this is dropped.
+pub struct Finished {
+    pub graph_id: u64,
+    pub outputs: Vec<daskrs_proto::OutputInfo>,
+    // Closing the request stream releases the graph on the scheduler.
+    _hold: mpsc::Sender<RunRequest>,
+}
+
+impl Client {
+    pub async fn connect(address: &str) -> Result<Client, Error> {
+        let channel = daskrs_proto::net::connect(address)
+            .await
+            .map_err(|e| Error::Connect(format!("{e} (is a scheduler running there?)")))?;
+        Ok(Client {
+            grpc: daskrs_proto::limits!(SchedulerClient::new(channel)),
+            address: address.to_string(),
+        })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Submits a graph and waits until its outputs are computed.
+    pub async fn run(
+        &self,
+        graph: Graph,
+        mut progress: impl FnMut(Progress),
+    ) -> Result<Finished, Error> {
+        let (tx, rx) = mpsc::channel(1);
+        let submit = RunRequest {
+            msg: Some(run_request::Msg::Submit(daskrs_proto::SubmitGraph {
+                tasks: graph.tasks.into_iter().map(Into::into).collect(),
+                outputs: graph.outputs,
+                name: graph.name,
+            })),
+        };
+        tx.send(submit)
+            .await
+            .map_err(|_| Error::Lost("request stream closed".into()))?;
+        let mut grpc = self.grpc.clone();
+        let mut events = grpc
+            .run(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::InvalidArgument => Error::Rejected(s.message().to_string()),
+                tonic::Code::Unavailable => Error::Lost(s.message().to_string()),
+                _ => Error::Status(s),
+            })?
+            .into_inner();
+        let mut graph_id = 0;
+        while let Some(ev) = events.next().await {
+            let ev = ev.map_err(|s| Error::Lost(s.message().to_string()))?;
+            match ev.event {
+                Some(run_event::Event::Accepted(a)) => {
+                    graph_id = a.graph_id;
+                    progress(Progress {
+                        total: a.tasks,
+                        ..Progress::default()
+                    });
+                }
+                Some(run_event::Event::Progress(p)) => progress(Progress {
+                    total: p.total,
+                    done: p.done,
+                    processing: p.processing,
+                }),
+                Some(run_event::Event::Finished(f)) => {
+                    return Ok(Finished {
+                        graph_id,
+                        outputs: f.outputs,
+                        _hold: tx,
+                    });
+                }
+                Some(run_event::Event::Failed(f)) => {
+                    return Err(Error::Failed {
+                        key: f.key,
+                        worker: f.worker,
+                        error: f.error,
+                        lost_outputs: f.lost_outputs,
+                    });
+                }
+                None => {}
+            }
+        }
+        Err(Error::Lost("the scheduler ended the graph's stream".into()))
+    }
+
+    /// Fetches one output of a finished graph, through the scheduler. A
+    /// result being recomputed after a worker loss is waited for.
+    pub async fn gather(&self, finished: &Finished, key: &str) -> Result<Output, Error> {
+        let mut delay = Duration::from_millis(50);
+        let mut attempts = 0;
+        loop {
+            let mut grpc = self.grpc.clone();
+            let req = daskrs_proto::GatherRequest {
+                graph_id: finished.graph_id,
+                key: key.to_string(),
+            };
+            let result = match grpc.gather(req).await {
+                Ok(stream) => daskrs_proto::chunks::assemble(stream.into_inner())
+                    .await
+                    .map_err(|e| match e {
+                        daskrs_proto::chunks::AssembleError::Status(s) => s,
+                        other => tonic::Status::data_loss(other.to_string()),
+                    }),
+                Err(s) => Err(s),
+            };
+            match result {
+                Ok((format, bytes)) => {
+                    return Ok(Output {
+                        key: key.to_string(),
+                        format,
+                        bytes,
+                    });
+                }
+                Err(s) if s.code() == tonic::Code::Unavailable && attempts < 40 => {
+                    attempts += 1;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(s) => {
+                    return Err(Error::Gather {
+                        key: key.to_string(),
+                        message: s.message().to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Runs a graph and gathers every output.
+    pub async fn compute(
+        &self,
+        graph: Graph,
+        progress: impl FnMut(Progress),
+    ) -> Result<Vec<Output>, Error> {
+        let finished = self.run(graph, progress).await?;
+        let mut out = Vec::with_capacity(finished.outputs.len());
+        for o in &finished.outputs {
+            out.push(self.gather(&finished, &o.key).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn info(&self) -> Result<daskrs_proto::ClusterInfoResponse, Error> {
+        Ok(self
+            .grpc
+            .clone()
+            .cluster_info(daskrs_proto::ClusterInfoRequest {})
+            .await?
+            .into_inner())
+    }
+
+    pub async fn cancel(&self, graph_id: u64) -> Result<bool, Error> {
+        Ok(self
+            .grpc
+            .clone()
+            .cancel(daskrs_proto::CancelRequest { graph_id })
+            .await?
+            .into_inner()
+            .cancelled)
+    }
+
+    pub async fn retire(
+        &self,
+        workers: Vec<String>,
+        count: u32,
+        timeout_seconds: u32,
+    ) -> Result<Vec<String>, Error> {
+        Ok(self
+            .grpc
+            .clone()
+            .retire_workers(daskrs_proto::RetireWorkersRequest {
+                workers,
+                count,
+                timeout_seconds,
+            })
+            .await?
+            .into_inner()
+            .retired)
+    }
+
+    /// Waits until at least `n` workers are registered.
+    pub async fn wait_for_workers(&self, n: usize, timeout: Duration) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let have = self.info().await?.workers.len();
+            if have >= n {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Connect(format!(
+                    "only {have} of {n} workers joined within {timeout:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

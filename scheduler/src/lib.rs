@@ -3,6 +3,140 @@
 //! metrics, health and the operator's JSON API (`http`).
 //!
 //! The state machine is synchronous and does no I/O; the services decode,
-//! call it under one lock, and send what it put in its outbox.
+//! call it under one lock, and send what it put in its outbox. It never
+//! moves bulk data between workers: it only says who holds what.
 
+pub mod http;
+pub mod metrics;
+pub mod service;
 pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::service::Core;
+use crate::state::{State, StateConfig};
+
+/// Adaptive scaling aims for about this much queued work per thread.
+pub const ADAPTIVE_TARGET_SECONDS: f64 = 5.0;
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// gRPC for clients and workers.
+    pub listen: SocketAddr,
+    /// HTTP for metrics, health and the JSON API; `None` serves nothing.
+    pub http_listen: Option<SocketAddr>,
+    pub heartbeat_interval: Duration,
+    /// A worker silent this long is removed and its work rescheduled.
+    pub worker_ttl: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            listen: ([0, 0, 0, 0], 8786).into(),
+            http_listen: Some(([0, 0, 0, 0], 8787).into()),
+            heartbeat_interval: Duration::from_secs(1),
+            worker_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A running scheduler.
+pub struct Scheduler {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: Option<SocketAddr>,
+    pub core: Arc<Core>,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl Scheduler {
+    /// Binds its ports and starts serving until `shutdown` turns true.
+    pub async fn start(
+        config: SchedulerConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Scheduler, Error> {
+        let state = State::new(StateConfig {
+            worker_ttl: config.worker_ttl,
+        });
+        let core = Core::new(state, config.heartbeat_interval);
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let grpc_addr = listener.local_addr().map_err(|source| Error::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let http = match config.http_listen {
+            Some(addr) => Some(
+                http::serve(addr, core.clone())
+                    .await
+                    .map_err(|source| Error::Listen { addr, source })?,
+            ),
+            None => None,
+        };
+        let http_addr = http.as_ref().map(|h| h.1);
+        let ticker = tokio::spawn(core.clone().tick_forever());
+        let clients = daskrs_proto::limits!(daskrs_proto::scheduler_server::SchedulerServer::new(
+            service::client::ClientService { core: core.clone() }
+        ));
+        let workers = daskrs_proto::limits!(
+            daskrs_proto::worker_control_server::WorkerControlServer::new(
+                service::worker::WorkerService { core: core.clone() }
+            )
+        );
+        tracing::info!(grpc = %grpc_addr, http = ?http_addr, worker_ttl_s = config.worker_ttl.as_secs_f64(), "scheduler listening");
+        let mut stop = shutdown;
+        let task = tokio::spawn(async move {
+            let served = daskrs_proto::net::server()
+                .add_service(clients)
+                .add_service(workers)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                )
+                .await;
+            ticker.abort();
+            if let Some((h, _)) = http {
+                h.abort();
+            }
+            served.map_err(Error::from)
+        });
+        Ok(Scheduler {
+            grpc_addr,
+            http_addr,
+            core,
+            task,
+        })
+    }
+
+    /// Waits until the scheduler stops.
+    pub async fn wait(self) -> Result<(), Error> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "scheduler task ended abnormally");
+                Ok(())
+            }
+        }
+    }
+}

@@ -146,6 +146,8 @@ pub struct State {
     next_worker: WorkerId,
     pub totals: Totals,
     pub outbox: Outbox,
+    /// Last tick at which any task was waiting, queued or processing.
+    last_busy: Instant,
 }
 
 impl State {
@@ -164,6 +166,7 @@ impl State {
             next_worker: 1,
             totals: Totals::default(),
             outbox: Outbox::default(),
+            last_busy: Instant::now(),
         }
     }
 
@@ -521,8 +524,26 @@ impl State {
         }
     }
 
+    fn busy(&self) -> bool {
+        [TaskState::Waiting, TaskState::Queued, TaskState::Processing]
+            .iter()
+            .any(|s| self.count(*s) > 0)
+    }
+
+    /// How long no task has been waiting or running (zero while busy).
+    pub fn idle_for(&self) -> Duration {
+        if self.busy() {
+            Duration::ZERO
+        } else {
+            self.last_busy.elapsed()
+        }
+    }
+
     /// Periodic work: removes silent workers, moves retirements on, sends progress.
     pub fn tick(&mut self, now: Instant) {
+        if self.busy() {
+            self.last_busy = now;
+        }
         let ttl = self.config.worker_ttl;
         let silent: Vec<WorkerId> = self
             .workers
@@ -541,5 +562,36 @@ impl State {
         self.advance_retirements();
         self.report_progress();
         self.schedule();
+    }
+}
+
+impl State {
+    /// Workers the current work would want: the queued and running work's
+    /// expected seconds spread so each thread has about `target_seconds`,
+    /// never more than there are tasks to run, and none when idle.
+    pub fn desired_workers(&self, target_seconds: f64) -> usize {
+        let queued = self.count(TaskState::Queued) + self.count(TaskState::Waiting);
+        let processing = self.count(TaskState::Processing);
+        if queued + processing == 0 {
+            return 0;
+        }
+        let threads_per_worker = if self.workers.is_empty() {
+            1.0
+        } else {
+            self.workers
+                .values()
+                .map(|w| w.nthreads as f64)
+                .sum::<f64>()
+                / self.workers.len() as f64
+        };
+        let mut work: f64 = self.workers.values().map(|w| w.occupancy).sum();
+        for t in self.tasks.values() {
+            if matches!(t.state, TaskState::Queued | TaskState::Waiting) {
+                work += self.estimate(&t.kind);
+            }
+        }
+        let by_work = (work / (target_seconds * threads_per_worker)).ceil() as usize;
+        let by_tasks = ((queued + processing) as f64 / threads_per_worker).ceil() as usize;
+        by_work.clamp(1, by_tasks.max(1))
     }
 }

@@ -97,8 +97,10 @@ impl State {
         let Some(w) = self.workers.remove(&worker) else {
             return;
         };
-        tracing::warn!(worker = %w.name, address = %w.address, reason, processing = w.processing.len(), results = w.has_what.len(), "worker removed");
-        if reason != "retired" {
+        if reason == "retired" {
+            tracing::info!(worker = %w.name, address = %w.address, "worker retired");
+        } else {
+            tracing::warn!(worker = %w.name, address = %w.address, reason, processing = w.processing.len(), results = w.has_what.len(), "worker lost");
             self.totals.workers_lost += 1;
         }
         self.outbox.closed_workers.push(worker);

@@ -1,0 +1,258 @@
+//! The `daskrs` command line.
+
+mod demo;
+mod run;
+mod serve;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use daskrs_core::ByteSize;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "daskrs",
+    version,
+    about = "A Dask-style compute cluster",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Log filter, e.g. `info` or `daskrs_scheduler=debug`.
+    #[arg(long, global = true, env = "DASKRS_LOG", default_value = "warn")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a scheduler (gRPC on --port, HTTP on --http-port).
+    Scheduler(SchedulerArgs),
+    /// Run a worker that joins a scheduler.
+    Worker(WorkerArgs),
+    /// Run a scheduler and N workers in this process until Ctrl-C.
+    Local(LocalArgs),
+    /// Run a graph described in JSON and print its results.
+    Submit(SubmitArgs),
+    /// Show the cluster's workers and tasks.
+    Info(Target),
+    /// Retire workers: they hand off their results, then close.
+    Retire(RetireArgs),
+    /// Cancel a running graph.
+    Cancel(CancelArgs),
+    /// Start a local cluster, make sample data, compute statistics over it.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Target {
+    /// The scheduler's gRPC address.
+    #[arg(long, env = "DASKRS_SCHEDULER", default_value = "127.0.0.1:8786")]
+    pub scheduler: String,
+}
+
+#[derive(Args, Debug)]
+pub struct SchedulerArgs {
+    #[arg(long, env = "DASKRS_HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    #[arg(long, env = "DASKRS_PORT", default_value_t = 8786)]
+    pub port: u16,
+    #[arg(long, env = "DASKRS_HTTP_PORT", default_value_t = 8787)]
+    pub http_port: u16,
+    /// Seconds of silence after which a worker is removed.
+    #[arg(long, env = "DASKRS_WORKER_TTL", default_value_t = 30.0)]
+    pub worker_ttl: f64,
+    /// Seconds between worker heartbeats.
+    #[arg(long, env = "DASKRS_HEARTBEAT", default_value_t = 1.0)]
+    pub heartbeat: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[arg(long, env = "DASKRS_WORKER_NAME", default_value = "")]
+    pub name: String,
+    #[arg(long, env = "DASKRS_NTHREADS")]
+    pub nthreads: Option<u32>,
+    /// e.g. 4GiB; default: the machine's memory.
+    #[arg(long, env = "DASKRS_MEMORY_LIMIT")]
+    pub memory_limit: Option<ByteSize>,
+    #[arg(long, env = "DASKRS_HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    /// Peer data port; 0 picks a free one.
+    #[arg(long, env = "DASKRS_PORT", default_value_t = 8788)]
+    pub port: u16,
+    /// HTTP port for /metrics and /health; 0 picks a free one.
+    #[arg(long, env = "DASKRS_HTTP_PORT", default_value_t = 8789)]
+    pub http_port: u16,
+    /// Address peers reach this worker at (e.g. the pod IP and port).
+    #[arg(long, env = "DASKRS_CONTACT_ADDRESS")]
+    pub contact_address: Option<String>,
+    #[arg(long, env = "DASKRS_LOCAL_DIR")]
+    pub local_dir: Option<PathBuf>,
+    /// Seconds a shutting-down worker waits to hand off its results.
+    #[arg(long, env = "DASKRS_SHUTDOWN_TIMEOUT", default_value_t = 25.0)]
+    pub shutdown_timeout: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct LocalArgs {
+    #[arg(long, default_value_t = 2)]
+    pub workers: u32,
+    #[arg(long, default_value_t = 1)]
+    pub threads_per_worker: u32,
+    /// Per worker; default: the machine's memory divided among the workers.
+    #[arg(long)]
+    pub memory_limit: Option<ByteSize>,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8786)]
+    pub port: u16,
+    #[arg(long, default_value_t = 8787)]
+    pub http_port: u16,
+    #[arg(long)]
+    pub local_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The graph file (JSON; see `daskrs_core::json`), or - for standard input.
+    pub graph: PathBuf,
+    /// text, or json for programs.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub format: String,
+    /// Never show a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RetireArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Names or addresses of the workers to retire.
+    #[arg(long, value_delimiter = ',')]
+    pub workers: Vec<String>,
+    /// Let the scheduler pick this many.
+    #[arg(long, default_value_t = 0)]
+    pub count: u32,
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    pub target: Target,
+    pub graph_id: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    #[arg(long, default_value_t = 2)]
+    pub workers: u32,
+    /// Chunks of sample data.
+    #[arg(long, default_value_t = 32)]
+    pub chunks: u32,
+    /// Values per chunk.
+    #[arg(long, default_value_t = 250_000)]
+    pub chunk_size: u64,
+}
+
+pub fn init_logging(args: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().init();
+    }
+}
+
+pub async fn run(args: Cli) -> u8 {
+    let result = match args.command {
+        Command::Scheduler(a) => serve::scheduler(a).await,
+        Command::Worker(a) => serve::worker(a).await,
+        Command::Local(a) => serve::local(a).await,
+        Command::Submit(a) => run::submit(a).await,
+        Command::Info(t) => run::info(t).await,
+        Command::Retire(a) => run::retire(a).await,
+        Command::Cancel(a) => run::cancel(a).await,
+        Command::Demo(a) => demo::demo(a).await,
+    };
+    match result {
+        Ok(()) => 0,
+        Err(Failure { message, code }) => {
+            eprintln!("error: {message}");
+            code
+        }
+    }
+}
+
+/// What a command failed with, and the exit code it means.
+pub struct Failure {
+    pub message: String,
+    pub code: u8,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            code,
+        }
+    }
+}
+
+impl From<daskrs_client::Error> for Failure {
+    fn from(e: daskrs_client::Error) -> Failure {
+        let code = e.exit_code() as u8;
+        let mut message = e.to_string();
+        if let daskrs_client::Error::Failed { lost_outputs, .. } = &e
+            && !lost_outputs.is_empty()
+        {
+            message.push_str(&format!(
+                " (outputs not computed: {})",
+                lost_outputs.join(", ")
+            ));
+        }
+        Failure { message, code }
+    }
+}
+
+/// Total memory of this machine, from /proc/meminfo; 8 GiB when unknown.
+pub fn system_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(8 << 30)
+}
+
+/// Turns true on Ctrl-C or SIGTERM.
+pub fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+    });
+    rx
+}

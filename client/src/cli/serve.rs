@@ -1,0 +1,109 @@
+//! The long-running commands: scheduler, worker, local cluster.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use daskrs_core::ByteSize;
+use daskrs_scheduler::{Scheduler, SchedulerConfig};
+use daskrs_worker::WorkerConfig;
+use daskrs_worker::kinds::Registry;
+
+use super::{Failure, LocalArgs, SchedulerArgs, WorkerArgs, shutdown_signal, system_memory};
+
+fn addr(host: &str, port: u16) -> Result<SocketAddr, Failure> {
+    let ip: IpAddr = host
+        .parse()
+        .map_err(|_| Failure::new(2, format!("--host {host:?} is not an IP address")))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn seconds(name: &str, v: f64) -> Result<Duration, Failure> {
+    Duration::try_from_secs_f64(v)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            Failure::new(
+                2,
+                format!("{name} must be a positive number of seconds, got {v}"),
+            )
+        })
+}
+
+pub async fn scheduler(a: SchedulerArgs) -> Result<(), Failure> {
+    let config = SchedulerConfig {
+        listen: addr(&a.host, a.port)?,
+        http_listen: Some(addr(&a.host, a.http_port)?),
+        heartbeat_interval: seconds("--heartbeat", a.heartbeat)?,
+        worker_ttl: seconds("--worker-ttl", a.worker_ttl)?,
+    };
+    tracing::info!(?config, "configuration");
+    let s = Scheduler::start(config, shutdown_signal())
+        .await
+        .map_err(|e| Failure::new(3, e.to_string()))?;
+    eprintln!(
+        "scheduler listening on {} (HTTP {:?})",
+        s.grpc_addr, s.http_addr
+    );
+    s.wait().await.map_err(|e| Failure::new(3, e.to_string()))
+}
+
+pub async fn worker(a: WorkerArgs) -> Result<(), Failure> {
+    let nthreads = a
+        .nthreads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    if nthreads == 0 {
+        return Err(Failure::new(2, "--nthreads must be at least 1"));
+    }
+    let memory_limit = a.memory_limit.unwrap_or(ByteSize(system_memory())).0;
+    let config = WorkerConfig {
+        scheduler: a.target.scheduler,
+        name: a.name,
+        nthreads,
+        memory_limit,
+        local_dir: a.local_dir.unwrap_or_else(std::env::temp_dir),
+        listen: addr(&a.host, a.port)?,
+        http_listen: Some(addr(&a.host, a.http_port)?),
+        contact_address: a.contact_address,
+        shutdown_timeout: seconds("--shutdown-timeout", a.shutdown_timeout)?,
+    };
+    tracing::info!(?config, "configuration");
+    daskrs_worker::run(config, Registry::builtin(), shutdown_signal())
+        .await
+        .map_err(|e| Failure::new(3, e.to_string()))
+}
+
+pub async fn local(a: LocalArgs) -> Result<(), Failure> {
+    if a.workers == 0 || a.threads_per_worker == 0 {
+        return Err(Failure::new(
+            2,
+            "--workers and --threads-per-worker must be at least 1",
+        ));
+    }
+    let memory_limit = a
+        .memory_limit
+        .map(|b| b.0)
+        .unwrap_or(system_memory() / u64::from(a.workers));
+    let cluster = daskrs_client::local::LocalCluster::start(daskrs_client::local::LocalConfig {
+        workers: a.workers,
+        threads_per_worker: a.threads_per_worker,
+        memory_limit,
+        listen: addr(&a.host, a.port)?,
+        http_listen: Some(addr(&a.host, a.http_port)?),
+        local_dir: a.local_dir.unwrap_or_else(std::env::temp_dir),
+    })
+    .await
+    .map_err(|e| Failure::new(3, e.to_string()))?;
+    eprintln!(
+        "local cluster: scheduler at {} with {} workers x {} threads, {} each; dashboard and metrics at http://{}",
+        cluster.address(),
+        a.workers,
+        a.threads_per_worker,
+        ByteSize(memory_limit),
+        cluster.http_addr.map(|a| a.to_string()).unwrap_or_default(),
+    );
+    eprintln!("press Ctrl-C to stop");
+    let mut stop = shutdown_signal();
+    let _ = stop.wait_for(|s| *s).await;
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! HTTP on port 8787: `/health`, `/ready`, `/metrics`, and the JSON API the
+//! operator uses (`/api/v1/workers`, `/api/v1/retire`, `/api/v1/adaptive`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State as AxState;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use crate::service::Core;
+use crate::service::client::{cluster_info, retire_and_wait};
+
+#[derive(Serialize)]
+struct WorkerJson {
+    id: u64,
+    name: String,
+    address: String,
+    nthreads: u32,
+    memory_limit: u64,
+    memory_bytes: u64,
+    spilled_bytes: u64,
+    processing: u32,
+    held_results: u64,
+    status: String,
+    executed: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetireBody {
+    #[serde(default)]
+    workers: Vec<String>,
+    #[serde(default)]
+    count: usize,
+    #[serde(default)]
+    timeout_seconds: Option<u64>,
+}
+
+pub fn router(core: Arc<Core>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(|| async { "ready\n" }))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/workers", get(workers))
+        .route("/api/v1/retire", post(retire))
+        .route("/api/v1/adaptive", get(adaptive))
+        .with_state(core)
+}
+
+async fn metrics(AxState(core): AxState<Arc<Core>>) -> impl IntoResponse {
+    let g = core.lock();
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        core.metrics.render(&g.state),
+    )
+}
+
+async fn workers(AxState(core): AxState<Arc<Core>>) -> Json<Vec<WorkerJson>> {
+    let info = cluster_info(&core);
+    Json(
+        info.workers
+            .into_iter()
+            .map(|w| WorkerJson {
+                id: w.id,
+                name: w.name,
+                address: w.address,
+                nthreads: w.nthreads,
+                memory_limit: w.memory_limit,
+                memory_bytes: w.memory_bytes,
+                spilled_bytes: w.spilled_bytes,
+                processing: w.processing,
+                held_results: w.held_results,
+                status: w.status,
+                executed: w.executed,
+            })
+            .collect(),
+    )
+}
+
+async fn retire(
+    AxState(core): AxState<Arc<Core>>,
+    body: Result<Json<RetireBody>, axum::extract::rejection::JsonRejection>,
+) -> impl IntoResponse {
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({ "error": e.body_text() })),
+            );
+        }
+    };
+    if body.workers.is_empty() && body.count == 0 {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": "name `workers` or a `count` to retire" })),
+        );
+    }
+    let timeout = Duration::from_secs(body.timeout_seconds.unwrap_or(60));
+    match retire_and_wait(&core, &body.workers, body.count, timeout).await {
+        Ok(retired) => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "retired": retired })),
+        ),
+        Err(e) => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": e })),
+        ),
+    }
+}
+
+async fn adaptive(AxState(core): AxState<Arc<Core>>) -> Json<serde_json::Value> {
+    let g = core.lock();
+    let s = &g.state;
+    Json(serde_json::json!({
+        "desired_workers": s.desired_workers(crate::ADAPTIVE_TARGET_SECONDS),
+        "current_workers": s.workers.len(),
+        "tasks_waiting": s.count(daskrs_core::TaskState::Waiting) + s.count(daskrs_core::TaskState::Queued),
+        "tasks_processing": s.count(daskrs_core::TaskState::Processing),
+        "idle_seconds": s.idle_for().as_secs_f64(),
+    }))
+}
+
+pub async fn serve(
+    addr: SocketAddr,
+    core: Arc<Core>,
+) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), std::io::Error> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = router(core);
+    Ok((
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        }),
+        bound,
+    ))
+}

@@ -1,0 +1,248 @@
+//! The client-facing service: run graphs, gather results, cancel, cluster
+//! information, retire workers.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use daskrs_core::TaskState;
+use daskrs_proto::scheduler_server::Scheduler;
+use daskrs_proto::{
+    CancelRequest, CancelResponse, ClusterInfoRequest, ClusterInfoResponse, DataChunk,
+    GatherRequest, RetireWorkersRequest, RetireWorkersResponse, RunEvent, RunRequest, StateCount,
+    WorkerInfo, run_event, run_request,
+};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::Core;
+use crate::state::{LocateError, Submission};
+
+pub struct ClientService {
+    pub core: Arc<Core>,
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<RunEvent, Status>> + Send>>;
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<DataChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Scheduler for ClientService {
+    type RunStream = EventStream;
+    type GatherStream = ChunkStream;
+
+    async fn run(
+        &self,
+        req: Request<Streaming<RunRequest>>,
+    ) -> Result<Response<EventStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream closed before the submit message"))?;
+        let Some(run_request::Msg::Submit(sub)) = first.msg else {
+            return Err(Status::invalid_argument(
+                "the first message of Run must be `submit`",
+            ));
+        };
+        let submission = Submission {
+            name: sub.name,
+            tasks: sub.tasks.into_iter().map(Into::into).collect(),
+            outputs: sub.outputs,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let graph_id = self.core.with(|i| {
+            let (graph_id, count) = i
+                .state
+                .submit(submission)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let _ = tx.send(Ok(RunEvent {
+                event: Some(run_event::Event::Accepted(daskrs_proto::GraphAccepted {
+                    graph_id,
+                    tasks: count as u64,
+                })),
+            }));
+            i.clients.insert(graph_id, tx);
+            Ok::<_, Status>(graph_id)
+        })?;
+        // The client holds its results by keeping its side open; when it
+        // closes (or goes away) the graph is released.
+        let core = self.core.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(_)) = inbound.message().await {}
+            core.with(|i| {
+                i.state.remove_graph(graph_id);
+                i.clients.remove(&graph_id);
+            });
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        )))
+    }
+
+    async fn gather(&self, req: Request<GatherRequest>) -> Result<Response<ChunkStream>, Status> {
+        let GatherRequest { graph_id, key } = req.into_inner();
+        let (task, addrs) = self
+            .core
+            .lock()
+            .state
+            .locate(graph_id, &key)
+            .map_err(|e| match e {
+                LocateError::NotReady(..) => Status::unavailable(e.to_string()),
+                LocateError::NoGraph(_) | LocateError::NoKey(_) => Status::not_found(e.to_string()),
+                LocateError::NotOutput(_) => Status::invalid_argument(e.to_string()),
+            })?;
+        let mut errors = Vec::new();
+        for addr in &addrs {
+            let channel = self.core.channels.get(addr)?;
+            let mut peer =
+                daskrs_proto::limits!(daskrs_proto::peer_data_client::PeerDataClient::new(channel));
+            match peer
+                .fetch(daskrs_proto::FetchRequest { task_id: task })
+                .await
+            {
+                Ok(r) => return Ok(Response::new(Box::pin(r.into_inner()))),
+                Err(s) => errors.push(format!("{addr}: {}", s.message())),
+            }
+        }
+        Err(Status::unavailable(format!(
+            "result of {key:?} could not be fetched from its workers: {}",
+            if errors.is_empty() {
+                "none holds it".to_string()
+            } else {
+                errors.join("; ")
+            }
+        )))
+    }
+
+    async fn cancel(
+        &self,
+        req: Request<CancelRequest>,
+    ) -> Result<Response<CancelResponse>, Status> {
+        let graph_id = req.into_inner().graph_id;
+        let cancelled = self.core.with(|i| {
+            let removed = i.state.remove_graph(graph_id);
+            if removed && let Some(tx) = i.clients.get(&graph_id) {
+                let _ = tx.send(Ok(RunEvent {
+                    event: Some(run_event::Event::Failed(daskrs_proto::GraphFailed {
+                        graph_id,
+                        error: "the graph was cancelled".into(),
+                        ..Default::default()
+                    })),
+                }));
+            }
+            removed
+        });
+        Ok(Response::new(CancelResponse { cancelled }))
+    }
+
+    async fn cluster_info(
+        &self,
+        _: Request<ClusterInfoRequest>,
+    ) -> Result<Response<ClusterInfoResponse>, Status> {
+        Ok(Response::new(cluster_info(&self.core)))
+    }
+
+    async fn retire_workers(
+        &self,
+        req: Request<RetireWorkersRequest>,
+    ) -> Result<Response<RetireWorkersResponse>, Status> {
+        let r = req.into_inner();
+        let timeout = Duration::from_secs(if r.timeout_seconds == 0 {
+            60
+        } else {
+            r.timeout_seconds as u64
+        });
+        let retired = retire_and_wait(&self.core, &r.workers, r.count as usize, timeout)
+            .await
+            .map_err(Status::invalid_argument)?;
+        Ok(Response::new(RetireWorkersResponse { retired }))
+    }
+}
+
+pub fn cluster_info(core: &Core) -> ClusterInfoResponse {
+    let g = core.lock();
+    let s = &g.state;
+    let mut workers: Vec<WorkerInfo> = s
+        .workers
+        .values()
+        .map(|w| WorkerInfo {
+            id: w.id,
+            name: w.name.clone(),
+            address: w.address.clone(),
+            nthreads: w.nthreads,
+            memory_limit: w.memory_limit,
+            memory_bytes: w.memory_bytes,
+            spilled_bytes: w.spilled_bytes,
+            processing: w.processing.len() as u32,
+            held_results: w.has_what.len() as u64,
+            status: w.status.as_str().to_string(),
+            executed: w.executed,
+        })
+        .collect();
+    workers.sort_by_key(|w| w.id);
+    ClusterInfoResponse {
+        workers,
+        tasks: TaskState::ALL
+            .iter()
+            .filter(|s| **s != TaskState::Forgotten)
+            .map(|st| StateCount {
+                state: st.as_str().to_string(),
+                count: s.count(*st),
+            })
+            .collect(),
+        graphs: s.graphs.len() as u64,
+        scheduler_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// Retires the named workers (or `count` chosen ones) and waits until they
+/// have handed off their results and closed. Returns their names.
+pub async fn retire_and_wait(
+    core: &Core,
+    names: &[String],
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<String>, String> {
+    let chosen = core.with(|i| {
+        let ids = if names.is_empty() {
+            i.state.workers_to_close(count)
+        } else {
+            let mut ids = Vec::new();
+            for n in names {
+                ids.push(
+                    i.state
+                        .find_worker(n)
+                        .ok_or_else(|| format!("no worker named {n:?}"))?,
+                );
+            }
+            ids
+        };
+        let named: Vec<(u64, String)> = ids
+            .iter()
+            .map(|id| (*id, i.state.workers[id].name.clone()))
+            .collect();
+        i.state.retire(&ids);
+        Ok::<_, String>(named)
+    })?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = {
+            let g = core.lock();
+            chosen
+                .iter()
+                .filter(|(id, _)| g.state.workers.contains_key(id))
+                .count()
+        };
+        if left == 0 || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let g = core.lock();
+    Ok(chosen
+        .into_iter()
+        .filter(|(id, _)| !g.state.workers.contains_key(id))
+        .map(|(_, n)| n)
+        .collect())
+}

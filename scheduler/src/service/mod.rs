@@ -1,0 +1,189 @@
+//! The scheduler's network edge: decodes requests, calls the state machine
+//! under one lock, and sends what it left in its outbox.
+
+pub mod client;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use daskrs_proto::scheduler_message::Msg as Down;
+use daskrs_proto::{RunEvent, run_event};
+use tokio::sync::mpsc::UnboundedSender;
+use tonic::Status;
+
+use crate::metrics::Metrics;
+use crate::state::{GraphEvent, GraphId, State, ToWorker, WorkerId};
+
+pub type EventSender = UnboundedSender<Result<RunEvent, Status>>;
+
+pub struct Inner {
+    pub state: State,
+    pub workers: HashMap<WorkerId, UnboundedSender<Down>>,
+    pub clients: HashMap<GraphId, EventSender>,
+}
+
+/// Everything the services share.
+pub struct Core {
+    inner: Mutex<Inner>,
+    pub metrics: Metrics,
+    pub heartbeat_interval: Duration,
+    pub channels: Channels,
+}
+
+/// Channels to workers' peer data services, for gathering results.
+#[derive(Default)]
+pub struct Channels {
+    inner: Mutex<HashMap<String, tonic::transport::Channel>>,
+}
+
+impl Channels {
+    pub fn get(&self, addr: &str) -> Result<tonic::transport::Channel, Status> {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = m.get(addr) {
+            return Ok(c.clone());
+        }
+        let c =
+            daskrs_proto::net::connect_lazy(addr).map_err(|e| Status::internal(e.to_string()))?;
+        m.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+impl Core {
+    pub fn new(state: State, heartbeat_interval: Duration) -> Arc<Core> {
+        Arc::new(Core {
+            inner: Mutex::new(Inner {
+                state,
+                workers: HashMap::new(),
+                clients: HashMap::new(),
+            }),
+            metrics: Metrics::new(),
+            heartbeat_interval,
+            channels: Channels::default(),
+        })
+    }
+
+    /// Runs `f` on the state, then sends what it produced.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        let mut g = self.lock();
+        let r = f(&mut g);
+        flush(&mut g);
+        r
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The state machine does not panic on input; if it ever did, keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The clock: heartbeat checks, retirements, progress.
+    pub async fn tick_forever(self: Arc<Self>) {
+        let mut every = tokio::time::interval(Duration::from_millis(100));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            self.with(|i| i.state.tick(Instant::now()));
+        }
+    }
+}
+
+/// Sends the outbox: worker messages grouped per worker, client events.
+fn flush(inner: &mut Inner) {
+    let out = inner.state.take_outbox();
+    let mut frees: HashMap<WorkerId, Vec<u64>> = HashMap::new();
+    for (w, msg) in out.to_workers {
+        let down = match msg {
+            ToWorker::Free(id) => {
+                frees.entry(w).or_default().push(id);
+                continue;
+            }
+            ToWorker::Compute(c) => Down::Compute(daskrs_proto::ComputeTask {
+                task_id: c.task,
+                key: c.key.to_string(),
+                kind: c.kind.to_string(),
+                payload: c.payload,
+                inputs: c.inputs,
+                locations: c
+                    .locations
+                    .into_iter()
+                    .map(|(task_id, addresses, nbytes)| daskrs_proto::InputLocation {
+                        task_id,
+                        addresses,
+                        nbytes,
+                    })
+                    .collect(),
+                priority: c.priority,
+            }),
+            ToWorker::Steal(id) => Down::Steal(daskrs_proto::StealRequest { task_id: id }),
+            ToWorker::FetchReplica { task, addresses } => {
+                Down::FetchReplica(daskrs_proto::FetchReplica {
+                    task_id: task,
+                    addresses,
+                })
+            }
+            ToWorker::Close { reason } => Down::Close(daskrs_proto::CloseWorker { reason }),
+        };
+        if let Some(tx) = inner.workers.get(&w) {
+            let _ = tx.send(down);
+        }
+    }
+    for (w, ids) in frees {
+        if let Some(tx) = inner.workers.get(&w) {
+            let _ = tx.send(Down::Free(daskrs_proto::FreeResults { task_ids: ids }));
+        }
+    }
+    for w in out.closed_workers {
+        // Dropping the sender ends the worker's stream after what is queued.
+        inner.workers.remove(&w);
+    }
+    for (g, ev) in out.to_clients {
+        let Some(tx) = inner.clients.get(&g) else {
+            continue;
+        };
+        let _ = tx.send(Ok(to_run_event(g, ev)));
+    }
+}
+
+fn to_run_event(graph_id: GraphId, ev: GraphEvent) -> RunEvent {
+    let event = match ev {
+        GraphEvent::Progress {
+            total,
+            done,
+            processing,
+            erred,
+        } => run_event::Event::Progress(daskrs_proto::GraphProgress {
+            total,
+            done,
+            processing,
+            erred,
+        }),
+        GraphEvent::Finished { outputs } => {
+            run_event::Event::Finished(daskrs_proto::GraphFinished {
+                graph_id,
+                outputs: outputs
+                    .into_iter()
+                    .map(|o| daskrs_proto::OutputInfo {
+                        key: o.key,
+                        nbytes: o.nbytes,
+                        format: o.format,
+                    })
+                    .collect(),
+            })
+        }
+        GraphEvent::Failed {
+            key,
+            worker,
+            error,
+            lost_outputs,
+        } => run_event::Event::Failed(daskrs_proto::GraphFailed {
+            graph_id,
+            key,
+            worker,
+            error,
+            lost_outputs,
+        }),
+    };
+    RunEvent { event: Some(event) }
+}

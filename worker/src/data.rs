@@ -1,0 +1,119 @@
+//! Results as workers hold them: Arrow IPC streams or opaque bytes.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef};
+use arrow::datatypes::{Field, Schema};
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use daskrs_proto::DataFormat;
+
+/// One result: its bytes and how to read them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Data {
+    pub format: DataFormat,
+    pub bytes: Bytes,
+}
+
+impl Data {
+    pub fn opaque(bytes: impl Into<Bytes>) -> Data {
+        Data {
+            format: DataFormat::Opaque,
+            bytes: bytes.into(),
+        }
+    }
+
+    pub fn empty() -> Data {
+        Data::opaque(Bytes::new())
+    }
+
+    pub fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// One array as a single-column Arrow IPC stream (column `value`).
+    pub fn from_array(array: ArrayRef) -> Result<Data, String> {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "value",
+            array.data_type().clone(),
+            true,
+        )]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![array]).map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        {
+            let mut w = StreamWriter::try_new(&mut buf, &schema).map_err(|e| e.to_string())?;
+            w.write(&batch).map_err(|e| e.to_string())?;
+            w.finish().map_err(|e| e.to_string())?;
+        }
+        Ok(Data {
+            format: DataFormat::Arrow,
+            bytes: buf.into(),
+        })
+    }
+
+    /// The record batches of an Arrow result.
+    pub fn batches(&self) -> Result<Vec<RecordBatch>, String> {
+        if self.format != DataFormat::Arrow {
+            return Err(format!(
+                "expected an Arrow result, got {} bytes of {} data",
+                self.bytes.len(),
+                self.format.name()
+            ));
+        }
+        let reader = StreamReader::try_new(std::io::Cursor::new(&self.bytes[..]), None)
+            .map_err(|e| format!("corrupt Arrow IPC stream: {e}"))?;
+        reader
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("corrupt Arrow IPC stream: {e}"))
+    }
+
+    /// The first column of every batch, in order.
+    pub fn arrays(&self) -> Result<Vec<ArrayRef>, String> {
+        Ok(self
+            .batches()?
+            .into_iter()
+            .filter(|b| b.num_columns() > 0)
+            .map(|b| b.column(0).clone())
+            .collect())
+    }
+}
+
+/// Concatenates arrays that may be of different numeric types, as Float64
+/// when the types differ.
+pub fn concat_numeric(arrays: &[ArrayRef]) -> Result<ArrayRef, String> {
+    let arrays = unify(arrays)?;
+    let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
+    if refs.is_empty() {
+        return Ok(Arc::new(arrow::array::Int64Array::from(Vec::<i64>::new())));
+    }
+    arrow::compute::concat(&refs).map_err(|e| e.to_string())
+}
+
+/// Casts arrays to one type: their own when they agree, Float64 otherwise.
+pub fn unify(arrays: &[ArrayRef]) -> Result<Vec<ArrayRef>, String> {
+    use arrow::datatypes::DataType;
+    let Some(first) = arrays.first() else {
+        return Ok(Vec::new());
+    };
+    for a in arrays {
+        if !a.data_type().is_numeric() {
+            return Err(format!(
+                "expected numbers, got an array of {}",
+                a.data_type()
+            ));
+        }
+    }
+    if arrays.iter().all(|a| a.data_type() == first.data_type()) {
+        return Ok(arrays.to_vec());
+    }
+    arrays
+        .iter()
+        .map(|a| arrow::compute::cast(a, &DataType::Float64).map_err(|e| e.to_string()))
+        .collect()
+}

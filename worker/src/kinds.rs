@@ -1,0 +1,339 @@
+//! The task registry: kinds by name, and the built-in ones.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, Scalar};
+use arrow::compute::kernels::numeric;
+use daskrs_core::kinds::{
+    BlobArgs, FailArgs, LiteralArgs, RandomArgs, RangeArgs, SleepArgs, parse_args,
+};
+
+use crate::data::{Data, concat_numeric, unify};
+
+/// Something a worker can run: takes the task's payload and its inputs'
+/// results, in the order of its dependencies, and returns its result.
+pub trait TaskKind: Send + Sync {
+    fn run(&self, payload: &[u8], inputs: &[Data]) -> Result<Data, String>;
+}
+
+impl<F> TaskKind for F
+where
+    F: Fn(&[u8], &[Data]) -> Result<Data, String> + Send + Sync,
+{
+    fn run(&self, payload: &[u8], inputs: &[Data]) -> Result<Data, String> {
+        self(payload, inputs)
+    }
+}
+
+/// Kinds by name. Other crates (the SQL engine) add theirs with [`Registry::register`].
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: HashMap<String, Arc<dyn TaskKind>>,
+}
+
+impl Registry {
+    pub fn empty() -> Registry {
+        Registry::default()
+    }
+
+    /// Every built-in kind of `daskrs_core::kinds::BUILTIN`.
+    pub fn builtin() -> Registry {
+        let mut r = Registry::default();
+        r.register("literal", literal);
+        r.register("range", range);
+        r.register("random", random);
+        r.register("add", |p: &[u8], i: &[Data]| elementwise(p, i, Op::Add));
+        r.register("sub", |p: &[u8], i: &[Data]| elementwise(p, i, Op::Sub));
+        r.register("mul", |p: &[u8], i: &[Data]| elementwise(p, i, Op::Mul));
+        r.register("div", |p: &[u8], i: &[Data]| elementwise(p, i, Op::Div));
+        r.register("sum", |_: &[u8], i: &[Data]| reduce(i, Reduce::Sum));
+        r.register("min", |_: &[u8], i: &[Data]| reduce(i, Reduce::Min));
+        r.register("max", |_: &[u8], i: &[Data]| reduce(i, Reduce::Max));
+        r.register("count", |_: &[u8], i: &[Data]| reduce(i, Reduce::Count));
+        r.register("sleep", sleep);
+        r.register("fail", fail);
+        r.register("blob", blob);
+        r.register("noop", |_: &[u8], _: &[Data]| Ok(Data::empty()));
+        debug_assert!(
+            daskrs_core::kinds::BUILTIN
+                .iter()
+                .all(|(n, _, _)| r.kinds.contains_key(*n))
+        );
+        r
+    }
+
+    pub fn register(&mut self, name: &str, kind: impl TaskKind + 'static) {
+        self.kinds.insert(name.to_string(), Arc::new(kind));
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<dyn TaskKind>> {
+        self.kinds.get(name).cloned()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.kinds.keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+fn literal(payload: &[u8], _: &[Data]) -> Result<Data, String> {
+    let a: LiteralArgs = parse_args("literal", payload)?;
+    let array: ArrayRef = if a.values.iter().all(|v| v.is_i64()) {
+        Arc::new(Int64Array::from_iter_values(
+            a.values.iter().filter_map(|v| v.as_i64()),
+        ))
+    } else {
+        Arc::new(Float64Array::from_iter_values(
+            a.values.iter().map(|v| v.as_f64().unwrap_or(f64::NAN)),
+        ))
+    };
+    Data::from_array(array)
+}
+
+fn range(payload: &[u8], _: &[Data]) -> Result<Data, String> {
+    let a: RangeArgs = parse_args("range", payload)?;
+    daskrs_core::kinds::check("range", payload, 0)?;
+    let values: Vec<i64> = if a.step > 0 {
+        (a.start..a.stop).step_by(a.step as usize).collect()
+    } else {
+        let mut v = Vec::new();
+        let mut x = a.start;
+        while x > a.stop {
+            v.push(x);
+            x = x.saturating_add(a.step);
+        }
+        v
+    };
+    Data::from_array(Arc::new(Int64Array::from(values)))
+}
+
+fn random(payload: &[u8], _: &[Data]) -> Result<Data, String> {
+    let a: RandomArgs = parse_args("random", payload)?;
+    daskrs_core::kinds::check("random", payload, 0)?;
+    // splitmix64: fast, and the same numbers for the same seed everywhere.
+    let mut state = a.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let values = (0..a.n).map(|_| {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    });
+    Data::from_array(Arc::new(Float64Array::from_iter_values(values)))
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// Folds the inputs element-wise; an input of length one is broadcast.
+fn elementwise(_: &[u8], inputs: &[Data], op: Op) -> Result<Data, String> {
+    let mut arrays = Vec::with_capacity(inputs.len());
+    for (i, d) in inputs.iter().enumerate() {
+        let a = concat_numeric(&d.arrays().map_err(|e| format!("input {i}: {e}"))?)?;
+        arrays.push(a);
+    }
+    let arrays = unify(&arrays)?;
+    let mut acc = arrays[0].clone();
+    for (i, b) in arrays.iter().enumerate().skip(1) {
+        let result = match (acc.len(), b.len()) {
+            (x, y) if x == y => apply(op, &acc, b),
+            (1, _) => apply(op, &Scalar::new(acc.clone()), b),
+            (_, 1) => apply(op, &acc, &Scalar::new(b.clone())),
+            (x, y) => {
+                return Err(format!(
+                    "input {i} has {y} values but the ones before it have {x}; lengths must match or be 1"
+                ));
+            }
+        };
+        acc = result.map_err(|e| format!("input {i}: {e}"))?;
+    }
+    Data::from_array(acc)
+}
+
+fn apply(
+    op: Op,
+    a: &dyn arrow::array::Datum,
+    b: &dyn arrow::array::Datum,
+) -> Result<ArrayRef, arrow::error::ArrowError> {
+    match op {
+        Op::Add => numeric::add(a, b),
+        Op::Sub => numeric::sub(a, b),
+        Op::Mul => numeric::mul(a, b),
+        Op::Div => numeric::div(a, b),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Reduce {
+    Sum,
+    Min,
+    Max,
+    Count,
+}
+
+/// Reduces every value of every input to one value.
+fn reduce(inputs: &[Data], how: Reduce) -> Result<Data, String> {
+    let mut all = Vec::new();
+    for (i, d) in inputs.iter().enumerate() {
+        all.extend(d.arrays().map_err(|e| format!("input {i}: {e}"))?);
+    }
+    let values = concat_numeric(&all)?;
+    use arrow::datatypes::DataType;
+    let out: ArrayRef = match (how, values.data_type()) {
+        (Reduce::Count, _) => Arc::new(Int64Array::from(vec![
+            (values.len() - values.null_count()) as i64,
+        ])),
+        (how, DataType::Int64) => {
+            let a = values
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("Int64 data type");
+            let v = match how {
+                Reduce::Sum => arrow::compute::sum_checked(a).map_err(|e| format!("sum: {e}"))?,
+                Reduce::Min => arrow::compute::min(a),
+                _ => arrow::compute::max(a),
+            };
+            Arc::new(Int64Array::from(vec![v]))
+        }
+        (how, _) => {
+            let f = arrow::compute::cast(&values, &DataType::Float64).map_err(|e| e.to_string())?;
+            let a = f
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .expect("cast to Float64");
+            let v = match how {
+                Reduce::Sum => arrow::compute::sum(a),
+                Reduce::Min => arrow::compute::min(a),
+                _ => arrow::compute::max(a),
+            };
+            Arc::new(Float64Array::from(vec![v]))
+        }
+    };
+    Data::from_array(out)
+}
+
+fn sleep(payload: &[u8], _: &[Data]) -> Result<Data, String> {
+    let a: SleepArgs = parse_args("sleep", payload)?;
+    std::thread::sleep(Duration::from_millis(a.ms));
+    Ok(Data::empty())
+}
+
+fn fail(payload: &[u8], _: &[Data]) -> Result<Data, String> {
+    let a: FailArgs = parse_args("fail", payload)?;
+    Err(a.message)
+}
+
+fn blob(payload: &[u8], _: &[Data]) -> Result<Data, String> {
+    let a: BlobArgs = parse_args("blob", payload)?;
+    daskrs_core::kinds::check("blob", payload, 0)?;
+    let bytes: Vec<u8> = (0..a.bytes).map(|i| (i % 251) as u8).collect();
+    Ok(Data::opaque(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(kind: &str, payload: &str, inputs: &[Data]) -> Result<Data, String> {
+        Registry::builtin()
+            .get(kind)
+            .unwrap()
+            .run(payload.as_bytes(), inputs)
+    }
+
+    fn ints(d: &Data) -> Vec<Option<i64>> {
+        let a = concat_numeric(&d.arrays().unwrap()).unwrap();
+        a.as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .iter()
+            .collect()
+    }
+
+    fn floats(d: &Data) -> Vec<Option<f64>> {
+        let a = concat_numeric(&d.arrays().unwrap()).unwrap();
+        a.as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap()
+            .iter()
+            .collect()
+    }
+
+    #[test]
+    fn arithmetic_over_arrays() {
+        let x = run("range", r#"{"start": 0, "stop": 5}"#, &[]).unwrap();
+        let y = run("literal", r#"{"values": [10]}"#, &[]).unwrap();
+        let sum = run("add", "", &[x.clone(), y.clone()]).unwrap();
+        assert_eq!(ints(&sum), [10, 11, 12, 13, 14].map(Some));
+        let sq = run("mul", "", &[x.clone(), x.clone()]).unwrap();
+        assert_eq!(ints(&run("sum", "", &[sq]).unwrap()), [Some(30)]);
+        let half = run(
+            "div",
+            "",
+            &[
+                x.clone(),
+                run("literal", r#"{"values": [2.0]}"#, &[]).unwrap(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(floats(&half), [0.0, 0.5, 1.0, 1.5, 2.0].map(Some));
+        assert_eq!(ints(&run("count", "", &[x.clone(), y]).unwrap()), [Some(6)]);
+        assert_eq!(ints(&run("max", "", &[x.clone()]).unwrap()), [Some(4)]);
+        assert_eq!(
+            ints(&run("sub", "", &[x.clone(), x]).unwrap()),
+            [0, 0, 0, 0, 0].map(Some)
+        );
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_not_panics() {
+        let x = run("range", r#"{"start": 0, "stop": 5}"#, &[]).unwrap();
+        let y = run("range", r#"{"start": 0, "stop": 3}"#, &[]).unwrap();
+        let e = run("add", "", &[x.clone(), y]).unwrap_err();
+        assert!(e.contains("lengths must match"), "{e}");
+        let e = run("sum", "", &[Data::opaque(vec![1u8, 2, 3])]).unwrap_err();
+        assert!(e.contains("expected an Arrow result"), "{e}");
+        let corrupt = Data {
+            format: daskrs_proto::DataFormat::Arrow,
+            bytes: vec![0xffu8; 16].into(),
+        };
+        let e = run("sum", "", &[corrupt]).unwrap_err();
+        assert!(e.contains("corrupt Arrow IPC"), "{e}");
+        let big = run("literal", &format!(r#"{{"values": [{}]}}"#, i64::MAX), &[]).unwrap();
+        let e = run("sum", "", &[big.clone(), big]).unwrap_err();
+        assert!(e.contains("overflow"), "{e}");
+        assert_eq!(
+            run("fail", r#"{"message": "nope"}"#, &[]).unwrap_err(),
+            "nope"
+        );
+        let e = run(
+            "div",
+            "",
+            &[
+                x.clone(),
+                run("literal", r#"{"values": [0]}"#, &[]).unwrap(),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.to_lowercase().contains("divide by zero"), "{e}");
+    }
+
+    #[test]
+    fn random_is_repeatable_and_in_range() {
+        let a = floats(&run("random", r#"{"n": 1000, "seed": 7}"#, &[]).unwrap());
+        let b = floats(&run("random", r#"{"n": 1000, "seed": 7}"#, &[]).unwrap());
+        assert_eq!(a, b);
+        assert!(a.iter().all(|v| (0.0..1.0).contains(&v.unwrap())));
+        let mean: f64 = a.iter().map(|v| v.unwrap()).sum::<f64>() / 1000.0;
+        assert!((mean - 0.5).abs() < 0.05, "{mean}");
+    }
+}

@@ -1,0 +1,73 @@
+//! The peer data service: other workers (and the scheduler, for clients)
+//! fetch results this worker holds, as streams of chunks.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use daskrs_proto::peer_data_server::PeerData;
+use daskrs_proto::{DataChunk, FetchRequest, chunks};
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::store::Store;
+
+pub struct PeerService {
+    pub store: Arc<Store>,
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<DataChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PeerData for PeerService {
+    type FetchStream = ChunkStream;
+
+    async fn fetch(&self, req: Request<FetchRequest>) -> Result<Response<ChunkStream>, Status> {
+        let id = req.into_inner().task_id;
+        let store = self.store.clone();
+        let data = tokio::task::spawn_blocking(move || store.get(id))
+            .await
+            .map_err(|e| Status::internal(format!("reading result {id}: {e}")))?
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("result {id} is not held by this worker")))?;
+        let parts = chunks::split(data.format, data.bytes);
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            parts.into_iter().map(Ok),
+        ))))
+    }
+}
+
+/// Fetches a result from the first of `addresses` that has it.
+pub async fn fetch_from(
+    pool: &crate::runtime::Channels,
+    id: u64,
+    addresses: &[String],
+) -> Result<crate::data::Data, String> {
+    let mut errors = Vec::new();
+    for addr in addresses {
+        match fetch_one(pool, id, addr).await {
+            Ok(d) => return Ok(d),
+            Err(e) => errors.push(format!("{addr}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        return Err(format!("no worker holds result {id}"));
+    }
+    Err(errors.join("; "))
+}
+
+async fn fetch_one(
+    pool: &crate::runtime::Channels,
+    id: u64,
+    addr: &str,
+) -> Result<crate::data::Data, String> {
+    let channel = pool.get(addr)?;
+    let mut client =
+        daskrs_proto::limits!(daskrs_proto::peer_data_client::PeerDataClient::new(channel));
+    let stream = client
+        .fetch(FetchRequest { task_id: id })
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    let (format, bytes) = chunks::assemble(stream).await.map_err(|e| e.to_string())?;
+    Ok(crate::data::Data { format, bytes })
+}
