@@ -32,7 +32,7 @@ pub fn values(o: &Output, limit: usize) -> Result<(Vec<String>, usize), String> 
 pub fn text(o: &Output) -> String {
     match o.format {
         DataFormat::Arrow => match values(o, 10) {
-            Ok((vals, total)) if total == 1 => format!("{} = {}", o.key, vals[0]),
+            Ok((vals, 1)) => format!("{} = {}", o.key, vals[0]),
             Ok((vals, total)) => {
                 let more = if total > vals.len() {
                     format!(", ... ({total} values)")

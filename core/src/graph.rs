@@ -183,15 +183,19 @@ pub fn validate(
             .filter(|&i| dependents[i as usize].is_empty())
             .collect()
     } else {
+        // In the order asked for, each once.
         let mut out = Vec::with_capacity(outputs.len());
+        let mut seen = vec![false; n];
         for k in outputs {
             match index.get(k.as_str()) {
-                Some(&i) => out.push(i),
+                Some(&i) => {
+                    if !std::mem::replace(&mut seen[i as usize], true) {
+                        out.push(i);
+                    }
+                }
                 None => return Err(GraphError::UnknownOutput { key: k.clone() }),
             }
         }
-        out.sort_unstable();
-        out.dedup();
         out
     };
     let order = depth_first_order(&inputs, &dependents);
@@ -240,8 +244,11 @@ fn find_cycle(deps: &[Vec<u32>]) -> Option<Vec<u32>> {
     let mut cur = start as u32;
     loop {
         if let Some(&p) = pos.get(&cur) {
+            // Walked from dependent to dependency; name it the way data flows,
+            // starting from where the walk closed.
             let mut cycle: Vec<u32> = path[p..].to_vec();
             cycle.reverse();
+            cycle.rotate_right(1);
             cycle.push(cycle[0]);
             return Some(cycle);
         }
@@ -399,8 +406,8 @@ mod tests {
         #[test]
         fn back_edge_always_reports_a_real_cycle(len in 2usize..30) {
             let mut tasks: Vec<TaskSpec> = (0..len).map(|i| TaskSpec::new(format!("t{i}"), "k")).collect();
-            for i in 1..len {
-                tasks[i].deps.push(format!("t{}", i - 1));
+            for (i, t) in tasks.iter_mut().enumerate().skip(1) {
+                t.deps.push(format!("t{}", i - 1));
             }
             tasks[0].deps.push(format!("t{}", len - 1));
             let e = check(tasks).unwrap_err();

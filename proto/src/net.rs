@@ -86,3 +86,12 @@ macro_rules! limits {
             .max_encoding_message_size($crate::net::MAX_MESSAGE_BYTES)
     };
 }
+
+/// Accepted connections for a server started with `serve_with_incoming`,
+/// with the same socket options as [`server`] (which only applies them to
+/// listeners it binds itself).
+pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(KEEPALIVE_INTERVAL))
+}

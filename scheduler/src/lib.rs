@@ -108,12 +108,9 @@ impl Scheduler {
             let served = daskrs_proto::net::server()
                 .add_service(clients)
                 .add_service(workers)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    },
-                )
+                .serve_with_incoming_shutdown(daskrs_proto::net::incoming(listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
                 .await;
             ticker.abort();
             if let Some((h, _)) = http {

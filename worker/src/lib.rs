@@ -132,12 +132,9 @@ pub async fn run(
         tokio::spawn(
             daskrs_proto::net::server()
                 .add_service(svc)
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    },
-                ),
+                .serve_with_incoming_shutdown(daskrs_proto::net::incoming(listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                }),
         )
     };
     let http = match config.http_listen {

@@ -3,10 +3,12 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use daskrs_proto::peer_data_server::PeerData;
 use daskrs_proto::{DataChunk, FetchRequest, chunks};
 use futures::Stream;
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use crate::store::Store;
@@ -55,6 +57,11 @@ pub async fn fetch_from(
     Err(errors.join("; "))
 }
 
+/// A peer that sends nothing for this long is taken as gone: a frozen
+/// process keeps its connection open, and waiting for TCP keepalive would
+/// stall the task for half a minute.
+const STALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 async fn fetch_one(
     pool: &crate::runtime::Channels,
     id: u64,
@@ -63,11 +70,18 @@ async fn fetch_one(
     let channel = pool.get(addr)?;
     let mut client =
         daskrs_proto::limits!(daskrs_proto::peer_data_client::PeerDataClient::new(channel));
-    let stream = client
-        .fetch(FetchRequest { task_id: id })
+    let stream = tokio::time::timeout(STALL_TIMEOUT, client.fetch(FetchRequest { task_id: id }))
         .await
+        .map_err(|_| format!("no answer within {STALL_TIMEOUT:?}"))?
         .map_err(|s| s.message().to_string())?
         .into_inner();
+    let stream = Box::pin(stream.timeout(STALL_TIMEOUT).map(|item| {
+        item.unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!(
+                "stalled for {STALL_TIMEOUT:?}"
+            )))
+        })
+    }));
     let (format, bytes) = chunks::assemble(stream).await.map_err(|e| e.to_string())?;
     Ok(crate::data::Data { format, bytes })
 }

@@ -276,7 +276,7 @@ impl State {
             .values()
             .filter(|w| w.processing.len() > w.nthreads as usize)
             .collect();
-        victims.sort_by(|a, b| b.processing.len().cmp(&a.processing.len()));
+        victims.sort_by_key(|w| std::cmp::Reverse(w.processing.len()));
         let mut requests = Vec::new();
         for v in victims {
             let mut spare = v.processing.len() - v.nthreads as usize;

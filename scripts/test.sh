@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace: formatting, lints, unit,
+# property and integration tests. Needs only a Rust toolchain.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Builds share one target directory outside the checkout, so a fresh clone
+# on the same machine does not compile everything again.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/daskrs/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
