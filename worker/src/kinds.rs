@@ -287,7 +287,10 @@ mod tests {
         .unwrap();
         assert_eq!(floats(&half), [0.0, 0.5, 1.0, 1.5, 2.0].map(Some));
         assert_eq!(ints(&run("count", "", &[x.clone(), y]).unwrap()), [Some(6)]);
-        assert_eq!(ints(&run("max", "", std::slice::from_ref(&x)).unwrap()), [Some(4)]);
+        assert_eq!(
+            ints(&run("max", "", std::slice::from_ref(&x)).unwrap()),
+            [Some(4)]
+        );
         assert_eq!(
             ints(&run("sub", "", &[x.clone(), x]).unwrap()),
             [0, 0, 0, 0, 0].map(Some)

@@ -139,6 +139,10 @@ pub struct State {
     queue: BinaryHeap<Reverse<(Priority, TaskId)>>,
     /// Tasks with a steal request out; stale entries are dropped lazily.
     stealing: Vec<TaskId>,
+    /// The worker that took the last task without dependencies, per graph:
+    /// neighbouring root tasks go to the same worker while it has room, so
+    /// the tasks that combine them find their inputs local.
+    last_root: Option<(GraphId, WorkerId)>,
     counts: [u64; TaskState::ALL.len()],
     estimates: HashMap<Arc<str>, f64>,
     next_task: TaskId,
@@ -159,6 +163,7 @@ impl State {
             workers: HashMap::new(),
             queue: BinaryHeap::new(),
             stealing: Vec::new(),
+            last_root: None,
             counts: [0; TaskState::ALL.len()],
             estimates: HashMap::new(),
             next_task: 1,
@@ -300,8 +305,9 @@ impl State {
         let graph = t.graph;
         let wanted = t.wanted;
         let refs = t.refs;
-        let deps = t.deps.clone();
-        let dependents = t.dependents.clone();
+        // Taken out and put back below: no allocation on this hot path.
+        let deps = std::mem::take(&mut t.deps);
+        let dependents = std::mem::take(&mut t.dependents);
         self.set_state(id, TaskState::Memory);
         let est = self.estimates.entry(kind).or_insert(duration);
         *est = 0.8 * *est + 0.2 * duration;
@@ -309,7 +315,7 @@ impl State {
             w.has_what.insert(id);
             w.nbytes += nbytes;
         }
-        for d in dependents {
+        for &d in &dependents {
             let dt = self.tasks.get_mut(&d).expect("dependent exists");
             if dt.state == TaskState::Waiting {
                 dt.waiting_on -= 1;
@@ -318,13 +324,16 @@ impl State {
                 }
             }
         }
-        for d in deps {
+        for &d in &deps {
             let dt = self.tasks.get_mut(&d).expect("dependency exists");
             dt.refs -= 1;
             if dt.refs == 0 {
                 self.release_result(d);
             }
         }
+        let t = self.tasks.get_mut(&id).expect("finished task exists");
+        t.deps = deps;
+        t.dependents = dependents;
         if let Some(g) = self.graphs.get_mut(&graph) {
             g.n_done += 1;
             if wanted {

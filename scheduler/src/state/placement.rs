@@ -159,6 +159,13 @@ impl State {
     /// least occupied per thread.
     fn pick_worker(&self, id: TaskId) -> Option<WorkerId> {
         let t = &self.tasks[&id];
+        if t.deps.is_empty()
+            && let Some((graph, w)) = self.last_root
+            && graph == t.graph
+            && self.workers.get(&w).is_some_and(Self::can_take)
+        {
+            return Some(w);
+        }
         let mut best: Option<(u64, f64, usize, WorkerId)> = None;
         for w in self.workers.values() {
             if !Self::can_take(w) {
@@ -218,6 +225,9 @@ impl State {
         };
         self.set_state(id, TaskState::Processing);
         let t = self.tasks.get_mut(&id).expect("queued task exists");
+        if t.deps.is_empty() {
+            self.last_root = Some((t.graph, worker));
+        }
         t.processing_on = Some(worker);
         t.estimate = est;
         let w = self.workers.get_mut(&worker).expect("picked worker exists");
@@ -279,6 +289,10 @@ impl State {
         victims.sort_by_key(|w| std::cmp::Reverse(w.processing.len()));
         let mut requests = Vec::new();
         for v in victims {
+            // Queues of short tasks drain faster than a steal round trip.
+            if v.occupancy / (v.processing.len() as f64) < MIN_STEAL_SECONDS {
+                continue;
+            }
             let mut spare = v.processing.len() - v.nthreads as usize;
             // The last in the worker's order run last: those are the ones to take.
             let mut cands: Vec<(super::Priority, TaskId)> = v

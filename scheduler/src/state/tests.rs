@@ -420,6 +420,9 @@ fn idle_worker_steals_long_queued_tasks() {
     for t in sim.state.tasks.values_mut() {
         t.estimate = 1.0;
     }
+    for w in sim.state.workers.values_mut() {
+        w.occupancy = w.processing.len() as f64;
+    }
     let second = sim.add_worker(1);
     assert!(sim.state.totals.steals >= 1);
     assert_eq!(sim.queued[&second].len(), 1);

@@ -1,0 +1,260 @@
+//! Task throughput of a daskrs cluster (a scheduler and two worker processes
+//! of the release `daskrs` binary on loopback), printed next to the figures
+//! of Python Dask's LocalCluster on the same machine when given them.
+//!
+//! Workloads, as in Dask's own benchmarks:
+//! - map: `n` independent tasks (like `client.map(inc, range(n))`), timed
+//!   from submission until every task has finished;
+//! - tree: a binary-tree reduction over `leaves` leaf tasks (about 2x leaves
+//!   tasks), timed until its one result is gathered.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use daskrs_client::{Client, Graph};
+use daskrs_core::TaskSpec;
+
+#[derive(Parser)]
+struct Args {
+    /// The `daskrs` binary to benchmark (a release build).
+    #[arg(long)]
+    daskrs: PathBuf,
+    #[arg(long, default_value_t = 10_000)]
+    map_tasks: usize,
+    #[arg(long, default_value_t = 10_000)]
+    tree_leaves: usize,
+    /// Runs of each workload; the best is reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// JSON printed by bench/dask_tasks.py, to print side by side.
+    #[arg(long)]
+    dask_json: Option<PathBuf>,
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// User plus system CPU seconds a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after ')'.
+    (ticks(11) + ticks(12)) / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn map_graph(n: usize) -> Graph {
+    Graph {
+        name: "map".into(),
+        tasks: (0..n)
+            .map(|i| TaskSpec::new(format!("inc-{i}"), "noop"))
+            .collect(),
+        outputs: Vec::new(),
+    }
+}
+
+fn tree_graph(leaves: usize) -> (Graph, String) {
+    let mut tasks: Vec<TaskSpec> = (0..leaves)
+        .map(|i| {
+            TaskSpec::new(format!("leaf-{i}"), "range")
+                .payload(format!(r#"{{"start": {i}, "stop": {}}}"#, i + 1))
+        })
+        .collect();
+    let mut keys: Vec<String> = tasks.iter().map(|t| t.key.clone()).collect();
+    let mut level = 0;
+    while keys.len() > 1 {
+        keys = keys
+            .chunks(2)
+            .enumerate()
+            .map(|(i, pair)| {
+                let key = format!("add-{level}-{i}");
+                tasks.push(TaskSpec::new(&key, "sum").deps(pair.to_vec()));
+                key
+            })
+            .collect();
+        level += 1;
+    }
+    let root = keys.remove(0);
+    (
+        Graph {
+            name: "tree".into(),
+            tasks,
+            outputs: vec![root.clone()],
+        },
+        root,
+    )
+}
+
+struct Measured {
+    tasks: usize,
+    seconds: f64,
+    scheduler_cpu: f64,
+}
+
+async fn measure(
+    client: &Client,
+    scheduler_pid: u32,
+    graph: Graph,
+    root: Option<&str>,
+) -> Measured {
+    let tasks = graph.tasks.len();
+    let cpu0 = cpu_seconds(scheduler_pid);
+    let t0 = Instant::now();
+    let finished = client.run(graph, |_| {}).await.expect("graph runs");
+    if let Some(root) = root {
+        let out = client
+            .gather(&finished, root)
+            .await
+            .expect("result gathers");
+        std::hint::black_box(out);
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    drop(finished);
+    // Let the release of the graph finish before reading the scheduler's CPU.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Measured {
+        tasks,
+        seconds,
+        scheduler_cpu: cpu_seconds(scheduler_pid) - cpu0,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, http) = (free_port(), free_port());
+    let scheduler = Proc(
+        Command::new(&args.daskrs)
+            .args([
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--http-port",
+                &http.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the daskrs binary starts"),
+    );
+    let address = format!("127.0.0.1:{port}");
+    let mut workers = Vec::new();
+    for i in 0..2 {
+        workers.push(Proc(
+            Command::new(&args.daskrs)
+                .args([
+                    "worker",
+                    "--scheduler",
+                    &address,
+                    "--nthreads",
+                    "1",
+                    "--port",
+                    "0",
+                    "--http-port",
+                    "0",
+                ])
+                .args(["--name", &format!("bench-{i}"), "--host", "127.0.0.1"])
+                .arg("--local-dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("the daskrs binary starts"),
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let client = loop {
+        match Client::connect(&address).await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > deadline => panic!("{e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    client
+        .wait_for_workers(2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let pid = scheduler.0.id();
+
+    // Warm up: connections, and the scheduler's estimates of each kind.
+    measure(&client, pid, map_graph(500), None).await;
+    let (g, root) = tree_graph(500);
+    measure(&client, pid, g, Some(&root)).await;
+
+    let mut best_map: Option<Measured> = None;
+    let mut best_tree: Option<Measured> = None;
+    for _ in 0..args.repeat {
+        let m = measure(&client, pid, map_graph(args.map_tasks), None).await;
+        if best_map.as_ref().is_none_or(|b| m.seconds < b.seconds) {
+            best_map = Some(m);
+        }
+        let (g, root) = tree_graph(args.tree_leaves);
+        let m = measure(&client, pid, g, Some(&root)).await;
+        if best_tree.as_ref().is_none_or(|b| m.seconds < b.seconds) {
+            best_tree = Some(m);
+        }
+    }
+    let dask: Option<serde_json::Value> = args
+        .dask_json
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| s.lines().last().and_then(|l| serde_json::from_str(l).ok()));
+
+    println!(
+        "Task throughput: scheduler + 2 worker processes x 1 thread, loopback, best of {}",
+        args.repeat
+    );
+    println!(
+        "{:<6} {:>7} {:>12} {:>14} {:>16} {:>14} {:>9}",
+        "shape", "tasks", "daskrs s", "daskrs task/s", "sched CPU us/task", "dask task/s", "ratio"
+    );
+    for (name, m) in [("map", best_map.unwrap()), ("tree", best_tree.unwrap())] {
+        let rate = m.tasks as f64 / m.seconds;
+        let dask_rate = dask.as_ref().and_then(|d| d[name]["tasks_per_s"].as_f64());
+        println!(
+            "{:<6} {:>7} {:>12.3} {:>14.0} {:>16.2} {:>14} {:>9}",
+            name,
+            m.tasks,
+            m.seconds,
+            rate,
+            m.scheduler_cpu / m.tasks as f64 * 1e6,
+            dask_rate.map_or("-".to_string(), |r| format!("{r:.0}")),
+            dask_rate.map_or("-".to_string(), |r| format!("{:.1}x", rate / r)),
+        );
+    }
+    if let Some(d) = dask {
+        println!(
+            "dask version: {}",
+            d["dask_version"].as_str().unwrap_or("?")
+        );
+    }
+}
