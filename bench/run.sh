@@ -21,10 +21,13 @@ done
 
 cargo build --release --locked -p daskrs-client -p daskrs-bench >&2
 python=$(bench/install-dask.sh | tail -1)
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
-echo "running the Dask side ..." >&2
+out=$(mktemp) tuned=$(mktemp)
+trap 'rm -f "$out" "$tuned"' EXIT
+echo "running Dask as installed ..." >&2
 "$python" bench/dask_tasks.py --map-tasks "$map" --tree-leaves "$leaves" --repeat "$repeat" > "$out"
-echo "running the daskrs side ..." >&2
+echo "running Dask with worker-saturation inf ..." >&2
+"$python" bench/dask_tasks.py --map-tasks "$map" --tree-leaves "$leaves" --repeat "$repeat" \
+  --worker-saturation inf > "$tuned"
+echo "running daskrs ..." >&2
 DASKRS_LOG=error "$CARGO_TARGET_DIR/release/daskrs-bench" --daskrs "$CARGO_TARGET_DIR/release/daskrs" \
-  --map-tasks "$map" --tree-leaves "$leaves" --repeat "$repeat" --dask-json "$out"
+  --map-tasks "$map" --tree-leaves "$leaves" --repeat "$repeat" --dask-json "$out" --dask-tuned-json "$tuned"

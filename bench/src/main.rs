@@ -28,9 +28,12 @@ struct Args {
     /// Runs of each workload; the best is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// JSON printed by bench/dask_tasks.py, to print side by side.
+    /// JSON printed by bench/dask_tasks.py with Dask's default settings.
     #[arg(long)]
     dask_json: Option<PathBuf>,
+    /// The same with `--worker-saturation inf` (Dask's queuing off).
+    #[arg(long)]
+    dask_tuned_json: Option<PathBuf>,
 }
 
 struct Proc(Child);
@@ -91,13 +94,18 @@ fn tree_graph(leaves: usize) -> (Graph, String) {
     let mut keys: Vec<String> = tasks.iter().map(|t| t.key.clone()).collect();
     let mut level = 0;
     while keys.len() > 1 {
+        // As on the Dask side: the odd key out moves up a level as is, so
+        // `leaves` leaves make `leaves - 1` additions.
         keys = keys
             .chunks(2)
             .enumerate()
-            .map(|(i, pair)| {
-                let key = format!("add-{level}-{i}");
-                tasks.push(TaskSpec::new(&key, "sum").deps(pair.to_vec()));
-                key
+            .map(|(i, pair)| match pair {
+                [a, b] => {
+                    let key = format!("add-{level}-{i}");
+                    tasks.push(TaskSpec::new(&key, "sum").deps([a.clone(), b.clone()]));
+                    key
+                }
+                _ => pair[0].clone(),
             })
             .collect();
         level += 1;
@@ -206,8 +214,8 @@ async fn main() {
     let pid = scheduler.0.id();
 
     // Warm up: connections, and the scheduler's estimates of each kind.
-    measure(&client, pid, map_graph(500), None).await;
-    let (g, root) = tree_graph(500);
+    measure(&client, pid, map_graph(200), None).await;
+    let (g, root) = tree_graph(200);
     measure(&client, pid, g, Some(&root)).await;
 
     let mut best_map: Option<Measured> = None;
@@ -223,37 +231,54 @@ async fn main() {
             best_tree = Some(m);
         }
     }
-    let dask: Option<serde_json::Value> = args
-        .dask_json
-        .as_ref()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|s| s.lines().last().and_then(|l| serde_json::from_str(l).ok()));
+    let read = |p: &Option<PathBuf>| -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(p.as_ref()?).ok()?;
+        serde_json::from_str(text.lines().last()?).ok()
+    };
+    let (dask, tuned) = (read(&args.dask_json), read(&args.dask_tuned_json));
 
     println!(
         "Task throughput: scheduler + 2 worker processes x 1 thread, loopback, best of {}",
         args.repeat
     );
     println!(
-        "{:<6} {:>7} {:>12} {:>14} {:>16} {:>14} {:>9}",
-        "shape", "tasks", "daskrs s", "daskrs task/s", "sched CPU us/task", "dask task/s", "ratio"
+        "{:<6} {:>7} {:>10} {:>14} {:>13} {:>12} {:>8} {:>12} {:>8}",
+        "shape",
+        "tasks",
+        "daskrs s",
+        "daskrs task/s",
+        "sched us/task",
+        "dask task/s",
+        "ratio",
+        "tuned task/s",
+        "ratio"
     );
+    let cell = |d: &Option<serde_json::Value>, name: &str, rate: f64| -> (String, String) {
+        match d.as_ref().and_then(|d| d[name]["tasks_per_s"].as_f64()) {
+            Some(r) => (format!("{r:.0}"), format!("{:.1}x", rate / r)),
+            None => ("-".into(), "-".into()),
+        }
+    };
     for (name, m) in [("map", best_map.unwrap()), ("tree", best_tree.unwrap())] {
         let rate = m.tasks as f64 / m.seconds;
-        let dask_rate = dask.as_ref().and_then(|d| d[name]["tasks_per_s"].as_f64());
+        let (d, dr) = cell(&dask, name, rate);
+        let (t, tr) = cell(&tuned, name, rate);
         println!(
-            "{:<6} {:>7} {:>12.3} {:>14.0} {:>16.2} {:>14} {:>9}",
+            "{:<6} {:>7} {:>10.3} {:>14.0} {:>13.2} {:>12} {:>8} {:>12} {:>8}",
             name,
             m.tasks,
             m.seconds,
             rate,
             m.scheduler_cpu / m.tasks as f64 * 1e6,
-            dask_rate.map_or("-".to_string(), |r| format!("{r:.0}")),
-            dask_rate.map_or("-".to_string(), |r| format!("{:.1}x", rate / r)),
+            d,
+            dr,
+            t,
+            tr
         );
     }
-    if let Some(d) = dask {
+    if let Some(d) = dask.as_ref().or(tuned.as_ref()) {
         println!(
-            "dask version: {}",
+            "dask {}; 'dask' is LocalCluster(n_workers=2, threads_per_worker=1) as installed, 'tuned' the same with worker-saturation inf",
             d["dask_version"].as_str().unwrap_or("?")
         );
     }

@@ -478,3 +478,137 @@ impl tonic::codec::Decoder for RawCodec {
         Ok(Some(v))
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_serves_health_readiness_and_metrics() {
+    let mut cluster = Cluster::start(0, &[], &[]);
+    let port = harness::free_port();
+    cluster.add_worker(&["--http-port", &port.to_string()]);
+    let client = cluster.client(1).await;
+    let (tasks, root, want) = slow_sum(4, 10, 0);
+    let out = client
+        .compute(
+            Graph {
+                tasks,
+                outputs: vec![root],
+                ..Graph::default()
+            },
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(int(&out[0]), want);
+    harness::wait_port(port);
+    assert_eq!(
+        harness::http(port, "GET", "/health", ""),
+        (200, "ok\n".into())
+    );
+    assert_eq!(harness::http(port, "GET", "/ready", "").0, 200);
+    let (code, metrics) = harness::http(port, "GET", "/metrics", "");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains(r#"daskrs_worker_tasks_executed_total{worker="w0"} 15"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("daskrs_worker_task_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"daskrs_worker_connected{worker="w0"} 1"#),
+        "{metrics}"
+    );
+    // Without its scheduler it is alive but not ready.
+    cluster.scheduler.take().unwrap().signal("KILL");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while harness::http(port, "GET", "/ready", "").0 != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker still claims to be ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(harness::http(port, "GET", "/health", "").0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_cluster_serves_clients_and_stops_on_sigterm() {
+    let port = harness::free_port();
+    let http_port = harness::free_port();
+    let mut local = harness::Proc {
+        child: std::process::Command::new(harness::BIN)
+            .args([
+                "local",
+                "--workers",
+                "2",
+                "--port",
+                &port.to_string(),
+                "--http-port",
+                &http_port.to_string(),
+            ])
+            .env("DASKRS_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    harness::wait_port(port);
+    let address = format!("127.0.0.1:{port}");
+    let client = daskrs_client::Client::connect(&address).await.unwrap();
+    client
+        .wait_for_workers(2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("g.json");
+    std::fs::write(&file, r#"{"tasks": [{"key": "n", "kind": "range", "args": {"start": 1, "stop": 11}}, {"key": "s", "kind": "sum", "deps": ["n"]}]}"#).unwrap();
+    let out = submit(&address, &file, &[]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "s = 55");
+    let info = std::process::Command::new(harness::BIN)
+        .args(["info", "--scheduler", &address])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(info.status.success());
+    assert!(
+        text.contains("local-0") && text.contains("local-1"),
+        "{text}"
+    );
+    drop(client);
+    local.signal("TERM");
+    let status = local
+        .wait_exit(Duration::from_secs(20))
+        .expect("local cluster stops on SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduler_stops_on_sigterm_with_workers_attached() {
+    let mut cluster = Cluster::start(2, &[], &[]);
+    let client = cluster.client(2).await;
+    let (tasks, root, _) = slow_sum(4, 10, 0);
+    let finished = client
+        .run(
+            Graph {
+                tasks,
+                outputs: vec![root],
+                ..Graph::default()
+            },
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let mut scheduler = cluster.scheduler.take().unwrap();
+    scheduler.signal("TERM");
+    let status = scheduler
+        .wait_exit(Duration::from_secs(20))
+        .expect("scheduler stops on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    drop(finished);
+    // Its workers keep running, waiting for a scheduler to come back.
+    for w in &mut cluster.workers {
+        assert!(
+            w.wait_exit(Duration::from_millis(300)).is_none(),
+            "a worker exited with the scheduler"
+        );
+    }
+}

@@ -20,6 +20,9 @@ use tokio::sync::watch;
 use crate::service::Core;
 use crate::state::{State, StateConfig};
 
+/// How long a stopping scheduler waits for open connections to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Adaptive scaling aims for about this much queued work per thread.
 pub const ADAPTIVE_TARGET_SECONDS: f64 = 5.0;
 
@@ -104,14 +107,31 @@ impl Scheduler {
         );
         tracing::info!(grpc = %grpc_addr, http = ?http_addr, worker_ttl_s = config.worker_ttl.as_secs_f64(), "scheduler listening");
         let mut stop = shutdown;
+        let mut stopped = stop.clone();
+        let drain = core.clone();
         let task = tokio::spawn(async move {
-            let served = daskrs_proto::net::server()
+            let server = daskrs_proto::net::server()
                 .add_service(clients)
                 .add_service(workers)
                 .serve_with_incoming_shutdown(daskrs_proto::net::incoming(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
+                    // Streams stay open until their senders go: end them all, so
+                    // workers start reconnecting and clients hear the scheduler left.
+                    drain.with(|i| {
+                        i.workers.clear();
+                        i.clients.clear();
+                    });
+                });
+            let served = tokio::select! {
+                r = server => r,
+                _ = async {
+                    let _ = stopped.wait_for(|s| *s).await;
+                    tokio::time::sleep(DRAIN_TIMEOUT).await;
+                } => {
+                    tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "connections still open; stopping anyway");
+                    Ok(())
+                }
+            };
             ticker.abort();
             if let Some((h, _)) = http {
                 h.abort();

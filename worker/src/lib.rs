@@ -10,6 +10,7 @@ pub mod http;
 pub mod kinds;
 pub mod metrics;
 pub mod peer;
+pub mod pool;
 pub mod runtime;
 pub mod store;
 
@@ -58,6 +59,8 @@ pub enum Error {
         dir: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot start task threads: {0}")]
+    Threads(std::io::Error),
     #[error("peer data server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -110,7 +113,9 @@ pub async fn run(
     let store = Arc::new(Store::new(config.memory_limit, spill_dir.path()));
     let metrics = Arc::new(Metrics::new(&name));
     let (ready, ready_rx) = watch::channel(false);
+    let pool = pool::Pool::new(config.nthreads as usize, &name).map_err(Error::Threads)?;
     let shared = Arc::new(Shared {
+        pool,
         config: config.clone(),
         registry,
         store: store.clone(),

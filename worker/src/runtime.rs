@@ -82,8 +82,12 @@ enum Event {
     },
 }
 
+/// Tasks handed to the thread pool per thread: one running, one waiting.
+pub const PREFETCH_PER_THREAD: usize = 2;
+
 pub struct Shared {
     pub config: WorkerConfig,
+    pub pool: crate::pool::Pool,
     pub registry: Registry,
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
@@ -430,7 +434,8 @@ impl Session {
             );
             self.heartbeat();
         }
-        while !self.paused && self.running < self.shared.config.nthreads as usize {
+        let limit = self.shared.config.nthreads as usize * PREFETCH_PER_THREAD;
+        while !self.paused && self.running < limit {
             let Some(Reverse((_, id))) = self.ready.pop() else {
                 break;
             };
@@ -447,7 +452,7 @@ impl Session {
             let shared = self.shared.clone();
             let tx = self.ev_tx.clone();
             let generation = shared.store.generation();
-            tokio::task::spawn_blocking(move || {
+            self.shared.pool.submit(move || {
                 let (result, format, duration) = run_task(&shared, generation, &compute, fetched);
                 let _ = tx.send(Event::Done {
                     task: compute.task_id,

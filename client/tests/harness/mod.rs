@@ -130,7 +130,12 @@ impl Cluster {
                 "--host",
                 "127.0.0.1",
             ])
-            .args(["--port", "0", "--http-port", "0", "--nthreads", "1"])
+            .args(["--port", "0", "--nthreads", "1"])
+            .args(if args.contains(&"--http-port") {
+                &[][..]
+            } else {
+                &["--http-port", "0"][..]
+            })
             .arg("--local-dir")
             .arg(self.dir.path())
             .args(args)
