@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use daskrs_client::Graph;
 use daskrs_core::TaskSpec;
 use harness::Cluster;
-use harness::graphs::{int, ints, range, slow_sum};
+use harness::graphs::{int, ints, range, rooted, slow_sum};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn worker_killed_mid_graph_still_completes() {
@@ -16,18 +16,7 @@ async fn worker_killed_mid_graph_still_completes() {
     let client = cluster.client(3).await;
     let (tasks, root, want) = slow_sum(60, 1000, 50);
     let runner = client.clone();
-    let run = tokio::spawn(async move {
-        runner
-            .compute(
-                Graph {
-                    tasks,
-                    outputs: vec![root],
-                    ..Graph::default()
-                },
-                |_| {},
-            )
-            .await
-    });
+    let run = tokio::spawn(async move { runner.compute(rooted(tasks, root), |_| {}).await });
     // Let every worker run and hold results, then kill one outright.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let held_before: u64 = client
@@ -63,18 +52,7 @@ async fn worker_that_stops_answering_is_removed_and_its_work_rescheduled() {
     let client = cluster.client(2).await;
     let (tasks, root, want) = slow_sum(20, 100, 100);
     let runner = client.clone();
-    let run = tokio::spawn(async move {
-        runner
-            .compute(
-                Graph {
-                    tasks,
-                    outputs: vec![root],
-                    ..Graph::default()
-                },
-                |_| {},
-            )
-            .await
-    });
+    let run = tokio::spawn(async move { runner.compute(rooted(tasks, root), |_| {}).await });
     tokio::time::sleep(Duration::from_millis(400)).await;
     // Frozen, not dead: the connection stays open, only heartbeats stop.
     cluster.workers[0].signal("STOP");
@@ -105,11 +83,7 @@ async fn scheduler_restarted_and_workers_rejoin() {
     let mut cluster = Cluster::start(2, &[], &[]);
     let client = cluster.client(2).await;
     let (tasks, root, want) = slow_sum(8, 100, 0);
-    let graph = Graph {
-        tasks,
-        outputs: vec![root],
-        ..Graph::default()
-    };
+    let graph = rooted(tasks, root);
     assert_eq!(
         int(&client.compute(graph.clone(), |_| {}).await.unwrap()[0]),
         want

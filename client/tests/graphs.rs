@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use daskrs_client::{Error, Graph};
 use daskrs_core::TaskSpec;
-use harness::graphs::{int, ints, range, slow_sum};
+use harness::graphs::{check_slow_sum, int, ints, range, rooted, slow_sum};
 use harness::{Cluster, submit};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -34,19 +34,7 @@ async fn diamond_tree_and_wide_graphs_give_the_right_answers() {
     assert_eq!(ints(&out[1]), (1..=10).collect::<Vec<_>>());
 
     // Tree: 512 chunks of 1000 integers summed pairwise.
-    let (tasks, root, want) = slow_sum(512, 1000, 0);
-    let out = client
-        .compute(
-            Graph {
-                tasks,
-                outputs: vec![root],
-                ..Graph::default()
-            },
-            |_| {},
-        )
-        .await
-        .unwrap();
-    assert_eq!(int(&out[0]), want);
+    check_slow_sum(&client, 512, 1000, 0).await;
 
     // Wide: 3000 independent tasks, all wanted.
     let tasks: Vec<TaskSpec> = (0..3000)
@@ -83,19 +71,7 @@ async fn many_clients_run_graphs_at_once() {
     for c in 0..8i64 {
         let client = client.clone();
         runs.push(tokio::spawn(async move {
-            let (tasks, root, want) = slow_sum(16 + c as usize, 100 + c, 1);
-            let out = client
-                .compute(
-                    Graph {
-                        tasks,
-                        outputs: vec![root],
-                        ..Graph::default()
-                    },
-                    |_| {},
-                )
-                .await
-                .unwrap();
-            assert_eq!(int(&out[0]), want);
+            check_slow_sum(&client, 16 + c as usize, 100 + c, 1).await;
         }));
     }
     for r in runs {
@@ -273,19 +249,7 @@ async fn malformed_protobuf_is_an_error_and_the_scheduler_keeps_serving() {
         .expect_err("garbage must not decode");
     assert_ne!(err.code(), tonic::Code::Ok);
     assert!(err.message().to_lowercase().contains("decode"), "{err:?}");
-    let (tasks, root, want) = slow_sum(4, 10, 0);
-    let out = client
-        .compute(
-            Graph {
-                tasks,
-                outputs: vec![root],
-                ..Graph::default()
-            },
-            |_| {},
-        )
-        .await
-        .unwrap();
-    assert_eq!(int(&out[0]), want);
+    check_slow_sum(&client, 4, 10, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -338,18 +302,7 @@ async fn cancel_stops_a_running_graph() {
     let client = cluster.client(1).await;
     let (tasks, root, _) = slow_sum(50, 10, 200);
     let runner = client.clone();
-    let run = tokio::spawn(async move {
-        runner
-            .compute(
-                Graph {
-                    tasks,
-                    outputs: vec![root],
-                    ..Graph::default()
-                },
-                |_| {},
-            )
-            .await
-    });
+    let run = tokio::spawn(async move { runner.compute(rooted(tasks, root), |_| {}).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let graph_id = {
         let mut id = 0;
@@ -375,17 +328,7 @@ async fn http_endpoints_serve_health_metrics_and_the_worker_api() {
     let cluster = Cluster::start(2, &[], &[]);
     let client = cluster.client(2).await;
     let (tasks, root, _) = slow_sum(8, 1000, 0);
-    client
-        .compute(
-            Graph {
-                tasks,
-                outputs: vec![root],
-                ..Graph::default()
-            },
-            |_| {},
-        )
-        .await
-        .unwrap();
+    client.compute(rooted(tasks, root), |_| {}).await.unwrap();
     assert_eq!(cluster.http_get("/health"), (200, "ok\n".into()));
     let (code, metrics) = cluster.http_get("/metrics");
     assert_eq!(code, 200);
@@ -485,19 +428,7 @@ async fn worker_serves_health_readiness_and_metrics() {
     let port = harness::free_port();
     cluster.add_worker(&["--http-port", &port.to_string()]);
     let client = cluster.client(1).await;
-    let (tasks, root, want) = slow_sum(4, 10, 0);
-    let out = client
-        .compute(
-            Graph {
-                tasks,
-                outputs: vec![root],
-                ..Graph::default()
-            },
-            |_| {},
-        )
-        .await
-        .unwrap();
-    assert_eq!(int(&out[0]), want);
+    check_slow_sum(&client, 4, 10, 0).await;
     harness::wait_port(port);
     assert_eq!(
         harness::http(port, "GET", "/health", ""),
@@ -586,17 +517,7 @@ async fn scheduler_stops_on_sigterm_with_workers_attached() {
     let mut cluster = Cluster::start(2, &[], &[]);
     let client = cluster.client(2).await;
     let (tasks, root, _) = slow_sum(4, 10, 0);
-    let finished = client
-        .run(
-            Graph {
-                tasks,
-                outputs: vec![root],
-                ..Graph::default()
-            },
-            |_| {},
-        )
-        .await
-        .unwrap();
+    let finished = client.run(rooted(tasks, root), |_| {}).await.unwrap();
     let mut scheduler = cluster.scheduler.take().unwrap();
     scheduler.signal("TERM");
     let status = scheduler

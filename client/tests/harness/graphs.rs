@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use daskrs_client::{Output, output};
+use daskrs_client::{Client, Graph, Output, output};
 use daskrs_core::TaskSpec;
 
 pub fn range(key: &str, start: i64, stop: i64) -> TaskSpec {
@@ -63,4 +63,20 @@ pub fn int(o: &Output) -> i64 {
     let v = ints(o);
     assert_eq!(v.len(), 1, "{} has {} values", o.key, v.len());
     v[0]
+}
+
+/// A graph wanting only `root`.
+pub fn rooted(tasks: Vec<TaskSpec>, root: String) -> Graph {
+    Graph {
+        tasks,
+        outputs: vec![root],
+        ..Graph::default()
+    }
+}
+
+/// Runs [`slow_sum`] to the end and checks its answer.
+pub async fn check_slow_sum(client: &Client, chunks: usize, size: i64, ms: u64) {
+    let (tasks, root, want) = slow_sum(chunks, size, ms);
+    let out = client.compute(rooted(tasks, root), |_| {}).await.unwrap();
+    assert_eq!(int(&out[0]), want);
 }

@@ -262,9 +262,19 @@ impl State {
 
     /// Drops a result nobody needs any more from every worker holding it.
     fn release_result(&mut self, id: TaskId) {
-        let t = self.tasks.get_mut(&id).expect("release of a known task");
+        if self.drop_copies(id) {
+            self.set_state(id, TaskState::Released);
+        }
+    }
+
+    /// Tells every holder of an in-memory result to drop it; false when the
+    /// task has no result in memory.
+    fn drop_copies(&mut self, id: TaskId) -> bool {
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return false;
+        };
         if t.state != TaskState::Memory {
-            return;
+            return false;
         }
         let holders = std::mem::take(&mut t.who_has);
         let nbytes = t.nbytes;
@@ -275,7 +285,7 @@ impl State {
             }
             self.outbox.to_workers.push((w, ToWorker::Free(id)));
         }
-        self.set_state(id, TaskState::Released);
+        true
     }
 
     /// A worker finished a task it was given.
@@ -446,22 +456,9 @@ impl State {
     /// Forgets every copy of a result (the holders are told to drop it) and
     /// computes it again if it is still needed.
     fn forget_copies(&mut self, id: TaskId) {
-        let Some(t) = self.tasks.get_mut(&id) else {
-            return;
-        };
-        if t.state != TaskState::Memory {
-            return;
+        if self.drop_copies(id) {
+            self.result_lost(id);
         }
-        let holders = std::mem::take(&mut t.who_has);
-        let nbytes = t.nbytes;
-        for w in holders {
-            if let Some(ws) = self.workers.get_mut(&w) {
-                ws.has_what.remove(&id);
-                ws.nbytes -= nbytes;
-            }
-            self.outbox.to_workers.push((w, ToWorker::Free(id)));
-        }
-        self.result_lost(id);
     }
 
     /// A result has no holder left.
