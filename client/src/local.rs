@@ -68,6 +68,7 @@ impl LocalCluster {
                 http_listen: None,
                 contact_address: None,
                 shutdown_timeout: Duration::from_secs(10),
+                pause_on_process_memory: false,
             };
             workers.push(tokio::spawn(daskrs_worker::run(
                 wc,

@@ -105,7 +105,17 @@ async fn scheduler_restarted_and_workers_rejoin() {
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_limit_smaller_than_the_data_completes_by_spilling() {
     // 40 results of 800 kB each (32 MB) on two workers limited to 4 MB each.
-    let cluster = Cluster::start(2, &[], &["--memory-limit", "4MiB"]);
+    // The processes themselves need more than 4 MB: pause on results alone.
+    let cluster = Cluster::start(
+        2,
+        &[],
+        &[
+            "--memory-limit",
+            "4MiB",
+            "--pause-on-process-memory",
+            "false",
+        ],
+    );
     let client = cluster.client(2).await;
     let size = 100_000i64;
     let mut tasks: Vec<TaskSpec> = (0..40)
@@ -225,4 +235,32 @@ async fn sigterm_drains_a_worker_without_losing_results() {
         metrics.contains("daskrs_scheduler_tasks_recomputed_total 0"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_over_its_memory_limit_pauses_and_takes_no_tasks() {
+    let mut cluster = Cluster::start(1, &["--heartbeat", "0.1"], &[]);
+    // A limit far below what the process itself needs: paused from its first heartbeat.
+    cluster.add_worker(&["--memory-limit", "1MiB"]);
+    let client = cluster.client(2).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = client.info().await.unwrap();
+        let w1 = info.workers.iter().find(|w| w.name == "w1").unwrap();
+        if w1.status == "paused" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "w1 never paused: {}", w1.status);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (tasks, root, want) = slow_sum(40, 100, 0);
+    let out = client.compute(rooted(tasks, root), |_| {}).await.unwrap();
+    assert_eq!(int(&out[0]), want);
+    // Let a last heartbeat carry w1's count.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let info = client.info().await.unwrap();
+    let w0 = info.workers.iter().find(|w| w.name == "w0").unwrap();
+    let w1 = info.workers.iter().find(|w| w.name == "w1").unwrap();
+    assert_eq!(w1.executed, 0, "a paused worker ran tasks");
+    assert!(w0.executed >= 159, "w0 ran {}", w0.executed);
 }

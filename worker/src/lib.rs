@@ -45,6 +45,10 @@ pub struct WorkerConfig {
     pub contact_address: Option<String>,
     /// How long a shutting-down worker waits for its hand-off.
     pub shutdown_timeout: Duration,
+    /// Pause when the whole process's resident memory passes the pause
+    /// threshold, not only the results it manages. Off when several workers
+    /// share one process (`daskrs local`).
+    pub pause_on_process_memory: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -149,6 +149,7 @@ pub async fn session(shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
         out: Vec::new(),
         ev_tx,
         paused: false,
+        process_over_pause: false,
         executed: 0,
         retiring: false,
     };
@@ -212,6 +213,9 @@ struct Session {
     out: Vec<Up>,
     ev_tx: mpsc::UnboundedSender<Event>,
     paused: bool,
+    /// The process's resident memory was over the pause threshold at the
+    /// last heartbeat (read then, not on every dispatch).
+    process_over_pause: bool,
     executed: u64,
     retiring: bool,
 }
@@ -424,7 +428,7 @@ impl Session {
 
     /// Starts ready tasks on free threads, best first, unless paused.
     fn dispatch(&mut self) {
-        let paused = self.shared.store.over_pause();
+        let paused = self.shared.store.over_pause() || self.process_over_pause;
         if paused != self.paused {
             self.paused = paused;
             tracing::info!(
@@ -465,6 +469,10 @@ impl Session {
     }
 
     fn heartbeat(&mut self) {
+        if self.shared.config.pause_on_process_memory {
+            let limit = self.shared.config.memory_limit as f64 * crate::store::PAUSE_FRACTION;
+            self.process_over_pause = resident_bytes().is_some_and(|rss| rss as f64 > limit);
+        }
         let store = &self.shared.store;
         let m = &self.shared.metrics;
         let (memory, spilled) = (store.memory_bytes(), store.spilled_bytes());
@@ -530,4 +538,11 @@ fn run_task(
         }
         Err(e) => (Err(e), 0, duration),
     }
+}
+
+/// This process's resident memory, from /proc (Linux).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
 }

@@ -95,6 +95,10 @@ pub struct WorkerArgs {
     /// Seconds a shutting-down worker waits to hand off its results.
     #[arg(long, env = "DASKRS_SHUTDOWN_TIMEOUT", default_value_t = 25.0)]
     pub shutdown_timeout: f64,
+    /// Also pause when the process's resident memory (not only the results
+    /// it holds) passes 80% of the memory limit.
+    #[arg(long, env = "DASKRS_PAUSE_ON_PROCESS_MEMORY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pause_on_process_memory: bool,
 }
 
 #[derive(Args, Debug)]

@@ -65,6 +65,7 @@ pub async fn worker(a: WorkerArgs) -> Result<(), Failure> {
         http_listen: Some(addr(&a.host, a.http_port)?),
         contact_address: a.contact_address,
         shutdown_timeout: seconds("--shutdown-timeout", a.shutdown_timeout)?,
+        pause_on_process_memory: a.pause_on_process_memory,
     };
     tracing::info!(?config, "configuration");
     daskrs_worker::run(config, Registry::builtin(), shutdown_signal())
