@@ -390,6 +390,10 @@ impl State {
         if !missing.is_empty() {
             // The inputs are gone from where we said they were: forget those
             // copies and compute what is needed again. Not the task's fault.
+            // Only the task's own inputs: a confused worker must not make
+            // the scheduler forget unrelated results.
+            let deps = &self.tasks[&id].deps;
+            let missing: Vec<TaskId> = missing.into_iter().filter(|m| deps.contains(m)).collect();
             for m in missing {
                 self.forget_copies(m);
             }

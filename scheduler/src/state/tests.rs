@@ -348,6 +348,36 @@ fn failure_reports_key_worker_and_error_and_stops_the_graph() {
 }
 
 #[test]
+fn stale_or_confused_worker_messages_change_nothing() {
+    let mut sim = Sim::new(2);
+    let g = submit(&mut sim, diamond(), &["a", "d"]);
+    for _ in 0..3 {
+        sim.run_one(0, false); // a, b, c
+    }
+    let id = |sim: &Sim, k: &str| sim.state.graphs[&g].keys[k];
+    let (a, d) = (id(&sim, "a"), id(&sim, "d"));
+    let runner = sim.state.tasks[&d].processing_on.expect("d is processing");
+    let other = *sim.held.keys().find(|&&x| x != runner).unwrap();
+    // From a worker that does not run d, or about tasks that do not exist: ignored.
+    sim.state.task_erred(other, d, "x".into(), vec![a]);
+    sim.state.task_finished(other, 999_999, 8, 1, 0.1, 0);
+    sim.state.steal_response(other, d, true);
+    sim.state.replica_added(other, 424_242, 8);
+    sim.state.heartbeat(777, 0, 0, true, 0);
+    sim.pump();
+    assert_eq!(sim.state.tasks[&d].state, TaskState::Processing);
+    // `a` is wanted and held, but is not an input of d: a report that it is
+    // missing must not make the scheduler forget it.
+    sim.state.task_erred(runner, d, "x".into(), vec![a]);
+    sim.pump();
+    assert_eq!(sim.state.tasks[&a].state, TaskState::Memory);
+    assert_eq!(sim.state.totals.tasks_recomputed, 0);
+    sim.run_to_end();
+    assert!(sim.finished(g).is_some());
+    sim.check_no_leaks();
+}
+
+#[test]
 fn retries_run_the_task_again() {
     let mut sim = Sim::new(1);
     let g = submit(&mut sim, vec![TaskSpec::new("a", "noop").retries(2)], &[]);
