@@ -4,6 +4,7 @@
 
 pub mod local;
 pub mod output;
+pub mod sql;
 
 use std::time::Duration;
 

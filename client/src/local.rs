@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use daskrs_scheduler::{Scheduler, SchedulerConfig};
@@ -18,6 +19,7 @@ pub struct LocalConfig {
     pub listen: SocketAddr,
     pub http_listen: Option<SocketAddr>,
     pub local_dir: PathBuf,
+    pub s3: daskrs_engine::S3Settings,
 }
 
 pub struct LocalCluster {
@@ -45,6 +47,7 @@ impl LocalCluster {
             SchedulerConfig {
                 listen: cfg.listen,
                 http_listen: cfg.http_listen,
+                s3: cfg.s3.clone(),
                 ..SchedulerConfig::default()
             },
             scheduler_rx,
@@ -56,6 +59,8 @@ impl LocalCluster {
         } else {
             addr.to_string()
         };
+        let s3 = daskrs_engine::S3Access::load(&cfg.s3).await;
+        let executor = Arc::new(daskrs_engine::Executor::new(Some(s3)));
         let mut workers = Vec::new();
         for i in 0..cfg.workers {
             let wc = WorkerConfig {
@@ -72,7 +77,7 @@ impl LocalCluster {
             };
             workers.push(tokio::spawn(daskrs_worker::run(
                 wc,
-                Registry::builtin(),
+                Registry::builtin().with_sql(executor.clone()),
                 stop_rx.clone(),
             )));
         }

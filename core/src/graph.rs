@@ -17,6 +17,9 @@ pub struct TaskSpec {
     pub payload: Bytes,
     /// Keys whose results are this task's inputs, in order; a key may repeat.
     pub deps: Vec<String>,
+    /// For each dependency, the piece of its result to take (a shuffle's
+    /// output is cut into pieces); empty means whole results for all.
+    pub parts: Vec<Option<u32>>,
     /// Higher runs earlier among tasks that are ready at the same time.
     pub priority: i32,
     /// How many times a failing run is tried again before the task errs.
@@ -30,6 +33,7 @@ impl TaskSpec {
             kind: kind.into(),
             payload: Bytes::new(),
             deps: Vec::new(),
+            parts: Vec::new(),
             priority: 0,
             retries: 0,
         }
@@ -46,6 +50,12 @@ impl TaskSpec {
         S: Into<String>,
     {
         self.deps = deps.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Which piece of each dependency's result to take, in the order of `deps`.
+    pub fn parts(mut self, parts: Vec<Option<u32>>) -> Self {
+        self.parts = parts;
         self
     }
 
@@ -86,6 +96,12 @@ pub enum GraphError {
     UnknownOutput { key: String },
     #[error("task {key:?}: {message}")]
     InvalidArguments { key: String, message: String },
+    #[error("task {key:?} names pieces for {parts} inputs but has {deps}")]
+    PartsMismatch {
+        key: String,
+        parts: usize,
+        deps: usize,
+    },
 }
 
 /// A graph that passed validation, with its edges resolved to indices.
@@ -130,6 +146,13 @@ pub fn validate(
         }
         if index.insert(t.key.as_str(), i as u32).is_some() {
             return Err(GraphError::DuplicateKey { key: t.key.clone() });
+        }
+        if !t.parts.is_empty() && t.parts.len() != t.deps.len() {
+            return Err(GraphError::PartsMismatch {
+                key: t.key.clone(),
+                parts: t.parts.len(),
+                deps: t.deps.len(),
+            });
         }
     }
     for t in &tasks {

@@ -83,6 +83,7 @@ pub fn parse_graph(text: &[u8]) -> Result<GraphDoc, ParseError> {
             kind: t.kind,
             payload: payload.into(),
             deps: t.deps,
+            parts: Vec::new(),
             priority: t.priority,
             retries: t.retries,
         });

@@ -4,6 +4,7 @@
 
 pub mod chunks;
 pub mod net;
+pub mod pieces;
 
 #[allow(clippy::all, clippy::pedantic)]
 mod generated {
@@ -21,6 +22,7 @@ impl From<TaskSpec> for CoreTaskSpec {
             kind: t.kind,
             payload: t.payload,
             deps: t.deps,
+            parts: t.parts.into_iter().map(|p| u32::try_from(p).ok()).collect(),
             priority: t.priority,
             retries: t.retries,
         }
@@ -34,6 +36,11 @@ impl From<CoreTaskSpec> for TaskSpec {
             kind: t.kind,
             payload: t.payload,
             deps: t.deps,
+            parts: t
+                .parts
+                .into_iter()
+                .map(|p| p.map_or(-1, i64::from))
+                .collect(),
             priority: t.priority,
             retries: t.retries,
         }
@@ -45,6 +52,7 @@ impl DataFormat {
         match self {
             DataFormat::Arrow => "arrow",
             DataFormat::Opaque => "opaque",
+            DataFormat::Pieces => "pieces",
             DataFormat::Unspecified => "unspecified",
         }
     }

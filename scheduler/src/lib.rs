@@ -35,6 +35,8 @@ pub struct SchedulerConfig {
     pub heartbeat_interval: Duration,
     /// A worker silent this long is removed and its work rescheduled.
     pub worker_ttl: Duration,
+    /// How SQL planning reaches S3 (schemas, file listings).
+    pub s3: daskrs_engine::S3Settings,
 }
 
 impl Default for SchedulerConfig {
@@ -44,6 +46,7 @@ impl Default for SchedulerConfig {
             http_listen: Some(([0, 0, 0, 0], 8787).into()),
             heartbeat_interval: Duration::from_secs(1),
             worker_ttl: Duration::from_secs(30),
+            s3: Default::default(),
         }
     }
 }
@@ -77,6 +80,8 @@ impl Scheduler {
             worker_ttl: config.worker_ttl,
         });
         let core = Core::new(state, config.heartbeat_interval);
+        let s3 = daskrs_engine::S3Access::load(&config.s3).await;
+        let planner = Arc::new(daskrs_engine::Planner::new(Some(s3)));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Listen {
@@ -98,7 +103,10 @@ impl Scheduler {
         let http_addr = http.as_ref().map(|h| h.1);
         let ticker = tokio::spawn(core.clone().tick_forever());
         let clients = daskrs_proto::limits!(daskrs_proto::scheduler_server::SchedulerServer::new(
-            service::client::ClientService { core: core.clone() }
+            service::client::ClientService {
+                core: core.clone(),
+                planner,
+            }
         ));
         let workers = daskrs_proto::limits!(
             daskrs_proto::worker_control_server::WorkerControlServer::new(

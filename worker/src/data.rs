@@ -57,6 +57,28 @@ impl Data {
         })
     }
 
+    /// A shuffle output in pieces.
+    pub fn pieces(pieces: &[Bytes]) -> Data {
+        Data {
+            format: DataFormat::Pieces,
+            bytes: daskrs_proto::pieces::pack(pieces),
+        }
+    }
+
+    /// Piece `i` of a result in pieces, as the Arrow stream it is.
+    pub fn piece(&self, i: u32) -> Result<Data, String> {
+        if self.format != DataFormat::Pieces {
+            return Err(format!(
+                "piece {i} asked of a result of {} data",
+                self.format.name()
+            ));
+        }
+        Ok(Data {
+            format: DataFormat::Arrow,
+            bytes: daskrs_proto::pieces::piece(&self.bytes, i as usize)?,
+        })
+    }
+
     /// The record batches of an Arrow result.
     pub fn batches(&self) -> Result<Vec<RecordBatch>, String> {
         if self.format != DataFormat::Arrow {

@@ -64,6 +64,33 @@ impl Registry {
         r
     }
 
+    /// Adds `sql.stage`: one partition of a distributed SQL stage.
+    pub fn with_sql(mut self, executor: Arc<daskrs_engine::Executor>) -> Registry {
+        self.register(
+            daskrs_engine::STAGE_KIND,
+            move |payload: &[u8], inputs: &[Data]| {
+                let mut streams = Vec::with_capacity(inputs.len());
+                for (i, d) in inputs.iter().enumerate() {
+                    if d.format != daskrs_proto::DataFormat::Arrow {
+                        return Err(format!(
+                            "input {i} is {} data, not the Arrow output of a stage",
+                            d.format.name()
+                        ));
+                    }
+                    streams.push(d.bytes.clone());
+                }
+                match executor.run(payload, streams)? {
+                    daskrs_engine::StageOutput::Whole(bytes) => Ok(Data {
+                        format: daskrs_proto::DataFormat::Arrow,
+                        bytes,
+                    }),
+                    daskrs_engine::StageOutput::Pieces(p) => Ok(Data::pieces(&p)),
+                }
+            },
+        );
+        self
+    }
+
     pub fn register(&mut self, name: &str, kind: impl TaskKind + 'static) {
         self.kinds.insert(name.to_string(), Arc::new(kind));
     }

@@ -24,13 +24,19 @@ impl PeerData for PeerService {
     type FetchStream = ChunkStream;
 
     async fn fetch(&self, req: Request<FetchRequest>) -> Result<Response<ChunkStream>, Status> {
-        let id = req.into_inner().task_id;
+        let FetchRequest { task_id: id, part } = req.into_inner();
         let store = self.store.clone();
         let data = tokio::task::spawn_blocking(move || store.get(id))
             .await
             .map_err(|e| Status::internal(format!("reading result {id}: {e}")))?
             .map_err(|e| Status::internal(e.to_string()))?
             .ok_or_else(|| Status::not_found(format!("result {id} is not held by this worker")))?;
+        let data = match part {
+            Some(p) => data
+                .piece(p)
+                .map_err(|e| Status::invalid_argument(format!("result {id}: {e}")))?,
+            None => data,
+        };
         let parts = chunks::split(data.format, data.bytes);
         Ok(Response::new(Box::pin(futures::stream::iter(
             parts.into_iter().map(Ok),
@@ -42,11 +48,12 @@ impl PeerData for PeerService {
 pub async fn fetch_from(
     pool: &crate::runtime::Channels,
     id: u64,
+    part: Option<u32>,
     addresses: &[String],
 ) -> Result<crate::data::Data, String> {
     let mut errors = Vec::new();
     for addr in addresses {
-        match fetch_one(pool, id, addr).await {
+        match fetch_one(pool, id, part, addr).await {
             Ok(d) => return Ok(d),
             Err(e) => errors.push(format!("{addr}: {e}")),
         }
@@ -65,16 +72,20 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(5);
 async fn fetch_one(
     pool: &crate::runtime::Channels,
     id: u64,
+    part: Option<u32>,
     addr: &str,
 ) -> Result<crate::data::Data, String> {
     let channel = pool.get(addr)?;
     let mut client =
         daskrs_proto::limits!(daskrs_proto::peer_data_client::PeerDataClient::new(channel));
-    let stream = tokio::time::timeout(STALL_TIMEOUT, client.fetch(FetchRequest { task_id: id }))
-        .await
-        .map_err(|_| format!("no answer within {STALL_TIMEOUT:?}"))?
-        .map_err(|s| s.message().to_string())?
-        .into_inner();
+    let stream = tokio::time::timeout(
+        STALL_TIMEOUT,
+        client.fetch(FetchRequest { task_id: id, part }),
+    )
+    .await
+    .map_err(|_| format!("no answer within {STALL_TIMEOUT:?}"))?
+    .map_err(|s| s.message().to_string())?
+    .into_inner();
     let stream = Box::pin(stream.timeout(STALL_TIMEOUT).map(|item| {
         item.unwrap_or_else(|_| {
             Err(Status::deadline_exceeded(format!(

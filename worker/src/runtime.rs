@@ -57,7 +57,7 @@ enum Stage {
 struct Assigned {
     compute: ComputeTask,
     stage: Stage,
-    fetched: HashMap<u64, Data>,
+    fetched: HashMap<(u64, Option<u32>), Data>,
     pending_fetches: usize,
     missing: Vec<u64>,
     transfer_bytes: u64,
@@ -67,7 +67,7 @@ struct Assigned {
 enum Event {
     Fetched {
         task: u64,
-        input: u64,
+        input: (u64, Option<u32>),
         result: Result<Data, String>,
     },
     Done {
@@ -256,19 +256,20 @@ impl Session {
                 let shared = self.shared.clone();
                 let tx = self.ev_tx.clone();
                 tokio::spawn(async move {
-                    let result = match fetch_from(&shared.channels, r.task_id, &r.addresses).await {
-                        Ok(d) => {
-                            let n = d.len();
-                            shared.metrics.transfer_bytes.inc_by(n);
-                            let store = shared.store.clone();
-                            tokio::task::spawn_blocking(move || store.put(r.task_id, d))
-                                .await
-                                .map_err(|e| e.to_string())
-                                .and_then(|r| r.map_err(|e| e.to_string()))
-                                .map(|_| n)
-                        }
-                        Err(e) => Err(e),
-                    };
+                    let result =
+                        match fetch_from(&shared.channels, r.task_id, None, &r.addresses).await {
+                            Ok(d) => {
+                                let n = d.len();
+                                shared.metrics.transfer_bytes.inc_by(n);
+                                let store = shared.store.clone();
+                                tokio::task::spawn_blocking(move || store.put(r.task_id, d))
+                                    .await
+                                    .map_err(|e| e.to_string())
+                                    .and_then(|r| r.map_err(|e| e.to_string()))
+                                    .map(|_| n)
+                            }
+                            Err(e) => Err(e),
+                        };
                     let _ = tx.send(Event::Replica {
                         task: r.task_id,
                         result,
@@ -288,15 +289,15 @@ impl Session {
         let store = &self.shared.store;
         let mut pending = 0;
         let mut missing = Vec::new();
-        let mut distinct: Vec<u64> = c.inputs.clone();
+        let mut distinct: Vec<(u64, Option<u32>)> = input_pieces(&c).collect();
         distinct.sort_unstable();
         distinct.dedup();
         for input in distinct {
-            if store.contains(input) {
+            if store.contains(input.0) {
                 continue;
             }
-            let Some(loc) = c.locations.iter().find(|l| l.task_id == input) else {
-                missing.push(input);
+            let Some(loc) = c.locations.iter().find(|l| l.task_id == input.0) else {
+                missing.push(input.0);
                 continue;
             };
             pending += 1;
@@ -304,7 +305,7 @@ impl Session {
             let shared = self.shared.clone();
             let tx = self.ev_tx.clone();
             tokio::spawn(async move {
-                let result = fetch_from(&shared.channels, input, &addrs).await;
+                let result = fetch_from(&shared.channels, input.0, input.1, &addrs).await;
                 let _ = tx.send(Event::Fetched {
                     task: id,
                     input,
@@ -359,8 +360,8 @@ impl Session {
                         t.fetched.insert(input, d);
                     }
                     Err(e) => {
-                        tracing::warn!(task = %t.compute.key, input, error = %e, "could not fetch input");
-                        t.missing.push(input);
+                        tracing::warn!(task = %t.compute.key, input = input.0, error = %e, "could not fetch input");
+                        t.missing.push(input.0);
                     }
                 }
                 if t.pending_fetches == 0 {
@@ -494,7 +495,7 @@ fn run_task(
     shared: &Shared,
     generation: u64,
     c: &ComputeTask,
-    fetched: HashMap<u64, Data>,
+    fetched: HashMap<(u64, Option<u32>), Data>,
 ) -> (Result<u64, String>, i32, f64) {
     let started = Instant::now();
     let result = (|| {
@@ -503,14 +504,20 @@ fn run_task(
             .get(&c.kind)
             .ok_or_else(|| format!("this worker has no task kind {:?}", c.kind))?;
         let mut inputs = Vec::with_capacity(c.inputs.len());
-        for id in &c.inputs {
-            let d = match fetched.get(id) {
+        for (id, part) in input_pieces(c) {
+            let d = match fetched.get(&(id, part)) {
                 Some(d) => d.clone(),
-                None => shared
-                    .store
-                    .get(*id)
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("input {id} is no longer held by this worker"))?,
+                None => {
+                    let whole = shared
+                        .store
+                        .get(id)
+                        .map_err(|e| e.to_string())?
+                        .ok_or_else(|| format!("input {id} is no longer held by this worker"))?;
+                    match part {
+                        Some(p) => whole.piece(p).map_err(|e| format!("input {id}: {e}"))?,
+                        None => whole,
+                    }
+                }
             };
             inputs.push(d);
         }
@@ -538,6 +545,14 @@ fn run_task(
         }
         Err(e) => (Err(e), 0, duration),
     }
+}
+
+/// A task's inputs in order, each with the piece of it to take.
+fn input_pieces(c: &ComputeTask) -> impl Iterator<Item = (u64, Option<u32>)> + '_ {
+    c.inputs.iter().enumerate().map(|(i, id)| {
+        let part = c.input_parts.get(i).and_then(|p| u32::try_from(*p).ok());
+        (*id, part)
+    })
 }
 
 /// This process's resident memory, from /proc (Linux).

@@ -3,6 +3,7 @@
 mod demo;
 mod run;
 mod serve;
+mod sql;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -41,7 +42,10 @@ pub enum Command {
     Retire(RetireArgs),
     /// Cancel a running graph.
     Cancel(CancelArgs),
-    /// Start a local cluster, make sample data, compute statistics over it.
+    /// Run SQL on the cluster: several statements separated by `;`, the
+    /// last of which may be a query; prints its answer.
+    Sql(SqlArgs),
+    /// Start a local cluster, make TPC-H sample data, run TPC-H queries on it.
     Demo(DemoArgs),
 }
 
@@ -52,8 +56,61 @@ pub struct Target {
     pub scheduler: String,
 }
 
+/// How the cluster reaches S3. Credentials come from the AWS default chain:
+/// environment, shared profile, web identity (IRSA), EKS Pod Identity or
+/// container credentials, instance metadata.
+#[derive(Args, Debug, Clone, Default)]
+pub struct S3Args {
+    /// AWS region; default: from the AWS configuration, else us-east-1.
+    #[arg(long, env = "DASKRS_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// An S3-compatible endpoint such as http://minio:9000 (path-style addressing).
+    #[arg(long, env = "DASKRS_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Most concurrent S3 requests per bucket and process.
+    #[arg(long, env = "DASKRS_S3_MAX_CONCURRENCY")]
+    pub s3_max_concurrency: Option<usize>,
+}
+
+impl S3Args {
+    pub fn settings(&self) -> daskrs_engine::S3Settings {
+        daskrs_engine::S3Settings {
+            region: self.s3_region.clone(),
+            endpoint: self.s3_endpoint.clone(),
+            max_concurrency: self.s3_max_concurrency,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SqlArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The SQL text, or - to read it from standard input.
+    #[arg(allow_hyphen_values = true)]
+    pub sql: Option<String>,
+    /// Read the SQL from this file.
+    #[arg(long, short = 'f')]
+    pub file: Option<PathBuf>,
+    /// table (default), csv or json; with --output also parquet
+    /// (default: from the file's extension).
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Write the answer to this file instead of standard output.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+    /// Show the distributed plan (stages, tasks, shuffles) instead of running it.
+    #[arg(long)]
+    pub explain: bool,
+    /// Never show a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
 #[derive(Args, Debug)]
 pub struct SchedulerArgs {
+    #[command(flatten)]
+    pub s3: S3Args,
     #[arg(long, env = "DASKRS_HOST", default_value = "0.0.0.0")]
     pub host: String,
     #[arg(long, env = "DASKRS_PORT", default_value_t = 8786)]
@@ -72,6 +129,8 @@ pub struct SchedulerArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub target: Target,
+    #[command(flatten)]
+    pub s3: S3Args,
     #[arg(long, env = "DASKRS_WORKER_NAME", default_value = "")]
     pub name: String,
     #[arg(long, env = "DASKRS_NTHREADS")]
@@ -103,6 +162,8 @@ pub struct WorkerArgs {
 
 #[derive(Args, Debug)]
 pub struct LocalArgs {
+    #[command(flatten)]
+    pub s3: S3Args,
     #[arg(long, default_value_t = 2)]
     pub workers: u32,
     #[arg(long, default_value_t = 1)]
@@ -159,12 +220,17 @@ pub struct CancelArgs {
 pub struct DemoArgs {
     #[arg(long, default_value_t = 2)]
     pub workers: u32,
-    /// Chunks of sample data.
-    #[arg(long, default_value_t = 32)]
-    pub chunks: u32,
-    /// Values per chunk.
-    #[arg(long, default_value_t = 250_000)]
-    pub chunk_size: u64,
+    #[arg(long, default_value_t = 1)]
+    pub threads_per_worker: u32,
+    /// TPC-H scale factor of the sample data (1 is about 6 million order lines).
+    #[arg(long, default_value_t = 0.1)]
+    pub scale: f64,
+    /// TPC-H queries to run, by number.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 3, 5, 6, 10, 12])]
+    pub queries: Vec<usize>,
+    /// Write the sample data here and keep it (default: a temporary directory).
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 pub fn init_logging(args: &Cli) {
@@ -189,6 +255,7 @@ pub async fn run(args: Cli) -> u8 {
         Command::Info(t) => run::info(t).await,
         Command::Retire(a) => run::retire(a).await,
         Command::Cancel(a) => run::cancel(a).await,
+        Command::Sql(a) => sql::sql(a).await,
         Command::Demo(a) => demo::demo(a).await,
     };
     match result {

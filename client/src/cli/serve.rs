@@ -1,6 +1,7 @@
 //! The long-running commands: scheduler, worker, local cluster.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use daskrs_core::ByteSize;
@@ -35,6 +36,7 @@ pub async fn scheduler(a: SchedulerArgs) -> Result<(), Failure> {
         http_listen: Some(addr(&a.host, a.http_port)?),
         heartbeat_interval: seconds("--heartbeat", a.heartbeat)?,
         worker_ttl: seconds("--worker-ttl", a.worker_ttl)?,
+        s3: a.s3.settings(),
     };
     tracing::info!(?config, "configuration");
     let s = Scheduler::start(config, shutdown_signal())
@@ -68,7 +70,9 @@ pub async fn worker(a: WorkerArgs) -> Result<(), Failure> {
         pause_on_process_memory: a.pause_on_process_memory,
     };
     tracing::info!(?config, "configuration");
-    daskrs_worker::run(config, Registry::builtin(), shutdown_signal())
+    let s3 = daskrs_engine::S3Access::load(&a.s3.settings()).await;
+    let registry = Registry::builtin().with_sql(Arc::new(daskrs_engine::Executor::new(Some(s3))));
+    daskrs_worker::run(config, registry, shutdown_signal())
         .await
         .map_err(|e| Failure::new(3, e.to_string()))
 }
@@ -91,6 +95,7 @@ pub async fn local(a: LocalArgs) -> Result<(), Failure> {
         listen: addr(&a.host, a.port)?,
         http_listen: Some(addr(&a.host, a.http_port)?),
         local_dir: a.local_dir.unwrap_or_else(std::env::temp_dir),
+        s3: a.s3.settings(),
     })
     .await
     .map_err(|e| Failure::new(3, e.to_string()))?;

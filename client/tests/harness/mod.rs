@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod graphs;
+pub mod s3;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -70,6 +71,8 @@ pub struct Cluster {
     pub worker_names: Vec<String>,
     pub dir: tempfile::TempDir,
     scheduler_args: Vec<String>,
+    /// Environment for every process of the cluster (S3 credentials).
+    env: Vec<(String, String)>,
 }
 
 fn quiet(cmd: &mut Command) -> &mut Command {
@@ -81,6 +84,15 @@ fn quiet(cmd: &mut Command) -> &mut Command {
 
 impl Cluster {
     pub fn start(workers: usize, scheduler_args: &[&str], worker_args: &[&str]) -> Cluster {
+        Cluster::start_with_env(workers, scheduler_args, worker_args, &[])
+    }
+
+    pub fn start_with_env(
+        workers: usize,
+        scheduler_args: &[&str],
+        worker_args: &[&str],
+        env: &[(String, String)],
+    ) -> Cluster {
         let mut c = Cluster {
             port: free_port(),
             http_port: free_port(),
@@ -89,6 +101,7 @@ impl Cluster {
             worker_names: Vec::new(),
             dir: tempfile::tempdir().unwrap(),
             scheduler_args: scheduler_args.iter().map(|s| s.to_string()).collect(),
+            env: env.to_vec(),
         };
         c.start_scheduler();
         for _ in 0..workers {
@@ -112,6 +125,7 @@ impl Cluster {
                 &self.http_port.to_string(),
             ])
             .args(&self.scheduler_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .spawn()
             .unwrap();
         self.scheduler = Some(Proc { child });
@@ -139,6 +153,7 @@ impl Cluster {
             .arg("--local-dir")
             .arg(self.dir.path())
             .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .spawn()
             .unwrap();
         self.workers.push(Proc { child });

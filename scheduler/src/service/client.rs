@@ -9,8 +9,8 @@ use daskrs_core::TaskState;
 use daskrs_proto::scheduler_server::Scheduler;
 use daskrs_proto::{
     CancelRequest, CancelResponse, ClusterInfoRequest, ClusterInfoResponse, DataChunk,
-    GatherRequest, RetireWorkersRequest, RetireWorkersResponse, RunEvent, RunRequest, StateCount,
-    WorkerInfo, run_event, run_request,
+    GatherRequest, RetireWorkersRequest, RetireWorkersResponse, RunEvent, RunRequest, SqlQuery,
+    SqlRequest, SqlResponse, StateCount, WorkerInfo, run_event, run_request, sql_response,
 };
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -21,6 +21,7 @@ use crate::state::{LocateError, Submission};
 
 pub struct ClientService {
     pub core: Arc<Core>,
+    pub planner: Arc<daskrs_engine::Planner>,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<RunEvent, Status>> + Send>>;
@@ -98,7 +99,10 @@ impl Scheduler for ClientService {
             let mut peer =
                 daskrs_proto::limits!(daskrs_proto::peer_data_client::PeerDataClient::new(channel));
             match peer
-                .fetch(daskrs_proto::FetchRequest { task_id: task })
+                .fetch(daskrs_proto::FetchRequest {
+                    task_id: task,
+                    part: None,
+                })
                 .await
             {
                 Ok(r) => return Ok(Response::new(Box::pin(r.into_inner()))),
@@ -157,6 +161,64 @@ impl Scheduler for ClientService {
             .await
             .map_err(Status::invalid_argument)?;
         Ok(Response::new(RetireWorkersResponse { retired }))
+    }
+
+    async fn sql(&self, req: Request<SqlRequest>) -> Result<Response<SqlResponse>, Status> {
+        let sql = req.into_inner().sql;
+        let threads: usize = self.core.with(|i| {
+            i.state
+                .workers
+                .values()
+                .filter(|w| w.accepts_tasks())
+                .map(|w| w.nthreads as usize)
+                .sum()
+        });
+        let started = std::time::Instant::now();
+        // Reading a corrupt file can panic inside a reader library: planning
+        // runs as its own task so that becomes an error for this request only.
+        let planner = self.planner.clone();
+        let planned = tokio::spawn(async move { planner.plan(&sql, threads.max(1)).await })
+            .await
+            .map_err(|e| {
+                let why = e
+                    .try_into_panic()
+                    .ok()
+                    .and_then(|p| {
+                        p.downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    })
+                    .unwrap_or_else(|| "cancelled".into());
+                Status::invalid_argument(format!(
+                    "planning failed while reading the query's files (a corrupt file?): {why}"
+                ))
+            })?
+            .map_err(Status::invalid_argument)?;
+        let result = match planned {
+            daskrs_engine::Planned::Local(bytes) => sql_response::Result::Local(bytes.to_vec()),
+            daskrs_engine::Planned::Query(q) => {
+                if threads == 0 {
+                    return Err(Status::unavailable(
+                        "no workers are attached to run the query",
+                    ));
+                }
+                tracing::info!(
+                    stages = q.stages,
+                    tasks = q.tasks.len(),
+                    plan_ms = started.elapsed().as_millis() as u64,
+                    "planned a query"
+                );
+                sql_response::Result::Query(SqlQuery {
+                    tasks: q.tasks.into_iter().map(Into::into).collect(),
+                    outputs: q.outputs,
+                    explain: q.explain,
+                    stages: q.stages as u32,
+                })
+            }
+        };
+        Ok(Response::new(SqlResponse {
+            result: Some(result),
+        }))
     }
 }
 

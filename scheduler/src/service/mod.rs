@@ -105,6 +105,7 @@ fn flush(inner: &mut Inner) {
                 kind: c.kind.to_string(),
                 payload: c.payload,
                 inputs: c.inputs,
+                input_parts: c.parts,
                 locations: c
                     .locations
                     .into_iter()

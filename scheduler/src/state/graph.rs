@@ -146,6 +146,7 @@ impl State {
                 kind,
                 payload: spec.payload,
                 inputs: inputs[i].iter().map(|&d| ids[d as usize]).collect(),
+                parts: spec.parts.iter().map(|p| p.map_or(-1, i64::from)).collect(),
                 deps: deps[i].iter().map(|&d| ids[d as usize]).collect(),
                 dependents: my_dependents,
                 state: TaskState::Released,

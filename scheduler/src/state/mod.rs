@@ -63,6 +63,7 @@ pub struct Compute {
     pub kind: Arc<str>,
     pub payload: bytes::Bytes,
     pub inputs: Vec<TaskId>,
+    pub parts: Vec<i64>,
     /// Where each distinct input the worker lacks is held: (task, addresses, bytes).
     pub locations: Vec<(TaskId, Vec<String>, u64)>,
     pub priority: i64,

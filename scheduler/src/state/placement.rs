@@ -253,6 +253,7 @@ impl State {
             kind: t.kind.clone(),
             payload: t.payload.clone(),
             inputs: t.inputs.clone(),
+            parts: t.parts.clone(),
             locations,
             priority: (t.priority.1 as i64) << 32 | t.priority.2 as i64,
         };

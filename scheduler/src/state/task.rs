@@ -21,6 +21,8 @@ pub struct Task {
     pub payload: Bytes,
     /// Inputs in order, with repeats, as the task kind sees them.
     pub inputs: Vec<TaskId>,
+    /// Parallel to `inputs`: the piece of each to take (-1: all); empty for whole results.
+    pub parts: Vec<i64>,
     /// Distinct dependencies.
     pub deps: Vec<TaskId>,
     pub dependents: Vec<TaskId>,

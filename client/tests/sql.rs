@@ -1,0 +1,355 @@
+//! Distributed SQL on a scheduler and workers started as separate
+//! processes, checked against single-node DataFusion on the same files.
+
+mod harness;
+
+use std::path::Path;
+use std::process::Command;
+
+use daskrs_client::Error;
+use daskrs_engine::{compare, tpch};
+use harness::s3::Minio;
+use harness::{BIN, Cluster};
+
+fn make_tpch(dir: &Path, scale: f64, files: usize) {
+    let written = tpch::generate(dir, scale, files).unwrap();
+    assert_eq!(written.len(), 2 + 6 * files);
+    assert!(written.iter().all(|w| w.rows > 0), "{written:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn all_22_tpch_queries_from_s3_match_single_node_datafusion() {
+    let minio = Minio::start();
+    let local = tempfile::tempdir().unwrap();
+    let data = local.path().join("tpch");
+    make_tpch(&data, 0.01, 3);
+    minio.create_bucket("tpch").await;
+    let uploaded = minio.upload_dir(&data, "tpch", "sf0.01").await;
+    assert_eq!(uploaded, 20);
+
+    let cluster = Cluster::start_with_env(3, &[], &[], &minio.env());
+    let client = cluster.client(3).await;
+    client
+        .sql(&tpch::create_tables("s3://tpch/sf0.01"), |_| {})
+        .await
+        .unwrap();
+    // The reference reads the same files from the local disk.
+    let reference = compare::single_node_context(None);
+    compare::run_sql(
+        &reference,
+        &tpch::create_tables(&data.display().to_string()),
+    )
+    .await
+    .unwrap();
+
+    let mut nonempty = 0;
+    for q in 1..=22 {
+        let sql = tpch::query(q).unwrap();
+        let got = client
+            .sql(sql, |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("Q{q}: {e}"));
+        let want = compare::run_sql(&reference, sql).await.unwrap();
+        assert!(got.stages >= 2, "Q{q} ran in {} stage(s)", got.stages);
+        let (g, w) = (
+            compare::rows(&got.batches).unwrap(),
+            compare::rows(&want).unwrap(),
+        );
+        assert_eq!(
+            compare::sorted_rows(&got.batches).unwrap(),
+            compare::sorted_rows(&want).unwrap(),
+            "Q{q}: distributed and single-node answers differ"
+        );
+        // Every query orders its answer completely, so the order must match too.
+        assert_eq!(g, w, "Q{q}: rows in another order");
+        nonempty += usize::from(!g.is_empty());
+    }
+    assert!(nonempty >= 18, "only {nonempty} queries returned rows");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_errors_name_the_bucket_key_or_credentials() {
+    let minio = Minio::start();
+    let local = tempfile::tempdir().unwrap();
+    make_tpch(&local.path().join("tpch"), 0.01, 1);
+    minio.create_bucket("data").await;
+    minio
+        .upload_dir(&local.path().join("tpch/nation"), "data", "nation")
+        .await;
+    minio
+        .upload_dir(&local.path().join("tpch/region"), "data", "region")
+        .await;
+
+    let cluster = Cluster::start_with_env(2, &[], &[], &minio.env());
+    let client = cluster.client(2).await;
+    let text = |e: Error| e.to_string();
+
+    client
+        .sql(
+            "create external table nation stored as parquet location 's3://data/nation/'",
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let ok = client
+        .sql("select count(*) from nation", |_| {})
+        .await
+        .unwrap();
+    assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["25"]);
+
+    let m = text(
+        client
+            .sql("select * from 's3://no-such-bucket/x.parquet'", |_| {})
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        m.contains("no-such-bucket") || m.contains("NoSuchBucket"),
+        "{m}"
+    );
+    let m = text(
+        client
+            .sql("select * from 's3://data/nation/missing.parquet'", |_| {})
+            .await
+            .unwrap_err(),
+    );
+    assert!(m.contains("missing.parquet"), "{m}");
+
+    // An object removed after its table was created: the scan task fails
+    // and says which object.
+    client
+        .sql(
+            "create external table region stored as parquet location 's3://data/region/'",
+            |_| {},
+        )
+        .await
+        .unwrap();
+    minio
+        .client()
+        .delete_object()
+        .bucket("data")
+        .key("region/part-001.parquet")
+        .send()
+        .await
+        .unwrap();
+    let m = text(
+        client
+            .sql("select * from region", |_| {})
+            .await
+            .unwrap_err(),
+    );
+    assert!(m.contains("region/part-001.parquet"), "{m}");
+
+    // Wrong credentials: refused, and said so.
+    let bad = Cluster::start_with_env(1, &[], &[], &minio.env_with_secret("not-the-secret"));
+    let bad_client = bad.client(1).await;
+    let m = text(
+        bad_client
+            .sql(
+                "create external table nation stored as parquet location 's3://data/nation/'",
+                |_| {},
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        m.contains("SignatureDoesNotMatch") || m.contains("403") || m.contains("Forbidden"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn joins_aggregations_windows_and_paths_in_from() {
+    let cluster = Cluster::start(2, &[], &[]);
+    let data = cluster.dir.path().join("tpch");
+    make_tpch(&data, 0.01, 2);
+    let client = cluster.client(2).await;
+    let reference = compare::single_node_context(None);
+    let orders = format!("'{}/orders/'", data.display());
+    let lineitem = format!("'{}/lineitem/*.parquet'", data.display());
+    let queries = [
+        // A path in FROM, with a glob.
+        format!("select count(*), sum(l_quantity) from {lineitem}"),
+        // A window function over a shuffle.
+        format!(
+            "select o_custkey, o_orderkey, rank() over (partition by o_custkey order by o_totalprice desc, o_orderkey) as r \
+             from {orders} where o_custkey < 50 order by o_custkey, r"
+        ),
+        // Partitioned join of the two largest tables, then a sort and limit.
+        format!(
+            "select o.o_orderpriority, count(*) as n, sum(l.l_extendedprice) as total \
+             from {orders} o join {lineitem} l on o.o_orderkey = l.l_orderkey \
+             group by o.o_orderpriority order by o.o_orderpriority"
+        ),
+        // Distinct, union and a subquery in FROM.
+        format!(
+            "select k, count(*) from (select o_orderstatus as k from {orders} union all select l_linestatus as k from {lineitem}) t \
+             group by k order by k"
+        ),
+        format!("select count(distinct o_custkey) from {orders}"),
+        format!("select * from {orders} order by o_totalprice desc, o_orderkey limit 7"),
+    ];
+    for sql in &queries {
+        let got = client
+            .sql(sql, |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let want = compare::run_sql(&reference, sql).await.unwrap();
+        assert_eq!(
+            compare::rows(&got.batches).unwrap(),
+            compare::rows(&want).unwrap(),
+            "{sql}"
+        );
+        assert!(got.rows() > 0, "{sql}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_sql_and_bad_files_are_clear_errors() {
+    let cluster = Cluster::start(2, &[], &[]);
+    let client = cluster.client(2).await;
+    let dir = cluster.dir.path();
+
+    let rejected = |e: Error| match e {
+        Error::Rejected(m) => m,
+        other => panic!("expected a rejection, got {other}"),
+    };
+    let m = rejected(client.sql("selec 1", |_| {}).await.unwrap_err());
+    assert!(m.contains("SQL") && m.contains("selec"), "{m}");
+    let m = rejected(
+        client
+            .sql("select nope from no_such_table", |_| {})
+            .await
+            .unwrap_err(),
+    );
+    assert!(m.contains("no_such_table"), "{m}");
+    let m = rejected(client.sql("select 1; select 2", |_| {}).await.unwrap_err());
+    assert!(m.contains("only the last statement"), "{m}");
+    let missing = dir.join("missing");
+    let m = rejected(
+        client
+            .sql(
+                &format!("select * from '{}/x.parquet'", missing.display()),
+                |_| {},
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert!(m.contains("missing"), "{m}");
+
+    // A file that is not Parquet: planning or the scan task fails, and the
+    // error names the file.
+    let bad = dir.join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    make_tpch(&dir.join("good"), 0.01, 1);
+    std::fs::copy(
+        dir.join("good/nation/part-001.parquet"),
+        bad.join("a.parquet"),
+    )
+    .unwrap();
+    std::fs::write(
+        bad.join("b.parquet"),
+        b"PAR1 this is not parquet at all PAR1",
+    )
+    .unwrap();
+    for sql in [
+        format!("select count(*) from '{}/'", bad.display()),
+        format!("select * from '{}/b.parquet'", bad.display()),
+        format!(
+            "create external table nation_bad stored as parquet location '{}/'",
+            bad.display()
+        ),
+    ] {
+        let e = client.sql(&sql, |_| {}).await.unwrap_err();
+        let text = e.to_string();
+        assert!(
+            matches!(e, Error::Failed { .. } | Error::Rejected(_)),
+            "{text}"
+        );
+        assert!(
+            text.contains("b.parquet") || text.contains("corrupt file"),
+            "{sql}: {text}"
+        );
+    }
+
+    // The cluster still answers after all of that.
+    let ok = client.sql("select 1 + 1 as two", |_| {}).await.unwrap();
+    assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["2"]);
+}
+
+#[test]
+fn sql_command_prints_saves_and_explains() {
+    let cluster = Cluster::start(2, &[], &[]);
+    let data = cluster.dir.path().join("tpch");
+    make_tpch(&data, 0.01, 2);
+    let sched = cluster.address();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["sql", "--scheduler", &sched])
+            .args(args)
+            .env("DASKRS_LOG", "error")
+            .output()
+            .unwrap()
+    };
+    // Wait for both workers through `info`.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = Command::new(BIN)
+            .args(["info", "--scheduler", &sched])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).matches("w").count() >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let tables = tpch::create_tables(&data.display().to_string());
+    let out = run(&[&tables]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let q1 = tpch::query(1).unwrap();
+    let out = run(&["--format", "csv", q1]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(
+        lines[0].starts_with("l_returnflag,l_linestatus,sum_qty"),
+        "{csv}"
+    );
+    assert_eq!(lines.len(), 5, "{csv}");
+
+    let out = run(&["--explain", q1]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("Stage 0:") && text.contains("shuffled into"),
+        "{text}"
+    );
+    assert!(text.contains("returned to the client"), "{text}");
+
+    let file = cluster.dir.path().join("q1.parquet");
+    let out = run(&["--output", file.to_str().unwrap(), q1]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = Command::new(BIN)
+        .args(["sql", "--scheduler", &sched, "--format", "csv"])
+        .arg(format!("select count(*) as n from '{}'", file.display()))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&read.stdout).trim(), "n\n4");
+
+    let out = run(&["select * from nowhere"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere"));
+}

@@ -1,0 +1,23 @@
+//! Distributed SQL for daskrs.
+//!
+//! The scheduler plans a query with DataFusion ([`planner`]), splits the
+//! physical plan into stages at its exchanges ([`split`]) and submits one
+//! `sql.stage` task per stage partition. A worker runs such a task with
+//! [`stage::Executor`]: it reads the plan fragment, feeds the pieces of its
+//! upstream stages into the fragment's [`reader::StageReaderExec`] leaves,
+//! and returns its output whole or cut into pieces for the next shuffle.
+
+pub mod compare;
+pub mod error;
+pub mod planner;
+pub mod reader;
+pub mod rewrite;
+pub mod s3;
+pub mod session;
+pub mod split;
+pub mod stage;
+pub mod tpch;
+
+pub use planner::{Planned, Planner, Query};
+pub use s3::{S3Access, S3Settings};
+pub use stage::{Executor, KIND as STAGE_KIND, StageOutput};

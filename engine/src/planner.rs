@@ -1,0 +1,287 @@
+//! SQL text to a task graph, in the scheduler.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use arrow::ipc::writer::StreamWriter;
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use daskrs_core::TaskSpec;
+use datafusion::common::tree_node::TreeNode;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::{ExecutionPlan, Partitioning, displayable};
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::{DFParser, Statement};
+use prost::Message;
+
+use crate::reader::{Codec, Layout};
+use crate::s3::S3Access;
+use crate::session::{Tuning, context};
+use crate::split::{Output, Stage, split};
+use crate::stage::{KIND, Slot, StageTask};
+
+/// What a SQL request turned into.
+#[derive(Debug)]
+pub enum Planned {
+    /// Statements the scheduler ran itself (`CREATE EXTERNAL TABLE`,
+    /// `SHOW TABLES`, `DESCRIBE`, `EXPLAIN`, ...), with their result as an
+    /// Arrow IPC stream.
+    Local(Bytes),
+    /// A query to run on the workers.
+    Query(Query),
+}
+
+/// A query as a task graph.
+#[derive(Debug)]
+pub struct Query {
+    pub tasks: Vec<TaskSpec>,
+    /// The final stage's tasks, in partition order; their outputs concatenated are the answer.
+    pub outputs: Vec<String>,
+    /// The distributed plan: stages, tasks per stage and their shuffles.
+    pub explain: String,
+    pub stages: usize,
+}
+
+/// Plans SQL against the cluster's catalog. Tables created with
+/// `CREATE EXTERNAL TABLE` stay for later requests, from any client.
+pub struct Planner {
+    ctx: SessionContext,
+}
+
+impl Planner {
+    pub fn new(s3: Option<S3Access>) -> Planner {
+        Planner {
+            ctx: context(s3, Tuning::default()),
+        }
+    }
+
+    /// Plans `sql` (one or more statements; only the last may be a query)
+    /// for a cluster whose workers have `threads` threads in all.
+    pub async fn plan(&self, sql: &str, threads: usize) -> Result<Planned, String> {
+        let describe = |e: DataFusionError| crate::error::describe(&e);
+        let statements = DFParser::parse_sql(sql).map_err(describe)?;
+        if statements.is_empty() {
+            return Err("no SQL statement given".into());
+        }
+        let mut state = self.ctx.state();
+        state.config_mut().options_mut().execution.target_partitions = threads.max(1);
+        let session = SessionContext::new_with_state(state.clone());
+        let n = statements.len();
+        let mut last_local = Vec::new();
+        for (i, statement) in statements.into_iter().enumerate() {
+            if is_explain_analyze(&statement) {
+                return Err(
+                    "EXPLAIN ANALYZE is not supported; use --explain to see the distributed plan"
+                        .into(),
+                );
+            }
+            let plan = state.statement_to_plan(statement).await.map_err(describe)?;
+            if runs_locally(&plan) {
+                let batches = session
+                    .execute_logical_plan(plan)
+                    .await
+                    .map_err(describe)?
+                    .collect()
+                    .await
+                    .map_err(describe)?;
+                last_local = batches;
+                // DDL changes the catalog the next statement plans against.
+                state = session.state();
+                continue;
+            }
+            if i + 1 != n {
+                return Err(format!(
+                    "statement {} of {n} is a query; only the last statement may be one",
+                    i + 1
+                ));
+            }
+            if matches!(plan, LogicalPlan::Dml(_)) {
+                return Err(
+                    "INSERT, UPDATE and DELETE are not supported; use COPY (query) TO".into(),
+                );
+            }
+            let physical = state.create_physical_plan(&plan).await.map_err(describe)?;
+            return distribute(physical).map(Planned::Query);
+        }
+        ipc(&last_local).map(Planned::Local)
+    }
+}
+
+fn is_explain_analyze(s: &Statement) -> bool {
+    match s {
+        Statement::Explain(e) => e.options.analyze,
+        _ => false,
+    }
+}
+
+/// Statements that touch only the catalog, or describe a plan.
+fn runs_locally(plan: &LogicalPlan) -> bool {
+    matches!(
+        plan,
+        LogicalPlan::Ddl(_)
+            | LogicalPlan::Statement(_)
+            | LogicalPlan::DescribeTable(_)
+            | LogicalPlan::Explain(_)
+    ) || is_catalog_query(plan)
+}
+
+/// Queries of `information_schema` (`SHOW TABLES`, `SHOW COLUMNS`) read the
+/// scheduler's own catalog.
+fn is_catalog_query(plan: &LogicalPlan) -> bool {
+    let mut only_catalog = true;
+    let mut any_scan = false;
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            any_scan = true;
+            if scan.table_name.schema() != Some("information_schema") {
+                only_catalog = false;
+            }
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    any_scan && only_catalog
+}
+
+fn ipc(batches: &[RecordBatch]) -> Result<Bytes, String> {
+    let schema = match batches.first() {
+        Some(b) => b.schema(),
+        None => Arc::new(arrow::datatypes::Schema::empty()),
+    };
+    let mut w = StreamWriter::try_new(Vec::new(), &schema).map_err(|e| e.to_string())?;
+    for b in batches {
+        w.write(b).map_err(|e| e.to_string())?;
+    }
+    w.finish().map_err(|e| e.to_string())?;
+    Ok(Bytes::from(w.into_inner().map_err(|e| e.to_string())?))
+}
+
+fn key(stage: u32, task: usize) -> String {
+    format!("s{stage}.{task}")
+}
+
+/// One task per partition of every stage.
+pub fn distribute(physical: Arc<dyn ExecutionPlan>) -> Result<Query, String> {
+    let describe = |e: DataFusionError| crate::error::describe(&e);
+    let physical = crate::rewrite::for_tasks(physical).map_err(describe)?;
+    let stages = split(physical).map_err(describe)?;
+    let codec = Codec::default();
+    let mut tasks = Vec::new();
+    for stage in &stages {
+        let plan = datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(
+            stage.plan.clone(),
+            &codec,
+        )
+        .map_err(|e| {
+            format!(
+                "stage {} cannot be sent to workers: {}",
+                stage.id,
+                describe(e)
+            )
+        })?;
+        let pieces = match stage.output {
+            Output::Whole => 0,
+            Output::Pieces(n) => n as u32,
+        };
+        for j in 0..stage.tasks {
+            let mut deps = Vec::new();
+            let mut parts = Vec::new();
+            let mut slots = Vec::new();
+            for (upstream, layout, q) in stage.reads(j) {
+                let slot = Slot {
+                    stage: upstream,
+                    partition: q,
+                };
+                match layout {
+                    Layout::Pieces => {
+                        for k in 0..stages[upstream as usize].tasks {
+                            deps.push(key(upstream, k));
+                            parts.push(Some(q));
+                            slots.push(slot.clone());
+                        }
+                    }
+                    Layout::Direct => {
+                        deps.push(key(upstream, q as usize));
+                        parts.push(None);
+                        slots.push(slot);
+                    }
+                }
+            }
+            let payload = StageTask {
+                plan: plan.clone(),
+                stage: stage.id,
+                partition: j as u32,
+                pieces,
+                slots,
+            }
+            .encode_to_vec();
+            tasks.push(
+                TaskSpec::new(key(stage.id, j), KIND)
+                    .payload(payload)
+                    .deps(deps)
+                    .parts(parts),
+            );
+        }
+    }
+    let last = stages.last().expect("split always makes a final stage");
+    Ok(Query {
+        outputs: (0..last.tasks).map(|j| key(last.id, j)).collect(),
+        explain: explain(&stages),
+        stages: stages.len(),
+        tasks,
+    })
+}
+
+/// The distributed plan as text: each stage, its tasks, what it reads and
+/// how its output is cut, then its operators.
+pub fn explain(stages: &[Stage]) -> String {
+    let mut s = String::new();
+    for stage in stages {
+        let output = match (
+            &stage.output,
+            stage
+                .plan
+                .downcast_ref::<datafusion::physical_plan::repartition::RepartitionExec>(),
+        ) {
+            (Output::Pieces(n), Some(r)) => match r.partitioning() {
+                Partitioning::Hash(exprs, _) => {
+                    let on: Vec<String> = exprs.iter().map(|e| e.to_string()).collect();
+                    format!("shuffled into {n} pieces by hash of [{}]", on.join(", "))
+                }
+                _ => format!("shuffled into {n} pieces round-robin"),
+            },
+            (Output::Pieces(n), None) => format!("shuffled into {n} pieces"),
+            (Output::Whole, _) if stage.id as usize + 1 == stages.len() => {
+                "returned to the client".to_string()
+            }
+            (Output::Whole, _) => "kept whole".to_string(),
+        };
+        let mut reads: Vec<String> = Vec::new();
+        for (upstream, layout, _) in (0..stage.tasks).flat_map(|j| stage.reads(j)) {
+            let r = match layout {
+                Layout::Pieces => format!("stage {upstream} (shuffle)"),
+                Layout::Direct => format!("stage {upstream} (whole)"),
+            };
+            if !reads.contains(&r) {
+                reads.push(r);
+            }
+        }
+        let reads = if reads.is_empty() {
+            "files".to_string()
+        } else {
+            reads.join(", ")
+        };
+        let _ = writeln!(
+            s,
+            "Stage {}: {} task{}, reads {reads}, output {output}",
+            stage.id,
+            stage.tasks,
+            if stage.tasks == 1 { "" } else { "s" }
+        );
+        let body = displayable(stage.runs().as_ref()).indent(false).to_string();
+        for line in body.lines() {
+            let _ = writeln!(s, "  {line}");
+        }
+    }
+    s
+}

@@ -1,0 +1,57 @@
+//! The DataFusion sessions of the scheduler (planning) and the workers
+//! (running stage tasks), set up the same way.
+
+use std::sync::Arc;
+
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::s3::{Registry, S3Access};
+
+/// Settings that shape a plan.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// How many tasks a stage over files or a shuffle gets: the cluster's
+    /// worker threads, so every thread has work.
+    pub partitions: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning { partitions: 2 }
+    }
+}
+
+/// The session configuration for distributed plans.
+pub fn config(t: &Tuning) -> SessionConfig {
+    let mut c = SessionConfig::new()
+        .with_target_partitions(t.partitions.max(1))
+        .with_information_schema(true)
+        // A round-robin shuffle after a scan would move whole tables between
+        // workers; files are split by row-group ranges across tasks instead.
+        .with_round_robin_repartition(false)
+        .with_repartition_file_min_size(1024 * 1024);
+    let o = c.options_mut();
+    // Each task runs one partition alone: it must read its own file group,
+    // not take over its siblings' files as an idle partition would in one process.
+    o.execution.enable_file_stream_work_stealing = false;
+    // Dynamic filters tie a scan to a join or top-k in the same process; a
+    // stage runs apart from the operators that would feed them.
+    o.optimizer.enable_dynamic_filter_pushdown = false;
+    o.optimizer.enable_join_dynamic_filter_pushdown = false;
+    o.optimizer.enable_topk_dynamic_filter_pushdown = false;
+    o.optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+    // An uncorrelated scalar subquery becomes a join: as a physical node it
+    // would share its result with expressions that may land in other stages.
+    o.optimizer.enable_physical_uncorrelated_scalar_subquery = false;
+    c
+}
+
+/// A session whose object stores are local files and, when configured, S3.
+pub fn context(s3: Option<S3Access>, t: Tuning) -> SessionContext {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(Registry::new(s3)))
+        .build_arc()
+        .expect("a runtime with default limits always builds");
+    SessionContext::new_with_config_rt(config(&t), runtime).enable_url_table()
+}

@@ -1,0 +1,181 @@
+//! One `sql.stage` task: its payload, and running it on a worker.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::writer::StreamWriter;
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::metrics::Time;
+use datafusion::physical_plan::repartition::{BatchPartitioner, RepartitionExec};
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use datafusion::prelude::SessionContext;
+use futures::StreamExt;
+use prost::Message;
+
+use crate::reader::{Codec, InputData};
+use crate::s3::S3Access;
+
+/// The task kind name of a stage partition.
+pub const KIND: &str = "sql.stage";
+
+/// What a `sql.stage` task carries.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StageTask {
+    /// The stage's plan fragment (datafusion-proto), the same for every task of the stage.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub plan: Bytes,
+    #[prost(uint32, tag = "2")]
+    pub stage: u32,
+    /// The partition of the stage this task runs.
+    #[prost(uint32, tag = "3")]
+    pub partition: u32,
+    /// The number of pieces the output is cut into; 0 for one whole output.
+    #[prost(uint32, tag = "4")]
+    pub pieces: u32,
+    /// For each input of the task, in order: which reader partition it feeds.
+    #[prost(message, repeated, tag = "5")]
+    pub slots: Vec<Slot>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Slot {
+    #[prost(uint32, tag = "1")]
+    pub stage: u32,
+    #[prost(uint32, tag = "2")]
+    pub partition: u32,
+}
+
+/// What a stage task returns.
+#[derive(Debug)]
+pub enum StageOutput {
+    Whole(Bytes),
+    Pieces(Vec<Bytes>),
+}
+
+/// Runs stage tasks on a worker: one session with the cluster's S3 access,
+/// driven on the worker's runtime from the task thread.
+pub struct Executor {
+    ctx: SessionContext,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Executor {
+    /// Call within the worker's runtime; tasks run on it.
+    pub fn new(s3: Option<S3Access>) -> Executor {
+        Executor {
+            ctx: crate::session::context(s3, crate::session::Tuning::default()),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// Runs one task to its output, blocking the calling (non-runtime) thread.
+    pub fn run(
+        &self,
+        payload: &[u8],
+        inputs: Vec<Bytes>,
+    ) -> std::result::Result<StageOutput, String> {
+        let task =
+            StageTask::decode(payload).map_err(|e| format!("corrupt sql.stage payload: {e}"))?;
+        if task.slots.len() != inputs.len() {
+            return Err(format!(
+                "the task has {} inputs but its payload describes {}",
+                inputs.len(),
+                task.slots.len()
+            ));
+        }
+        let mut data: InputData = HashMap::new();
+        for (slot, bytes) in task.slots.iter().zip(inputs) {
+            data.entry((slot.stage, slot.partition))
+                .or_default()
+                .push(bytes);
+        }
+        let codec = Codec {
+            data: Arc::new(data),
+        };
+        let task_ctx = self.ctx.task_ctx();
+        let plan = datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
+            &task.plan, &task_ctx, &codec,
+        )
+        .map_err(|e| format!("cannot read the plan of stage {}: {e}", task.stage))?;
+        self.runtime
+            .block_on(execute(plan, &task, task_ctx))
+            .map_err(|e| crate::error::describe(&e))
+    }
+}
+
+async fn execute(
+    plan: Arc<dyn ExecutionPlan>,
+    task: &StageTask,
+    ctx: Arc<TaskContext>,
+) -> Result<StageOutput> {
+    let partition = task.partition as usize;
+    if task.pieces == 0 {
+        let schema = plan.schema();
+        let mut stream = plan.execute(partition, ctx)?;
+        let mut out = IpcBuffer::new(schema)?;
+        while let Some(batch) = stream.next().await {
+            out.write(&batch?)?;
+        }
+        return Ok(StageOutput::Whole(out.finish()?));
+    }
+    let Some(r) = plan.downcast_ref::<RepartitionExec>() else {
+        return Err(DataFusionError::Internal(format!(
+            "stage {} should end in a shuffle but ends in {}",
+            task.stage,
+            plan.name()
+        )));
+    };
+    let input = r.input().clone();
+    let schema = input.schema();
+    let inputs = input.output_partitioning().partition_count();
+    let mut partitioner =
+        BatchPartitioner::try_new(r.partitioning().clone(), Time::new(), partition, inputs)?;
+    let mut pieces: Vec<Option<IpcBuffer>> = (0..task.pieces).map(|_| None).collect();
+    let mut stream = input.execute(partition, ctx)?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        partitioner.partition(batch, |p, b| {
+            let slot = pieces.get_mut(p).ok_or_else(|| {
+                DataFusionError::Internal(format!("shuffle piece {p} out of range"))
+            })?;
+            if slot.is_none() {
+                *slot = Some(IpcBuffer::new(schema.clone())?);
+            }
+            slot.as_mut().expect("just set").write(&b)
+        })?;
+    }
+    let pieces = pieces
+        .into_iter()
+        .map(|p| p.map_or(Ok(Bytes::new()), IpcBuffer::finish))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(StageOutput::Pieces(pieces))
+}
+
+/// An Arrow IPC stream written as batches arrive.
+struct IpcBuffer {
+    writer: StreamWriter<Vec<u8>>,
+}
+
+impl IpcBuffer {
+    fn new(schema: SchemaRef) -> Result<IpcBuffer> {
+        Ok(IpcBuffer {
+            writer: StreamWriter::try_new(Vec::new(), &schema)?,
+        })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        Ok(self.writer.write(batch)?)
+    }
+
+    fn finish(mut self) -> Result<Bytes> {
+        self.writer.finish()?;
+        Ok(Bytes::from(self.writer.into_inner()?))
+    }
+}
