@@ -353,3 +353,135 @@ fn sql_command_prints_saves_and_explains() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_during_a_query_still_gives_the_right_answer() {
+    let cluster = Cluster::start(3, &[], &[]);
+    let data = cluster.dir.path().join("tpch");
+    make_tpch(&data, 0.05, 3);
+    let client = cluster.client(3).await;
+    let tables = tpch::create_tables(&data.display().to_string());
+    client.sql(&tables, |_| {}).await.unwrap();
+    let reference = compare::single_node_context(None);
+    compare::run_sql(&reference, &tables).await.unwrap();
+
+    // Q9 joins six tables through several shuffles; kill a worker once the
+    // first stages are done and the shuffle outputs are spread over the workers.
+    let sql = tpch::query(9).unwrap();
+    let pid = cluster.workers[1].pid().to_string();
+    let mut killed_at = None;
+    let got = client
+        .sql(sql, |p| {
+            if killed_at.is_none() && p.done > 0 && p.done < p.total {
+                let ok = Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+                assert!(ok.success());
+                killed_at = Some((p.done, p.total));
+            }
+        })
+        .await
+        .unwrap();
+    let (done, total) = killed_at.expect("the query ended before a worker could be killed");
+    assert!(done < total);
+    let want = compare::run_sql(&reference, sql).await.unwrap();
+    assert_eq!(
+        compare::rows(&got.batches).unwrap(),
+        compare::rows(&want).unwrap(),
+        "killed at {done}/{total}"
+    );
+    let info = client.info().await.unwrap();
+    assert_eq!(info.workers.len(), 2, "the killed worker is gone");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn results_larger_than_worker_memory_spill() {
+    let cluster = Cluster::start(
+        2,
+        &[],
+        &[
+            "--memory-limit",
+            "2MiB",
+            "--pause-on-process-memory",
+            "false",
+        ],
+    );
+    let data = cluster.dir.path().join("tpch");
+    make_tpch(&data, 0.01, 2);
+    let client = cluster.client(2).await;
+    let tables = tpch::create_tables(&data.display().to_string());
+    client.sql(&tables, |_| {}).await.unwrap();
+    let sql = "select l_orderkey, l_linenumber, l_comment, l_extendedprice from lineitem";
+    let daskrs_client::sql::Plan::Query { graph, .. } = client.plan_sql(sql).await.unwrap() else {
+        panic!("a query");
+    };
+    let keys = graph.outputs.clone();
+    let finished = client.run(graph, |_| {}).await.unwrap();
+    // Held results over the limit went to disk (heartbeats report it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let spilled = loop {
+        let info = client.info().await.unwrap();
+        let spilled: u64 = info.workers.iter().map(|w| w.spilled_bytes).sum();
+        if spilled > 0 || std::time::Instant::now() > deadline {
+            break spilled;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(spilled > 1 << 20, "spilled only {spilled} bytes");
+    let mut rows = 0;
+    for k in &keys {
+        let out = client.gather(&finished, k).await.unwrap();
+        let reader =
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(out.bytes), None)
+                .unwrap();
+        rows += reader.map(|b| b.unwrap().num_rows()).sum::<usize>();
+    }
+    let reference = compare::single_node_context(None);
+    compare::run_sql(&reference, &tables).await.unwrap();
+    let want = compare::run_sql(&reference, "select count(*) from lineitem")
+        .await
+        .unwrap();
+    assert_eq!(compare::rows(&want).unwrap(), vec![rows.to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn csv_and_json_tables() {
+    let cluster = Cluster::start(2, &[], &[]);
+    let dir = cluster.dir.path();
+    make_tpch(&dir.join("tpch"), 0.01, 1);
+    // Write CSV and newline-delimited JSON copies of orders with DataFusion.
+    let local = compare::single_node_context(None);
+    let setup = format!(
+        "create external table orders stored as parquet location '{d}/tpch/orders/';\
+         copy (select * from orders) to '{d}/orders_csv/' stored as csv options ('format.has_header' 'true');\
+         copy (select * from orders) to '{d}/orders_json/' stored as json",
+        d = dir.display()
+    );
+    compare::run_sql(&local, &setup).await.unwrap();
+
+    let client = cluster.client(2).await;
+    client
+        .sql(
+            &format!(
+                "create external table orders_csv stored as csv location '{d}/orders_csv/' options ('format.has_header' 'true');\
+                 create external table orders_json stored as json location '{d}/orders_json/'",
+                d = dir.display()
+            ),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let sql = |t: &str| {
+        format!(
+            "select o_orderstatus, count(*), sum(cast(o_totalprice as decimal(15, 2))), min(o_orderdate) \
+             from {t} group by o_orderstatus order by o_orderstatus"
+        )
+    };
+    let want = compare::run_sql(&local, &sql("orders")).await.unwrap();
+    for t in ["orders_csv", "orders_json"] {
+        let got = client.sql(&sql(t), |_| {}).await.unwrap();
+        assert_eq!(
+            compare::rows(&got.batches).unwrap(),
+            compare::rows(&want).unwrap(),
+            "{t}"
+        );
+    }
+}

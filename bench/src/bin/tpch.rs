@@ -1,0 +1,236 @@
+//! TPC-H on a daskrs cluster (a scheduler and two worker processes of the
+//! release `daskrs` binary on loopback) next to single-node DataFusion on the
+//! same files in the same run, and, when given its figures, Dask DataFrame.
+//!
+//! Every answer is checked against single-node DataFusion's before its time
+//! counts.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use daskrs_client::Client;
+use daskrs_engine::{compare, tpch};
+
+#[derive(Parser)]
+struct Args {
+    /// The `daskrs` binary to benchmark (a release build).
+    #[arg(long)]
+    daskrs: PathBuf,
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Where the data is made (once) and kept; default ~/.cache/daskrs/tpch/sf<scale>.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long, default_value_t = 2)]
+    workers: u32,
+    #[arg(long, default_value_t = 1)]
+    threads: u32,
+    /// Runs of each query on each side; the best is reported.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    #[arg(long, value_delimiter = ',')]
+    queries: Vec<usize>,
+    /// JSON printed by bench/dask_tpch.py: {"q1": seconds, ...}.
+    #[arg(long)]
+    dask_json: Option<PathBuf>,
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(bin: &PathBuf, args: &[String]) -> Proc {
+    Proc(
+        Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("daskrs starts"),
+    )
+}
+
+fn resident_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let a = Args::parse();
+    let data = a.data.clone().unwrap_or_else(|| {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".into());
+        PathBuf::from(home).join(format!(".cache/daskrs/tpch/sf{}", a.scale))
+    });
+    let files = (a.workers * a.threads).max(2) as usize;
+    if !data.join("lineitem").exists() {
+        eprintln!(
+            "making TPC-H scale factor {} in {} ...",
+            a.scale,
+            data.display()
+        );
+        let t = Instant::now();
+        let tmp = data.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&tmp);
+        tpch::generate(&tmp, a.scale, files).expect("data is made");
+        std::fs::rename(&tmp, &data).expect("data is moved in place");
+        eprintln!("made in {:.1}s", t.elapsed().as_secs_f64());
+    }
+    let queries: Vec<usize> = if a.queries.is_empty() {
+        (1..=22).collect()
+    } else {
+        a.queries.clone()
+    };
+
+    let port = free_port();
+    let scheduler = spawn(
+        &a.daskrs,
+        &[
+            "scheduler".into(),
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "--http-port".into(),
+            free_port().to_string(),
+        ],
+    );
+    let address = format!("127.0.0.1:{port}");
+    let mut workers = Vec::new();
+    for i in 0..a.workers {
+        workers.push(spawn(
+            &a.daskrs,
+            &[
+                "worker".into(),
+                "--scheduler".into(),
+                address.clone(),
+                "--name".into(),
+                format!("w{i}"),
+                "--host".into(),
+                "127.0.0.1".into(),
+                "--port".into(),
+                "0".into(),
+                "--http-port".into(),
+                "0".into(),
+                "--nthreads".into(),
+                a.threads.to_string(),
+            ],
+        ));
+    }
+    let client = loop {
+        if let Ok(c) = Client::connect(&address).await {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    client
+        .wait_for_workers(a.workers as usize, Duration::from_secs(30))
+        .await
+        .expect("workers join");
+    let tables = tpch::create_tables(&data.display().to_string());
+    client
+        .sql(&tables, |_| {})
+        .await
+        .expect("tables are created");
+    let single = compare::single_node_context(None);
+    compare::run_sql(&single, &tables)
+        .await
+        .expect("tables are created");
+
+    let dask: serde_json::Value = a
+        .dask_json
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(serde_json::Value::Null);
+
+    println!(
+        "TPC-H scale factor {}, local Parquet files, {} workers x {} threads; best of {}",
+        a.scale, a.workers, a.threads, a.repeat
+    );
+    println!(
+        "{:<6}{:>12}{:>16}{:>9}{:>8}{:>8}{:>12}{:>10}",
+        "query", "daskrs s", "DataFusion s", "ratio", "stages", "tasks", "Dask s", "vs Dask"
+    );
+    let (mut total_d, mut total_s) = (0.0, 0.0);
+    for q in queries {
+        let sql = tpch::query(q).expect("a TPC-H query number");
+        let mut best_d = f64::MAX;
+        let mut answer = None;
+        for _ in 0..a.repeat.max(1) {
+            let t = Instant::now();
+            let got = client
+                .sql(sql, |_| {})
+                .await
+                .unwrap_or_else(|e| panic!("Q{q}: {e}"));
+            best_d = best_d.min(t.elapsed().as_secs_f64());
+            answer = Some(got);
+        }
+        let mut best_s = f64::MAX;
+        let mut want = Vec::new();
+        for _ in 0..a.repeat.max(1) {
+            let t = Instant::now();
+            want = compare::run_sql(&single, sql)
+                .await
+                .expect("single node answers");
+            best_s = best_s.min(t.elapsed().as_secs_f64());
+        }
+        let answer = answer.expect("ran at least once");
+        assert_eq!(
+            compare::rows(&answer.batches).unwrap(),
+            compare::rows(&want).unwrap(),
+            "Q{q}: answers differ"
+        );
+        total_d += best_d;
+        total_s += best_s;
+        let dask_s = dask.get(format!("q{q}")).and_then(|v| v.as_f64());
+        println!(
+            "Q{q:<5}{best_d:>12.3}{best_s:>16.3}{:>8.2}x{:>8}{:>8}{:>12}{:>10}",
+            best_d / best_s,
+            answer.stages,
+            answer.tasks,
+            dask_s
+                .map(|s| format!("{s:.3}"))
+                .unwrap_or_else(|| "-".into()),
+            dask_s
+                .map(|s| format!("{:.1}x", s / best_d))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    println!(
+        "total {total_d:>11.3}{total_s:>16.3}{:>8.2}x",
+        total_d / total_s
+    );
+    let peak: Vec<String> = workers
+        .iter()
+        .map(|w| format!("{:.0} MiB", resident_mib(w.0.id())))
+        .collect();
+    println!(
+        "peak resident memory: scheduler {:.0} MiB, workers {}",
+        resident_mib(scheduler.0.id()),
+        peak.join(", ")
+    );
+}
