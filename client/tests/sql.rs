@@ -485,3 +485,125 @@ async fn csv_and_json_tables() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_to_s3_and_local_files_and_nothing_visible_on_failure() {
+    let minio = Minio::start();
+    minio.create_bucket("out").await;
+    let cluster = Cluster::start_with_env(2, &[], &[], &minio.env());
+    let dir = cluster.dir.path();
+    let data = dir.join("tpch");
+    make_tpch(&data, 0.01, 2);
+    let client = cluster.client(2).await;
+    let tables = tpch::create_tables(&data.display().to_string());
+    client.sql(&tables, |_| {}).await.unwrap();
+    let reference = compare::single_node_context(None);
+    compare::run_sql(&reference, &tables).await.unwrap();
+    let check =
+        "select count(*), sum(o_totalprice), max(o_comment) from orders where o_orderstatus = 'F'";
+    let want = compare::run_sql(&reference, check).await.unwrap();
+    let query = "select * from orders where o_orderstatus = 'F'";
+
+    // To S3: one object per partition, written by the workers.
+    let done = client
+        .sql(
+            &format!("copy ({query}) to 's3://out/orders/' stored as parquet"),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let counts = compare::rows(&done.batches).unwrap();
+    let keys = minio.list("out", "orders/").await;
+    assert!(keys.len() >= 2, "{keys:?}");
+    assert!(keys.iter().all(|k| k.ends_with(".parquet")), "{keys:?}");
+    assert_eq!(counts[0].split('|').next().unwrap(), keys.len().to_string());
+    client
+        .sql(
+            "create external table written stored as parquet location 's3://out/orders/'",
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let back = client
+        .sql(
+            &check.replace("from orders where o_orderstatus = 'F'", "from written"),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        compare::rows(&back.batches).unwrap(),
+        compare::rows(&want).unwrap()
+    );
+
+    // To a local directory, as CSV.
+    let out = dir.join("csv_out");
+    client
+        .sql(
+            &format!("copy ({query}) to '{}/' stored as csv", out.display()),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        files
+            .iter()
+            .all(|f| f.starts_with("part-") && f.ends_with(".csv")),
+        "{files:?}"
+    );
+    client
+        .sql(
+            &format!(
+                "create external table written_csv stored as csv location '{}/' options ('format.has_header' 'true')",
+                out.display()
+            ),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let back = client
+        .sql("select count(*), max(o_comment) from written_csv", |_| {})
+        .await
+        .unwrap();
+    let want_csv = compare::run_sql(
+        &reference,
+        "select count(*), max(o_comment) from orders where o_orderstatus = 'F'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        compare::rows(&back.batches).unwrap(),
+        compare::rows(&want_csv).unwrap()
+    );
+
+    // A query that fails part-way: no object and no file becomes visible.
+    let failing = "select o_orderkey / (o_custkey - o_custkey) as boom from orders";
+    let e = client
+        .sql(
+            &format!("copy ({failing}) to 's3://out/bad/' stored as parquet"),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().to_lowercase().contains("divide by zero"),
+        "{e}"
+    );
+    assert!(minio.list("out", "bad/").await.is_empty());
+    let bad = dir.join("bad_out");
+    client
+        .sql(
+            &format!("copy ({failing}) to '{}/' stored as parquet", bad.display()),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+    let left: Vec<_> = std::fs::read_dir(&bad)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}

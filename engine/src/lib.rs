@@ -17,6 +17,7 @@ pub mod session;
 pub mod split;
 pub mod stage;
 pub mod tpch;
+pub mod write;
 
 pub use planner::{Planned, Planner, Query};
 pub use s3::{S3Access, S3Settings};

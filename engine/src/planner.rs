@@ -96,6 +96,31 @@ impl Planner {
                     i + 1
                 ));
             }
+            if let LogicalPlan::Copy(copy) = &plan {
+                if !copy.partition_by.is_empty() {
+                    return Err("COPY ... PARTITIONED BY is not supported; write one file per partition to a directory instead".into());
+                }
+                let format = copy.file_type.get_ext().to_ascii_lowercase();
+                if !matches!(format.as_str(), "parquet" | "csv" | "json") {
+                    return Err(format!("COPY writes PARQUET, CSV or JSON, not {format}"));
+                }
+                let physical = state
+                    .create_physical_plan(&copy.input)
+                    .await
+                    .map_err(describe)?;
+                let directory = copy.output_url.ends_with('/')
+                    || !copy
+                        .output_url
+                        .to_ascii_lowercase()
+                        .ends_with(&format!(".{}", crate::write::extension(&format)));
+                let target = crate::write::WriteTarget {
+                    url: copy.output_url.clone(),
+                    format,
+                    query: query_id(),
+                    directory,
+                };
+                return distribute_with(physical, Some(target)).map(Planned::Query);
+            }
             if matches!(plan, LogicalPlan::Dml(_)) {
                 return Err(
                     "INSERT, UPDATE and DELETE are not supported; use COPY (query) TO".into(),
@@ -160,8 +185,25 @@ fn key(stage: u32, task: usize) -> String {
     format!("s{stage}.{task}")
 }
 
+fn query_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{:x}{:x}", std::process::id(), nanos)
+}
+
 /// One task per partition of every stage.
 pub fn distribute(physical: Arc<dyn ExecutionPlan>) -> Result<Query, String> {
+    distribute_with(physical, None)
+}
+
+/// As [`distribute`]; with a target, the final stage writes files and one
+/// more task commits them.
+pub fn distribute_with(
+    physical: Arc<dyn ExecutionPlan>,
+    write: Option<crate::write::WriteTarget>,
+) -> Result<Query, String> {
     let describe = |e: DataFusionError| crate::error::describe(&e);
     let physical = crate::rewrite::for_tasks(physical).map_err(describe)?;
     let stages = split(physical).map_err(describe)?;
@@ -183,6 +225,17 @@ pub fn distribute(physical: Arc<dyn ExecutionPlan>) -> Result<Query, String> {
             Output::Whole => 0,
             Output::Pieces(n) => n as u32,
         };
+        let is_final = stage.id as usize + 1 == stages.len();
+        if is_final
+            && let Some(w) = &write
+            && !w.directory
+            && stage.tasks != 1
+        {
+            return Err(format!(
+                "the query has {} partitions; COPY it to a directory (a URL ending in /), one file per partition",
+                stage.tasks
+            ));
+        }
         for j in 0..stage.tasks {
             let mut deps = Vec::new();
             let mut parts = Vec::new();
@@ -213,6 +266,8 @@ pub fn distribute(physical: Arc<dyn ExecutionPlan>) -> Result<Query, String> {
                 partition: j as u32,
                 pieces,
                 slots,
+                write: if is_final { write.clone() } else { None },
+                commit: false,
             }
             .encode_to_vec();
             tasks.push(
@@ -224,8 +279,29 @@ pub fn distribute(physical: Arc<dyn ExecutionPlan>) -> Result<Query, String> {
         }
     }
     let last = stages.last().expect("split always makes a final stage");
+    let mut outputs: Vec<String> = (0..last.tasks).map(|j| key(last.id, j)).collect();
+    if write.is_some() {
+        let payload = StageTask {
+            stage: last.id,
+            slots: (0..last.tasks)
+                .map(|j| Slot {
+                    stage: last.id,
+                    partition: j as u32,
+                })
+                .collect(),
+            commit: true,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        tasks.push(
+            TaskSpec::new("commit", KIND)
+                .payload(payload)
+                .deps(outputs.clone()),
+        );
+        outputs = vec!["commit".to_string()];
+    }
     Ok(Query {
-        outputs: (0..last.tasks).map(|j| key(last.id, j)).collect(),
+        outputs,
         explain: explain(&stages),
         stages: stages.len(),
         tasks,

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
-use object_store::aws::{AmazonS3Builder, AwsCredential};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AwsCredential};
 use object_store::{ClientOptions, CredentialProvider, ObjectStore, RetryConfig};
 use url::Url;
 
@@ -87,8 +87,16 @@ impl S3Access {
         self.endpoint.as_deref()
     }
 
-    /// A store for one bucket.
+    /// A store for one bucket, with at most `max_concurrency` requests in flight.
     pub fn store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>> {
+        Ok(Arc::new(object_store::limit::LimitStore::new(
+            self.multipart_store(bucket)?,
+            self.max_concurrency,
+        )))
+    }
+
+    /// The bucket's store itself, for multipart uploads completed later.
+    pub fn multipart_store(&self, bucket: &str) -> Result<AmazonS3> {
         let mut b = AmazonS3Builder::new()
             .with_bucket_name(bucket)
             .with_region(&self.region)
@@ -113,13 +121,8 @@ impl S3Access {
             Some(c) => b = b.with_credentials(c.clone()),
             None => b = b.with_skip_signature(true),
         }
-        let store = b
-            .build()
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        Ok(Arc::new(object_store::limit::LimitStore::new(
-            store,
-            self.max_concurrency,
-        )))
+        b.build()
+            .map_err(|e| DataFusionError::External(Box::new(e)))
     }
 }
 

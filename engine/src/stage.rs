@@ -39,6 +39,12 @@ pub struct StageTask {
     /// For each input of the task, in order: which reader partition it feeds.
     #[prost(message, repeated, tag = "5")]
     pub slots: Vec<Slot>,
+    /// Write the output there (`COPY ... TO`) instead of returning it.
+    #[prost(message, optional, tag = "6")]
+    pub write: Option<crate::write::WriteTarget>,
+    /// Run no plan: make the files the inputs wrote visible.
+    #[prost(bool, tag = "7")]
+    pub commit: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -60,6 +66,7 @@ pub enum StageOutput {
 /// driven on the worker's runtime from the task thread.
 pub struct Executor {
     ctx: SessionContext,
+    s3: Option<S3Access>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -67,7 +74,8 @@ impl Executor {
     /// Call within the worker's runtime; tasks run on it.
     pub fn new(s3: Option<S3Access>) -> Executor {
         Executor {
-            ctx: crate::session::context(s3, crate::session::Tuning::default()),
+            ctx: crate::session::context(s3.clone(), crate::session::Tuning::default()),
+            s3,
             runtime: tokio::runtime::Handle::current(),
         }
     }
@@ -87,6 +95,22 @@ impl Executor {
                 task.slots.len()
             ));
         }
+        if task.commit {
+            let mut manifests = Vec::new();
+            for (i, bytes) in inputs.into_iter().enumerate() {
+                let reader =
+                    arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+                        .map_err(|e| format!("input {i} of the commit: {e}"))?;
+                for b in reader {
+                    manifests.push(b.map_err(|e| format!("input {i} of the commit: {e}"))?);
+                }
+            }
+            let done = self
+                .runtime
+                .block_on(crate::write::commit(manifests, self.s3.as_ref()))
+                .map_err(|e| crate::error::describe(&e))?;
+            return one_batch(done).map_err(|e| crate::error::describe(&e));
+        }
         let mut data: InputData = HashMap::new();
         for (slot, bytes) in task.slots.iter().zip(inputs) {
             data.entry((slot.stage, slot.partition))
@@ -102,17 +126,31 @@ impl Executor {
         )
         .map_err(|e| format!("cannot read the plan of stage {}: {e}", task.stage))?;
         self.runtime
-            .block_on(execute(plan, &task, task_ctx))
+            .block_on(execute(plan, &task, task_ctx, self.s3.as_ref()))
             .map_err(|e| crate::error::describe(&e))
     }
+}
+
+fn one_batch(batch: RecordBatch) -> Result<StageOutput> {
+    let mut out = IpcBuffer::new(batch.schema())?;
+    out.write(&batch)?;
+    Ok(StageOutput::Whole(out.finish()?))
 }
 
 async fn execute(
     plan: Arc<dyn ExecutionPlan>,
     task: &StageTask,
     ctx: Arc<TaskContext>,
+    s3: Option<&S3Access>,
 ) -> Result<StageOutput> {
     let partition = task.partition as usize;
+    if let Some(target) = &task.write {
+        let schema = plan.schema();
+        let stream = plan.execute(partition, ctx)?;
+        let manifest =
+            crate::write::write_partition(target, task.partition, schema, stream, s3).await?;
+        return one_batch(manifest);
+    }
     if task.pieces == 0 {
         let schema = plan.schema();
         let mut stream = plan.execute(partition, ctx)?;

@@ -145,7 +145,7 @@ pub fn generate(dir: &Path, scale: f64, files: usize) -> Result<Vec<Written>, St
     Ok(out)
 }
 
-fn properties() -> WriterProperties {
+pub(crate) fn properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         // Row groups small enough to split a file across tasks and to prune.
