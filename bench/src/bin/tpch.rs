@@ -6,10 +6,11 @@
 //! counts.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use daskrs_bench::{Proc, free_port};
 use daskrs_client::Client;
 use daskrs_engine::{compare, tpch};
 
@@ -35,23 +36,6 @@ struct Args {
     /// JSON printed by bench/dask_tpch.py: {"q1": seconds, ...}.
     #[arg(long)]
     dask_json: Option<PathBuf>,
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn spawn(bin: &PathBuf, args: &[String]) -> Proc {
