@@ -96,6 +96,24 @@ async fn s3_errors_name_the_bucket_key_or_credentials() {
         .await
         .unwrap();
     assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["25"]);
+    // Globs in S3 paths, in FROM and in CREATE EXTERNAL TABLE.
+    let ok = client
+        .sql("select count(*) from 's3://data/nation/*.parquet'", |_| {})
+        .await
+        .unwrap();
+    assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["25"]);
+    client
+        .sql(
+            "create external table nation_glob stored as parquet location 's3://data/nation/part-*.parquet'",
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let ok = client
+        .sql("select count(*) from nation_glob", |_| {})
+        .await
+        .unwrap();
+    assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["25"]);
 
     let m = text(
         client

@@ -18,8 +18,10 @@ pub fn single_node_context(s3: Option<S3Access>) -> SessionContext {
         .with_object_store_registry(Arc::new(Registry::new(s3)))
         .build_arc()
         .expect("a runtime with default limits always builds");
-    SessionContext::new_with_config_rt(SessionConfig::new().with_information_schema(true), runtime)
-        .enable_url_table()
+    crate::session::with_url_tables(SessionContext::new_with_config_rt(
+        SessionConfig::new().with_information_schema(true),
+        runtime,
+    ))
 }
 
 /// Runs `sql` (statements separated by `;`) and returns the last one's answer.

@@ -17,6 +17,7 @@ pub mod session;
 pub mod split;
 pub mod stage;
 pub mod tpch;
+pub mod urls;
 pub mod write;
 
 pub use planner::{Planned, Planner, Query};

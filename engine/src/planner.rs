@@ -77,6 +77,24 @@ impl Planner {
                 );
             }
             let plan = state.statement_to_plan(statement).await.map_err(describe)?;
+            // DataFusion reads globs only in local paths: an S3 glob table is made here.
+            if let LogicalPlan::Ddl(datafusion::logical_expr::DdlStatement::CreateExternalTable(c)) =
+                &plan
+                && let [location] = c.locations.as_slice()
+                && let Some(url) = crate::urls::glob_url(location).map_err(describe)?
+            {
+                if !(c.if_not_exists && session.table_exist(c.name.clone()).unwrap_or(false)) {
+                    let table = crate::urls::listing_table(&session.state(), url)
+                        .await
+                        .map_err(describe)?;
+                    session
+                        .register_table(c.name.clone(), table)
+                        .map_err(describe)?;
+                }
+                state = session.state();
+                last_local = Vec::new();
+                continue;
+            }
             if runs_locally(&plan) {
                 let batches = session
                     .execute_logical_plan(plan)

@@ -53,5 +53,22 @@ pub fn context(s3: Option<S3Access>, t: Tuning) -> SessionContext {
         .with_object_store_registry(Arc::new(Registry::new(s3)))
         .build_arc()
         .expect("a runtime with default limits always builds");
-    SessionContext::new_with_config_rt(config(&t), runtime).enable_url_table()
+    with_url_tables(SessionContext::new_with_config_rt(config(&t), runtime))
+}
+
+/// Lets `FROM` name files, directories and globs, local or in S3.
+pub fn with_url_tables(ctx: SessionContext) -> SessionContext {
+    let factory = Arc::new(crate::urls::UrlTables::default());
+    let catalogs = Arc::new(datafusion::catalog::DynamicFileCatalog::new(
+        ctx.state().catalog_list().clone(),
+        factory.clone(),
+    ));
+    let ctx: SessionContext = ctx
+        .into_state_builder()
+        .with_catalog_list(catalogs)
+        .build()
+        .into();
+    let weak = ctx.state_weak_ref();
+    factory.set_state(Box::new(move || weak.upgrade().map(|s| s.read().clone())));
+    ctx
 }
