@@ -36,6 +36,11 @@ struct Args {
     /// JSON printed by bench/dask_tpch.py: {"q1": seconds, ...}.
     #[arg(long)]
     dask_json: Option<PathBuf>,
+    /// Read the tables from here instead (e.g. s3://tpch/sf1, the same files
+    /// uploaded); S3 settings come from the environment (DASKRS_S3_ENDPOINT,
+    /// AWS_ACCESS_KEY_ID, ...), for the cluster and the single-node side alike.
+    #[arg(long)]
+    location: Option<String>,
 }
 
 fn spawn(bin: &PathBuf, args: &[String]) -> Proc {
@@ -60,6 +65,57 @@ fn resident_mib(pid: u32) -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// Bytes of lineitem per second: a query that reads every column of every
+/// row group, next to plain parallel GETs of the same objects.
+async fn scan_throughput(client: &Client, s3: &daskrs_engine::S3Access, location: &str) {
+    use futures::StreamExt;
+    let rest = location.trim_start_matches("s3://");
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let store = s3.store(bucket).expect("a store for the bucket");
+    let prefix =
+        object_store::path::Path::from(format!("{}/lineitem", prefix.trim_end_matches('/')));
+    let objects: Vec<object_store::ObjectMeta> = store
+        .list(Some(&prefix))
+        .map(|o| o.expect("listing works"))
+        .collect()
+        .await;
+    let total: u64 = objects.iter().map(|o| o.size).sum();
+    let t = Instant::now();
+    let got: u64 = futures::stream::iter(objects.iter().map(|o| {
+        let store = store.clone();
+        let (path, size) = (o.location.clone(), o.size);
+        async move {
+            // Ranged GETs of 8 MiB, 16 objects at a time.
+            let ranges: Vec<std::ops::Range<u64>> = (0..size)
+                .step_by(8 << 20)
+                .map(|s| s..(s + (8 << 20)).min(size))
+                .collect();
+            let parts = store.get_ranges(&path, &ranges).await.expect("ranged GETs");
+            parts.iter().map(|b| b.len() as u64).sum::<u64>()
+        }
+    }))
+    .buffer_unordered(16)
+    .fold(0, |a, b| async move { a + b })
+    .await;
+    let get_s = t.elapsed().as_secs_f64();
+    assert_eq!(got, total);
+    let sql = "select count(*), sum(l_orderkey), sum(l_partkey), sum(l_suppkey), sum(l_linenumber), \
+               sum(l_quantity), sum(l_extendedprice), sum(l_discount), sum(l_tax), max(l_returnflag), \
+               max(l_linestatus), max(l_shipdate), max(l_commitdate), max(l_receiptdate), \
+               max(l_shipinstruct), max(l_shipmode), max(length(l_comment)) from lineitem";
+    let t = Instant::now();
+    client.sql(sql, |_| {}).await.expect("the scan runs");
+    let scan_s = t.elapsed().as_secs_f64();
+    let mb = total as f64 / 1e6;
+    println!(
+        "S3 scan of lineitem ({mb:.0} MB in {} objects): plain parallel GET {:.0} MB/s, daskrs reading every column {:.0} MB/s ({:.0}%)",
+        objects.len(),
+        mb / get_s,
+        mb / scan_s,
+        100.0 * get_s / scan_s
+    );
 }
 
 #[tokio::main]
@@ -134,12 +190,25 @@ async fn main() {
         .wait_for_workers(a.workers as usize, Duration::from_secs(30))
         .await
         .expect("workers join");
-    let tables = tpch::create_tables(&data.display().to_string());
+    let location = a
+        .location
+        .clone()
+        .unwrap_or_else(|| data.display().to_string());
+    let tables = tpch::create_tables(&location);
     client
         .sql(&tables, |_| {})
         .await
         .expect("tables are created");
-    let single = compare::single_node_context(None);
+    let s3 = if location.starts_with("s3://") {
+        let settings = daskrs_engine::S3Settings {
+            endpoint: std::env::var("DASKRS_S3_ENDPOINT").ok(),
+            ..Default::default()
+        };
+        Some(daskrs_engine::S3Access::load(&settings).await)
+    } else {
+        None
+    };
+    let single = compare::single_node_context(s3.clone());
     compare::run_sql(&single, &tables)
         .await
         .expect("tables are created");
@@ -152,7 +221,7 @@ async fn main() {
         .unwrap_or(serde_json::Value::Null);
 
     println!(
-        "TPC-H scale factor {}, local Parquet files, {} workers x {} threads; best of {}",
+        "TPC-H scale factor {}, Parquet from {location}, {} workers x {} threads; best of {}",
         a.scale, a.workers, a.threads, a.repeat
     );
     println!(
@@ -208,6 +277,9 @@ async fn main() {
         "total {total_d:>11.3}{total_s:>16.3}{:>8.2}x",
         total_d / total_s
     );
+    if let Some(s3) = &s3 {
+        scan_throughput(&client, s3, &location).await;
+    }
     let peak: Vec<String> = workers
         .iter()
         .map(|w| format!("{:.0} MiB", resident_mib(w.0.id())))
