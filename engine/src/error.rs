@@ -38,7 +38,8 @@ fn object_store(e: &object_store::Error) -> String {
     }
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources, each said once.
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(inner) = source {

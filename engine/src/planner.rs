@@ -3,7 +3,6 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use daskrs_core::TaskSpec;
@@ -191,12 +190,7 @@ fn ipc(batches: &[RecordBatch]) -> Result<Bytes, String> {
         Some(b) => b.schema(),
         None => Arc::new(arrow::datatypes::Schema::empty()),
     };
-    let mut w = StreamWriter::try_new(Vec::new(), &schema).map_err(|e| e.to_string())?;
-    for b in batches {
-        w.write(b).map_err(|e| e.to_string())?;
-    }
-    w.finish().map_err(|e| e.to_string())?;
-    Ok(Bytes::from(w.into_inner().map_err(|e| e.to_string())?))
+    crate::stage::ipc_bytes(schema, batches).map_err(|e| crate::error::describe(&e))
 }
 
 fn key(stage: u32, task: usize) -> String {
@@ -227,6 +221,8 @@ pub fn distribute_with(
     let stages = split(physical).map_err(describe)?;
     let codec = Codec::default();
     let mut tasks = Vec::new();
+    // What each stage reads, for the explanation: (upstream stage, layout).
+    let mut inputs: Vec<Vec<(u32, Layout)>> = vec![Vec::new(); stages.len()];
     for stage in &stages {
         let plan = datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(
             stage.plan.clone(),
@@ -259,6 +255,10 @@ pub fn distribute_with(
             let mut parts = Vec::new();
             let mut slots = Vec::new();
             for (upstream, layout, q) in stage.reads(j) {
+                let read = &mut inputs[stage.id as usize];
+                if !read.contains(&(upstream, layout)) {
+                    read.push((upstream, layout));
+                }
                 let slot = Slot {
                     stage: upstream,
                     partition: q,
@@ -320,7 +320,7 @@ pub fn distribute_with(
     }
     Ok(Query {
         outputs,
-        explain: explain(&stages),
+        explain: explain(&stages, &inputs),
         stages: stages.len(),
         tasks,
     })
@@ -328,7 +328,8 @@ pub fn distribute_with(
 
 /// The distributed plan as text: each stage, its tasks, what it reads and
 /// how its output is cut, then its operators.
-pub fn explain(stages: &[Stage]) -> String {
+/// `inputs[s]` lists what stage `s` reads.
+pub fn explain(stages: &[Stage], inputs: &[Vec<(u32, Layout)>]) -> String {
     let mut s = String::new();
     for stage in stages {
         let output = match (
@@ -350,16 +351,13 @@ pub fn explain(stages: &[Stage]) -> String {
             }
             (Output::Whole, _) => "kept whole".to_string(),
         };
-        let mut reads: Vec<String> = Vec::new();
-        for (upstream, layout, _) in (0..stage.tasks).flat_map(|j| stage.reads(j)) {
-            let r = match layout {
+        let reads: Vec<String> = inputs[stage.id as usize]
+            .iter()
+            .map(|(upstream, layout)| match layout {
                 Layout::Pieces => format!("stage {upstream} (shuffle)"),
                 Layout::Direct => format!("stage {upstream} (whole)"),
-            };
-            if !reads.contains(&r) {
-                reads.push(r);
-            }
-        }
+            })
+            .collect();
         let reads = if reads.is_empty() {
             "files".to_string()
         } else {

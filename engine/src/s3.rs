@@ -79,14 +79,6 @@ impl S3Access {
         }
     }
 
-    pub fn region(&self) -> &str {
-        &self.region
-    }
-
-    pub fn endpoint(&self) -> Option<&str> {
-        self.endpoint.as_deref()
-    }
-
     /// A store for one bucket, with at most `max_concurrency` requests in flight.
     pub fn store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>> {
         Ok(Arc::new(object_store::limit::LimitStore::new(
@@ -177,7 +169,7 @@ impl CredentialProvider for ChainCredentials {
         let c = self.provider.provide_credentials().await.map_err(|e| {
             object_store::Error::Generic {
                 store: "S3",
-                source: format!("no AWS credentials: {}", error_chain(&e)).into(),
+                source: format!("no AWS credentials: {}", crate::error::chain(&e)).into(),
             }
         })?;
         let credential = Arc::new(AwsCredential {
@@ -189,17 +181,6 @@ impl CredentialProvider for ChainCredentials {
             Some((credential.clone(), c.expiry()));
         Ok(credential)
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 /// Local files as DataFusion has them, plus any `s3://bucket` opened on

@@ -131,10 +131,17 @@ impl Executor {
     }
 }
 
+/// Batches as one Arrow IPC stream.
+pub fn ipc_bytes(schema: SchemaRef, batches: &[RecordBatch]) -> Result<Bytes> {
+    let mut out = IpcBuffer::new(schema)?;
+    for b in batches {
+        out.write(b)?;
+    }
+    out.finish()
+}
+
 fn one_batch(batch: RecordBatch) -> Result<StageOutput> {
-    let mut out = IpcBuffer::new(batch.schema())?;
-    out.write(&batch)?;
-    Ok(StageOutput::Whole(out.finish()?))
+    Ok(StageOutput::Whole(ipc_bytes(batch.schema(), &[batch])?))
 }
 
 async fn execute(

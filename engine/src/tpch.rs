@@ -7,8 +7,6 @@ use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::basic::{Compression, ZstdLevel};
-use datafusion::parquet::file::properties::WriterProperties;
 use tpchgen::generators as g;
 use tpchgen_arrow as ta;
 
@@ -145,32 +143,11 @@ pub fn generate(dir: &Path, scale: f64, files: usize) -> Result<Vec<Written>, St
     Ok(out)
 }
 
-pub(crate) fn properties() -> WriterProperties {
-    WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        // Row groups small enough to split a file across tasks and to prune.
-        .set_max_row_group_row_count(Some(256 * 1024))
-        .build()
-}
-
-/// Writes batches as one Parquet file.
-pub fn write_batches(
-    file: File,
-    schema: SchemaRef,
-    batches: &[RecordBatch],
-) -> Result<(), datafusion::parquet::errors::ParquetError> {
-    let mut w = ArrowWriter::try_new(file, schema, Some(properties()))?;
-    for b in batches {
-        w.write(b)?;
-    }
-    w.close()?;
-    Ok(())
-}
-
 fn write_parquet(path: &Path, schema: SchemaRef, batches: Batches) -> Result<u64, String> {
     let err = |e: &dyn std::fmt::Display| format!("writing {}: {e}", path.display());
     let file = File::create(path).map_err(|e| err(&e))?;
-    let mut w = ArrowWriter::try_new(file, schema, Some(properties())).map_err(|e| err(&e))?;
+    let mut w = ArrowWriter::try_new(file, schema, Some(crate::write::parquet_properties()))
+        .map_err(|e| err(&e))?;
     let mut rows = 0;
     for b in batches {
         let b = b.map_err(|e| err(&e))?;

@@ -16,11 +16,36 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
 use futures::StreamExt;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjectPath;
 
 use crate::s3::S3Access;
+
+/// How daskrs writes Parquet: ZSTD, and row groups small enough to split a
+/// file across tasks and to prune.
+pub fn parquet_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(256 * 1024))
+        .build()
+}
+
+/// Writes batches as one Parquet file.
+pub fn write_parquet(
+    file: std::fs::File,
+    schema: SchemaRef,
+    batches: &[RecordBatch],
+) -> std::result::Result<(), datafusion::parquet::errors::ParquetError> {
+    let mut w = ArrowWriter::try_new(file, schema, Some(parquet_properties()))?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.close()?;
+    Ok(())
+}
 
 /// Where and how a final stage writes.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -156,7 +181,7 @@ impl Encoder {
             _ => Format::Parquet(ArrowWriter::try_new(
                 spool.clone(),
                 schema,
-                Some(crate::tpch::properties()),
+                Some(parquet_properties()),
             )?),
         };
         Ok(Encoder { spool, writer })

@@ -22,6 +22,15 @@ pub fn progress_bar(enabled: bool) -> Option<ProgressBar> {
     Some(bar)
 }
 
+/// Shows a graph's progress on the bar, if there is one.
+pub fn show_progress(bar: &Option<ProgressBar>, p: daskrs_client::Progress, what: &str) {
+    if let Some(b) = bar {
+        b.set_length(p.total);
+        b.set_position(p.done);
+        b.set_message(format!("{what}({} running)", p.processing));
+    }
+}
+
 pub async fn submit(a: SubmitArgs) -> Result<(), Failure> {
     let text = if a.graph.as_os_str() == "-" {
         let mut buf = Vec::new();
@@ -46,15 +55,7 @@ pub async fn submit(a: SubmitArgs) -> Result<(), Failure> {
         tasks: doc.tasks,
         outputs: doc.outputs,
     };
-    let finished = client
-        .run(graph, |p| {
-            if let Some(b) = &bar {
-                b.set_length(p.total);
-                b.set_position(p.done);
-                b.set_message(format!("({} running)", p.processing));
-            }
-        })
-        .await;
+    let finished = client.run(graph, |p| show_progress(&bar, p, "")).await;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }

@@ -9,7 +9,7 @@ use daskrs_client::Client;
 use daskrs_client::sql::{Answer, Plan};
 
 use super::{Failure, SqlArgs};
-use crate::cli::run::progress_bar;
+use crate::cli::run::{progress_bar, show_progress};
 
 pub async fn sql(a: SqlArgs) -> Result<(), Failure> {
     let text = match (&a.sql, &a.file) {
@@ -45,13 +45,7 @@ pub async fn sql(a: SqlArgs) -> Result<(), Failure> {
     let bar = progress_bar(!a.no_progress);
     let started = Instant::now();
     let answer = client
-        .sql(&text, |p| {
-            if let Some(b) = &bar {
-                b.set_length(p.total);
-                b.set_position(p.done);
-                b.set_message(format!("stage tasks ({} running)", p.processing));
-            }
-        })
+        .sql(&text, |p| show_progress(&bar, p, "stage tasks "))
         .await;
     if let Some(b) = &bar {
         b.finish_and_clear();
@@ -114,18 +108,13 @@ fn write_file(path: &Path, format: &str, answer: &Answer) -> Result<(), Failure>
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| fail(&e))?;
-    {
-        let mut f = std::io::BufWriter::new(tmp.as_file());
-        if format == "parquet" {
-            daskrs_engine::tpch::write_batches(
-                tmp.as_file().try_clone().map_err(|e| fail(&e))?,
-                answer.schema.clone(),
-                &answer.batches,
-            )
+    let file = tmp.as_file().try_clone().map_err(|e| fail(&e))?;
+    if format == "parquet" {
+        daskrs_engine::write::write_parquet(file, answer.schema.clone(), &answer.batches)
             .map_err(|e| fail(&e))?;
-        } else {
-            write(&mut f, format, answer)?;
-        }
+    } else {
+        let mut f = std::io::BufWriter::new(file);
+        write(&mut f, format, answer)?;
         std::io::Write::flush(&mut f).map_err(|e| fail(&e))?;
     }
     tmp.persist(path).map_err(|e| fail(&e.error))?;
