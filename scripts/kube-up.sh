@@ -4,7 +4,9 @@
 #   DIR/kubeconfig  admin (system:masters) via a static token
 #   DIR/*.pid DIR/*.log DIR/etcd/ DIR/certs/
 # Binaries come from scripts/install-kube.sh. Pods stay Pending (no kubelet).
-# Stop with scripts/kube-down.sh DIR.
+# Stop with scripts/kube-down.sh DIR. With KUBE_UP_PARENT=PID, the control
+# plane also stops by itself once process PID has exited, and DIR is
+# removed (a test run leaves nothing behind, even when killed).
 set -euo pipefail
 DIR=${1:?usage: kube-up.sh DIR}
 BIN=${DASKRS_KUBE_BIN:-$HOME/.cache/daskrs/bin}
@@ -121,4 +123,9 @@ start kube-controller-manager --kubeconfig="$DIR/kcm.kubeconfig" \
 wait_for "kube-controller-manager (default ServiceAccount)" curl -fsS --cacert "$DIR/certs/apiserver.crt" \
   -H "Authorization: Bearer $(token admin)" \
   "https://127.0.0.1:$API_PORT/api/v1/namespaces/default/serviceaccounts/default"
+if [[ -n ${KUBE_UP_PARENT:-} ]]; then
+  setsid bash -c 'while kill -0 "$0" 2>/dev/null; do sleep 1; done; "$1" "$2"; rm -rf "$2"' \
+    "$KUBE_UP_PARENT" "$(cd "$(dirname "$0")" && pwd)/kube-down.sh" "$DIR" \
+    >/dev/null 2>&1 </dev/null &
+fi
 echo "kube-up: ready in ${SECONDS}s: export KUBECONFIG=$DIR/kubeconfig" >&2

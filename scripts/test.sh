@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test of the workspace: formatting, lints, unit,
-# property and integration tests. Needs a Rust toolchain and Go (the S3
-# tests run a real MinIO server, built once from the Go module proxy).
+# property and integration tests. Needs a Rust toolchain and Go: the S3
+# tests run a real MinIO server, and the operator tests a real
+# kube-apiserver, etcd and kube-controller-manager with the real kubectl,
+# all built once from the Go module proxy into ~/.cache/daskrs/bin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +14,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 echo "== MinIO for the S3 tests"
 scripts/install-minio.sh
+echo "== Kubernetes control plane for the operator tests"
+scripts/install-kube.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

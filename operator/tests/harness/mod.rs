@@ -1,0 +1,365 @@
+//! A real control plane for the operator's tests: etcd, kube-apiserver and
+//! kube-controller-manager started by `scripts/kube-up.sh` (binaries from
+//! `scripts/install-kube.sh`), the real `kubectl`, and the operator binary
+//! run as its own process.
+//!
+//! One control plane serves all tests of a test binary; each test works in a
+//! namespace of its own that enforces the `restricted` Pod Security
+//! Standard. The control plane stops when the test process exits.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn bin_dir() -> PathBuf {
+    std::env::var_os("DASKRS_KUBE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").expect("HOME is set")).join(".cache/daskrs/bin")
+        })
+}
+
+pub struct ControlPlane {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+}
+
+static PLANE: OnceLock<ControlPlane> = OnceLock::new();
+
+/// The shared control plane, started on first use, with the CRD installed.
+pub fn control_plane() -> &'static ControlPlane {
+    PLANE.get_or_init(|| {
+        let bin = bin_dir();
+        assert!(
+            bin.join("kube-apiserver").exists(),
+            "no kube-apiserver in {}: run scripts/install-kube.sh",
+            bin.display()
+        );
+        let dir = std::env::temp_dir().join(format!("daskrs-kube-{}", std::process::id()));
+        let out = Command::new(repo().join("scripts/kube-up.sh"))
+            .arg(&dir)
+            .env("KUBE_UP_PARENT", std::process::id().to_string())
+            .output()
+            .expect("run scripts/kube-up.sh");
+        assert!(
+            out.status.success(),
+            "scripts/kube-up.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let plane = ControlPlane {
+            kubeconfig: dir.join("kubeconfig"),
+            dir,
+        };
+        let applied = plane.kubectl(&["apply", "--server-side", "-f", "crds/daskcluster.yaml"]);
+        assert!(
+            applied.status.success(),
+            "CRD not applied: {}",
+            stderr(&applied)
+        );
+        let ready = plane.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/daskclusters.daskrs.dev",
+        ]);
+        assert!(
+            ready.status.success(),
+            "CRD not established: {}",
+            stderr(&ready)
+        );
+        plane
+    })
+}
+
+impl ControlPlane {
+    /// Runs the real kubectl against this control plane, from the repo root.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_stdin(args, None)
+    }
+
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(bin_dir().join("kubectl"))
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .current_dir(repo())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        let mut pipe = child.stdin.take().expect("stdin piped");
+        if let Some(s) = stdin {
+            pipe.write_all(s.as_bytes()).expect("write to kubectl");
+        }
+        drop(pipe);
+        child.wait_with_output().expect("kubectl output")
+    }
+
+    pub async fn client(&self) -> Client {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig");
+        Client::try_from(config).expect("client")
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A fresh namespace that enforces the `restricted` Pod Security Standard,
+/// so every pod the operator makes is checked against it by the API server.
+pub async fn namespace(client: &Client, prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!("{prefix}-{}", N.fetch_add(1, Ordering::Relaxed));
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(BTreeMap::from([(
+                "pod-security.kubernetes.io/enforce".to_string(),
+                "restricted".to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    name
+}
+
+/// Polls `check` every 100 ms until it returns Some, or fails the test
+/// after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The operator binary as its own process, watching one namespace.
+pub struct Operator {
+    child: Option<Child>,
+    pub metrics: SocketAddr,
+    pub identity: String,
+    log: PathBuf,
+}
+
+impl Operator {
+    pub fn start(
+        plane: &ControlPlane,
+        namespace: &str,
+        identity: &str,
+        scheduler_url: &str,
+    ) -> Self {
+        let port = free_port();
+        let log = plane
+            .dir
+            .join(format!("operator-{namespace}-{identity}.log"));
+        let file = std::fs::File::create(&log).expect("operator log");
+        let child = Command::new(env!("CARGO_BIN_EXE_daskrs-operator"))
+            .args([
+                "--namespace",
+                namespace,
+                "--lease-namespace",
+                namespace,
+                "--identity",
+                identity,
+                "--metrics-addr",
+                &format!("127.0.0.1:{port}"),
+                "--scheduler-url",
+                scheduler_url,
+                "--default-image",
+                "daskrs:test",
+                "--retire-timeout-seconds",
+                "5",
+                "--scale-down-delay-seconds",
+                "1",
+                "--log",
+                "info,daskrs_operator=debug",
+            ])
+            .env("KUBECONFIG", &plane.kubeconfig)
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("start daskrs-operator");
+        Operator {
+            child: Some(child),
+            metrics: SocketAddr::from(([127, 0, 0, 1], port)),
+            identity: identity.into(),
+            log,
+        }
+    }
+
+    /// A metric's value summed over its label sets; None when the server
+    /// does not answer.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let body = reqwest::get(format!("http://{}/metrics", self.metrics))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(
+            body.lines()
+                .filter(|l| {
+                    l.strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        )
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and the exit status once the process has gone.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Stands in for the scheduler's HTTP API, since no pod runs here (there is
+/// no kubelet): answers `/api/v1/adaptive` with what the test sets, retires
+/// the workers the test says the scheduler holds, and records each call.
+#[derive(Clone, Default)]
+pub struct SchedulerStub {
+    pub state: Arc<Mutex<StubState>>,
+}
+
+#[derive(Default, Debug)]
+pub struct StubState {
+    /// Worker names the scheduler knows, in its order of preference to close.
+    pub workers: Vec<String>,
+    pub desired_workers: u64,
+    pub tasks_waiting: u64,
+    pub idle_seconds: f64,
+    /// Each retire request: (named workers, count).
+    pub retire_calls: Vec<(Vec<String>, usize)>,
+}
+
+impl SchedulerStub {
+    pub async fn start() -> (Self, String) {
+        use axum::routing::{get, post};
+        use axum::{Json, Router};
+        let stub = SchedulerStub::default();
+        let s1 = stub.clone();
+        let s2 = stub.clone();
+        let app = Router::new()
+            .route(
+                "/api/v1/adaptive",
+                get(move || {
+                    let s = s1.state.lock().unwrap();
+                    let v = serde_json::json!({
+                        "desired_workers": s.desired_workers,
+                        "current_workers": s.workers.len(),
+                        "tasks_waiting": s.tasks_waiting,
+                        "tasks_processing": 0,
+                        "idle_seconds": s.idle_seconds,
+                    });
+                    async move { Json(v) }
+                }),
+            )
+            .route(
+                "/api/v1/retire",
+                post(move |Json(body): Json<serde_json::Value>| {
+                    let mut s = s2.state.lock().unwrap();
+                    let named: Vec<String> = body["workers"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|v| v.as_str().map(String::from))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let count = body["count"].as_u64().unwrap_or(0) as usize;
+                    s.retire_calls.push((named.clone(), count));
+                    let retired: Vec<String> = if named.is_empty() {
+                        s.workers.iter().take(count).cloned().collect()
+                    } else {
+                        named
+                    };
+                    s.workers.retain(|w| !retired.contains(w));
+                    let v = serde_json::json!({ "retired": retired });
+                    async move { Json(v) }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (stub, format!("http://{addr}"))
+    }
+}
