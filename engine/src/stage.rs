@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arrow::compute::BatchCoalescer;
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
@@ -158,12 +159,13 @@ async fn execute(
             crate::write::write_partition(target, task.partition, schema, stream, s3).await?;
         return one_batch(manifest);
     }
+    let batch_size = ctx.session_config().batch_size();
     if task.pieces == 0 {
         let schema = plan.schema();
         let mut stream = plan.execute(partition, ctx)?;
-        let mut out = IpcBuffer::new(schema)?;
+        let mut out = Compacted::new(schema, batch_size)?;
         while let Some(batch) = stream.next().await {
-            out.write(&batch?)?;
+            out.write(batch?)?;
         }
         return Ok(StageOutput::Whole(out.finish()?));
     }
@@ -179,7 +181,7 @@ async fn execute(
     let inputs = input.output_partitioning().partition_count();
     let mut partitioner =
         BatchPartitioner::try_new(r.partitioning().clone(), Time::new(), partition, inputs)?;
-    let mut pieces: Vec<Option<IpcBuffer>> = (0..task.pieces).map(|_| None).collect();
+    let mut pieces: Vec<Option<Compacted>> = (0..task.pieces).map(|_| None).collect();
     let mut stream = input.execute(partition, ctx)?;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
@@ -191,16 +193,57 @@ async fn execute(
                 DataFusionError::Internal(format!("shuffle piece {p} out of range"))
             })?;
             if slot.is_none() {
-                *slot = Some(IpcBuffer::new(schema.clone())?);
+                *slot = Some(Compacted::new(schema.clone(), batch_size)?);
             }
-            slot.as_mut().expect("just set").write(&b)
+            slot.as_mut().expect("just set").write(b)
         })?;
     }
     let pieces = pieces
         .into_iter()
-        .map(|p| p.map_or(Ok(Bytes::new()), IpcBuffer::finish))
+        .map(|p| p.map_or(Ok(Bytes::new()), Compacted::finish))
         .collect::<Result<Vec<_>>>()?;
     Ok(StageOutput::Pieces(pieces))
+}
+
+/// A task's output as an Arrow IPC stream of full, compact batches.
+///
+/// Operators hand out batches that share buffers with others: a hash cut
+/// yields a small batch per piece, and string views taken from a join's
+/// build side or a Parquet page still point into the whole of it. The IPC
+/// writer sends every buffer a batch points into, so written as they come
+/// such batches repeat the same bytes in each one, many times over. Rows
+/// are copied into batches of the session's batch size first, string views
+/// with their strings alone.
+struct Compacted {
+    coalescer: BatchCoalescer,
+    out: IpcBuffer,
+}
+
+impl Compacted {
+    fn new(schema: SchemaRef, batch_size: usize) -> Result<Compacted> {
+        Ok(Compacted {
+            coalescer: BatchCoalescer::new(schema.clone(), batch_size.max(1)),
+            out: IpcBuffer::new(schema)?,
+        })
+    }
+
+    fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        self.coalescer.push_batch(batch)?;
+        self.drain()
+    }
+
+    fn drain(&mut self) -> Result<()> {
+        while let Some(b) = self.coalescer.next_completed_batch() {
+            self.out.write(&b)?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Bytes> {
+        self.coalescer.finish_buffered_batch()?;
+        self.drain()?;
+        self.out.finish()
+    }
 }
 
 /// An Arrow IPC stream written as batches arrive.
@@ -222,5 +265,44 @@ impl IpcBuffer {
     fn finish(mut self) -> Result<Bytes> {
         self.writer.finish()?;
         Ok(Bytes::from(self.writer.into_inner()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, StringViewArray, UInt32Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn outputs_send_each_string_once_not_the_buffers_it_shares() {
+        // Like a join's output: every batch takes a few rows of one large build side.
+        let build = StringViewArray::from_iter_values(
+            (0..10_000).map(|i| format!("customer number {i:>20}")),
+        );
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "name",
+            DataType::Utf8View,
+            false,
+        )]));
+        let mut out = Compacted::new(schema.clone(), 8192).unwrap();
+        let mut strings = 0;
+        for b in 0..100u32 {
+            let rows = UInt32Array::from_iter_values((0..10).map(|i| b * 10 + i));
+            let taken = arrow::compute::take(&build, &rows, None).unwrap();
+            strings += taken.len() * 36;
+            out.write(RecordBatch::try_new(schema.clone(), vec![taken]).unwrap())
+                .unwrap();
+        }
+        let bytes = out.finish().unwrap();
+        assert!(
+            bytes.len() < 4 * strings,
+            "{} bytes written for {strings} bytes of strings",
+            bytes.len()
+        );
+        let reader =
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+        let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+        assert_eq!(rows, 1000);
     }
 }
