@@ -1,0 +1,390 @@
+//! Reconcile passes against a mocked Kubernetes API (tower-test): which
+//! requests one pass makes, in which order, with what, and what it does
+//! with the answers. The real API server is in `tests/kube.rs`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Client, Resource};
+use serde_json::{Value, json};
+
+use daskrs_operator::builders::{self, Defaults};
+use daskrs_operator::crd::{DaskCluster, DaskClusterSpec, WorkerSpec};
+use daskrs_operator::metrics::Metrics;
+use daskrs_operator::reconcile::{Context, Error, Settings, error_policy, reconcile};
+use daskrs_operator::scheduler_api::{Adaptive, ApiError, SchedulerApi};
+
+/// The scheduler's API: retires the workers it is told it holds.
+#[derive(Default)]
+struct FakeScheduler {
+    workers: Mutex<Vec<String>>,
+    calls: Mutex<Vec<(Vec<String>, usize)>>,
+}
+
+#[async_trait::async_trait]
+impl SchedulerApi for FakeScheduler {
+    async fn adaptive(&self, _base: &str) -> Result<Adaptive, ApiError> {
+        Ok(Adaptive::default())
+    }
+
+    async fn retire(
+        &self,
+        _base: &str,
+        names: &[String],
+        count: usize,
+    ) -> Result<Vec<String>, ApiError> {
+        self.calls.lock().unwrap().push((names.to_vec(), count));
+        let mut w = self.workers.lock().unwrap();
+        let chosen: Vec<String> = if names.is_empty() {
+            w.iter().take(count).cloned().collect()
+        } else {
+            names.to_vec()
+        };
+        w.retain(|n| !chosen.contains(n));
+        Ok(chosen)
+    }
+}
+
+/// How the mocked API server answers.
+#[derive(Clone, Default)]
+struct World {
+    /// Worker pods a list returns.
+    pods: Vec<Value>,
+    /// The scheduler Deployment is available.
+    scheduler_available: bool,
+    /// Answer a Deployment patch with this status code instead.
+    deployment_error: Option<u16>,
+}
+
+/// One request as the mock saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    body: Value,
+}
+
+fn cluster(replicas: i32) -> DaskCluster {
+    let mut c = DaskCluster::new(
+        "demo",
+        DaskClusterSpec {
+            image: None,
+            image_pull_policy: None,
+            image_pull_secrets: Vec::new(),
+            scheduler: Default::default(),
+            worker: WorkerSpec {
+                replicas,
+                threads: None,
+                memory_limit: None,
+                resources: None,
+                pod: Default::default(),
+            },
+            autoscaling: None,
+            s3: None,
+            idle_timeout: None,
+        },
+    );
+    c.meta_mut().namespace = Some("data".into());
+    c.meta_mut().uid = Some("uid-1".into());
+    c.meta_mut().generation = Some(1);
+    c
+}
+
+fn pod(name: &str, hash: &str, ready: bool) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": "data",
+            "labels": { "daskrs.dev/cluster": "demo", "daskrs.dev/role": "worker", "daskrs.dev/template-hash": hash } },
+        "spec": { "containers": [{ "name": "worker" }] },
+        "status": { "phase": "Running", "conditions": [{ "type": "Ready", "status": if ready { "True" } else { "False" } }] },
+    })
+}
+
+fn answer(world: &World, method: &str, uri: &str, body: &Value, made: &mut u32) -> (u16, Value) {
+    let path = uri.split('?').next().unwrap_or_default();
+    if path.contains("/deployments/") {
+        if let Some(code) = world.deployment_error {
+            return (
+                code,
+                json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "etcd is down", "reason": "InternalError", "code": code }),
+            );
+        }
+        let mut d = body.clone();
+        d["status"] = if world.scheduler_available {
+            json!({ "availableReplicas": 1 })
+        } else {
+            json!({})
+        };
+        return (200, d);
+    }
+    if path.ends_with("/status") {
+        let c = json!({
+            "apiVersion": "daskrs.dev/v1alpha1", "kind": "DaskCluster",
+            "metadata": { "name": "demo", "namespace": "data" },
+            "spec": { "worker": { "replicas": 1 } },
+            "status": body["status"],
+        });
+        return (200, c);
+    }
+    if path.contains("/services/") {
+        return (200, body.clone());
+    }
+    if path.contains("/events") {
+        return (201, body.clone());
+    }
+    if path.contains("/pods") {
+        return match method {
+            "GET" => (
+                200,
+                json!({ "apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": world.pods }),
+            ),
+            "POST" => {
+                *made += 1;
+                let mut p = body.clone();
+                p["metadata"]["name"] = json!(format!("demo-worker-new{made}"));
+                (201, p)
+            }
+            "DELETE" => (
+                200,
+                json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" }),
+            ),
+            _ => (405, json!({})),
+        };
+    }
+    (
+        404,
+        json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404 }),
+    )
+}
+
+/// Runs one reconcile pass against the mocked API; returns its result and
+/// the requests it made.
+async fn pass(
+    c: DaskCluster,
+    world: World,
+    scheduler: Arc<FakeScheduler>,
+) -> (Result<(), Error>, Vec<Seen>, Arc<Context>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let server = tokio::spawn(async move {
+        let mut made = 0;
+        while let Some((req, send)) = handle.next_request().await {
+            let method = req.method().to_string();
+            let path = req.uri().to_string();
+            let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let (code, reply) = answer(&world, &method, &path, &body, &mut made);
+            log.lock().unwrap().push(Seen { method, path, body });
+            send.send_response(
+                Response::builder()
+                    .status(StatusCode::from_u16(code).unwrap())
+                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+    let client = Client::new(service, "data");
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "daskrs-operator".into(),
+            instance: None,
+        },
+    );
+    let ctx = Arc::new(Context::new(
+        client,
+        Settings {
+            defaults: Defaults {
+                image: "daskrs:test".into(),
+            },
+            scheduler_url: "http://scheduler".into(),
+            scale_down_delay: Duration::from_secs(60),
+        },
+        scheduler,
+        recorder,
+        Metrics::new(),
+    ));
+    let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(c), ctx.clone()))
+        .await
+        .expect("a pass finishes")
+        .map(|_| ());
+    server.abort();
+    let seen = seen.lock().unwrap().clone();
+    (result, seen, ctx)
+}
+
+fn requests(seen: &[Seen]) -> Vec<String> {
+    seen.iter()
+        .map(|s| format!("{} {}", s.method, s.path.split('?').next().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_new_cluster_applies_its_scheduler_creates_its_workers_and_writes_status() {
+    let (result, seen, _) = pass(cluster(2), World::default(), Arc::default()).await;
+    result.expect("the pass succeeds");
+    let r = requests(&seen);
+    assert_eq!(
+        r[0],
+        "PATCH /api/v1/namespaces/data/services/demo-scheduler"
+    );
+    assert_eq!(
+        r[1],
+        "PATCH /apis/apps/v1/namespaces/data/deployments/demo-scheduler"
+    );
+    assert_eq!(r[2], "GET /api/v1/namespaces/data/pods");
+    assert_eq!(
+        r.iter()
+            .filter(|x| *x == "POST /api/v1/namespaces/data/pods")
+            .count(),
+        2
+    );
+    assert!(
+        r.iter()
+            .any(|x| x.starts_with("POST /apis/events.k8s.io/v1/namespaces/data/events")),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.last().unwrap(),
+        "PATCH /apis/daskrs.dev/v1alpha1/namespaces/data/daskclusters/demo/status"
+    );
+
+    // Server-side apply, one field manager, forced.
+    assert!(
+        seen[0].path.contains("fieldManager=daskrs-operator")
+            && seen[0].path.contains("force=true"),
+        "{}",
+        seen[0].path
+    );
+    assert!(
+        seen[2]
+            .path
+            .contains("labelSelector=daskrs.dev%2Fcluster%3Ddemo%2Cdaskrs.dev%2Frole%3Dworker"),
+        "{}",
+        seen[2].path
+    );
+    let created = seen
+        .iter()
+        .find(|s| s.method == "POST" && s.path.contains("/pods"))
+        .unwrap();
+    assert_eq!(created.body["metadata"]["generateName"], "demo-worker-");
+    assert_eq!(
+        created.body["metadata"]["ownerReferences"][0]["uid"],
+        "uid-1"
+    );
+    let status = &seen.last().unwrap().body["status"];
+    assert_eq!(status["replicas"], 2);
+    assert_eq!(status["readyReplicas"], 0);
+    assert_eq!(status["phase"], "Pending");
+    assert_eq!(status["observedGeneration"], 1);
+}
+
+#[tokio::test]
+async fn scale_down_deletes_unready_pods_first_then_what_the_scheduler_retires() {
+    let c = cluster(1);
+    let template = builders::worker_pod(
+        &c,
+        &Defaults {
+            image: "daskrs:test".into(),
+        },
+    );
+    let hash = builders::pod_template_hash(&template).unwrap().to_string();
+    let world = World {
+        pods: vec![
+            pod("demo-worker-a", &hash, true),
+            pod("demo-worker-b", &hash, true),
+            pod("demo-worker-c", &hash, false),
+        ],
+        scheduler_available: true,
+        ..World::default()
+    };
+    let scheduler = Arc::new(FakeScheduler::default());
+    *scheduler.workers.lock().unwrap() = vec!["demo-worker-b".into(), "demo-worker-a".into()];
+    let (result, seen, _) = pass(c, world, scheduler.clone()).await;
+    result.expect("the pass succeeds");
+    let deleted: Vec<String> = seen
+        .iter()
+        .filter(|s| s.method == "DELETE")
+        .map(|s| {
+            s.path
+                .split('?')
+                .next()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mut sorted = deleted.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec!["demo-worker-b", "demo-worker-c"]);
+    assert_eq!(
+        *scheduler.calls.lock().unwrap(),
+        vec![(vec![], 1)],
+        "one worker retired through the scheduler"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.method == "POST" && s.path.contains("/pods"))
+    );
+    let status = &seen.last().unwrap().body["status"];
+    assert_eq!(status["replicas"], 1);
+}
+
+#[tokio::test]
+async fn stale_pods_are_replaced_before_they_are_retired() {
+    let c = cluster(2);
+    let world = World {
+        pods: vec![
+            pod("demo-worker-a", "old", true),
+            pod("demo-worker-b", "old", true),
+        ],
+        scheduler_available: true,
+        ..World::default()
+    };
+    let scheduler = Arc::new(FakeScheduler::default());
+    let (result, seen, _) = pass(c, world, scheduler.clone()).await;
+    result.expect("the pass succeeds");
+    assert_eq!(
+        seen.iter()
+            .filter(|s| s.method == "POST" && s.path.contains("/pods"))
+            .count(),
+        2
+    );
+    assert!(
+        !seen.iter().any(|s| s.method == "DELETE"),
+        "stale pods deleted before new ones were ready"
+    );
+    assert!(scheduler.calls.lock().unwrap().is_empty());
+    assert_eq!(seen.last().unwrap().body["status"]["phase"], "Scaling");
+}
+
+#[tokio::test]
+async fn api_errors_fail_the_pass_and_back_off_exponentially() {
+    let world = World {
+        deployment_error: Some(500),
+        ..World::default()
+    };
+    let (result, seen, ctx) = pass(cluster(2), world, Arc::default()).await;
+    let err = result.expect_err("the pass fails");
+    assert!(err.to_string().contains("etcd is down"), "{err}");
+    assert!(
+        !seen.iter().any(|s| s.method == "POST"),
+        "no pods made after a failed step"
+    );
+    let c = Arc::new(cluster(2));
+    let actions: Vec<Action> = (0..4)
+        .map(|_| error_policy(c.clone(), &err, ctx.clone()))
+        .collect();
+    let expected: Vec<Action> = [1, 2, 4, 8]
+        .map(|s| Action::requeue(Duration::from_secs(s)))
+        .into();
+    assert_eq!(actions, expected);
+}
