@@ -1,16 +1,22 @@
-//! `crds/daskcluster.yaml` is what the Rust types say.
+//! `crds/daskcluster.yaml` and the Helm chart's copy are what the Rust types say.
 
 use std::path::Path;
 
 #[test]
-fn the_crd_file_matches_the_types() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/daskcluster.yaml");
-    let on_disk = std::fs::read_to_string(&path).expect("read crds/daskcluster.yaml");
+fn the_crd_files_match_the_types() {
     let generated = daskrs_operator::crd::crd_yaml();
-    assert!(
-        on_disk == generated,
-        "crds/daskcluster.yaml is stale: run `cargo run -p daskrs-operator --bin crdgen -- crds/daskcluster.yaml`"
-    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for file in [
+        "crds/daskcluster.yaml",
+        "charts/daskrs/crds/daskcluster.yaml",
+    ] {
+        let on_disk = std::fs::read_to_string(root.join(file)).expect(file);
+        assert!(
+            on_disk == generated,
+            "{file} is stale: run `cargo run -p daskrs-operator --bin crdgen -- {}`",
+            "crds/daskcluster.yaml charts/daskrs/crds/daskcluster.yaml"
+        );
+    }
 }
 
 #[test]

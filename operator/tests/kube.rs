@@ -362,17 +362,6 @@ spec:
             .count(),
         2
     );
-    let events = plane.kubectl(&[
-        "get",
-        "events",
-        "-n",
-        &ns,
-        "--field-selector",
-        "reason=WorkerFailed",
-        "-o",
-        "name",
-    ]);
-    let _ = events; // listed below once published
     wait_for("a WorkerFailed event", WAIT, || async {
         let out = plane.kubectl(&[
             "get",
@@ -415,7 +404,9 @@ async fn kubectl_scale_adds_workers_and_retires_through_the_scheduler() {
     let client = plane.client().await;
     let ns = harness::namespace(&client, "scale").await;
     let (stub, url) = SchedulerStub::start().await;
-    let _op = Operator::start(plane, &ns, "op", &url);
+    // This operator holds only the role in operator/rbac/clusterrole.yaml.
+    let kubeconfig = harness::operator_kubeconfig(plane, &ns);
+    let op = Operator::start_with(plane, &kubeconfig, &ns, "op", &url);
 
     must_apply(
         plane,
@@ -471,6 +462,12 @@ async fn kubectl_scale_adds_workers_and_retires_through_the_scheduler() {
     assert_eq!(
         scale["status"]["selector"],
         "daskrs.dev/cluster=demo,daskrs.dev/role=worker"
+    );
+    assert_eq!(op.metric("daskrs_operator_leader").await, Some(1.0));
+    let log = op.log();
+    assert!(
+        !log.contains("forbidden"),
+        "the operator's role lacks a permission:\n{log}"
     );
 }
 

@@ -71,17 +71,25 @@ pub fn control_plane() -> &'static ControlPlane {
             "CRD not applied: {}",
             stderr(&applied)
         );
-        let ready = plane.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/daskclusters.daskrs.dev",
-        ]);
-        assert!(
-            ready.status.success(),
-            "CRD not established: {}",
-            stderr(&ready)
-        );
+        // `kubectl wait` errs while the CRD has no conditions yet, so poll.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = plane.kubectl(&[
+                "get",
+                "crd/daskclusters.daskrs.dev",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+            ]);
+            if stdout(&out).trim() == "True" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "CRD not established: {}",
+                stderr(&out)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         plane
     })
 }
@@ -194,33 +202,57 @@ impl Operator {
         identity: &str,
         scheduler_url: &str,
     ) -> Self {
+        Self::start_with(plane, &plane.kubeconfig, namespace, identity, scheduler_url)
+    }
+
+    /// Runs the operator with the credentials of `kubeconfig`.
+    pub fn start_with(
+        plane: &ControlPlane,
+        kubeconfig: &Path,
+        namespace: &str,
+        identity: &str,
+        scheduler_url: &str,
+    ) -> Self {
         let port = free_port();
-        let log = plane
-            .dir
-            .join(format!("operator-{namespace}-{identity}.log"));
+        let args = [
+            "--namespace",
+            namespace,
+            "--lease-namespace",
+            namespace,
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+            "--scheduler-url",
+            scheduler_url,
+            "--default-image",
+            "daskrs:test",
+            "--retire-timeout-seconds",
+            "5",
+            "--scale-down-delay-seconds",
+            "1",
+            "--log",
+            "info,daskrs_operator=debug",
+        ]
+        .map(String::from);
+        let name = format!("{namespace}-{identity}");
+        Self::start_args(plane, kubeconfig, &args, &name, identity, port)
+    }
+
+    /// Runs the operator with these arguments, as the pod `identity` whose
+    /// metrics listen on loopback port `port` (the arguments say so too).
+    pub fn start_args(
+        plane: &ControlPlane,
+        kubeconfig: &Path,
+        args: &[String],
+        name: &str,
+        identity: &str,
+        port: u16,
+    ) -> Self {
+        let log = plane.dir.join(format!("operator-{name}.log"));
         let file = std::fs::File::create(&log).expect("operator log");
         let child = Command::new(env!("CARGO_BIN_EXE_daskrs-operator"))
-            .args([
-                "--namespace",
-                namespace,
-                "--lease-namespace",
-                namespace,
-                "--identity",
-                identity,
-                "--metrics-addr",
-                &format!("127.0.0.1:{port}"),
-                "--scheduler-url",
-                scheduler_url,
-                "--default-image",
-                "daskrs:test",
-                "--retire-timeout-seconds",
-                "5",
-                "--scale-down-delay-seconds",
-                "1",
-                "--log",
-                "info,daskrs_operator=debug",
-            ])
-            .env("KUBECONFIG", &plane.kubeconfig)
+            .args(args)
+            .env("POD_NAME", identity)
+            .env("KUBECONFIG", kubeconfig)
             .stdout(file.try_clone().expect("log"))
             .stderr(file)
             .spawn()
@@ -231,6 +263,18 @@ impl Operator {
             identity: identity.into(),
             log,
         }
+    }
+
+    /// Whether this operator holds the Lease within `timeout`.
+    pub async fn wait_leader(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.metric("daskrs_operator_leader").await == Some(1.0) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
     }
 
     /// A metric's value summed over its label sets; None when the server
@@ -362,4 +406,67 @@ impl SchedulerStub {
         });
         (stub, format!("http://{addr}"))
     }
+}
+
+/// A kubeconfig for a `daskrs-operator` ServiceAccount in `namespace` that
+/// holds only the roles of `operator/rbac/clusterrole.yaml` (through
+/// RoleBindings), so an operator run with it proves those roles are enough.
+pub fn operator_kubeconfig(plane: &ControlPlane, namespace: &str) -> PathBuf {
+    let run = |args: &[&str], stdin: Option<&str>| {
+        let out = plane.kubectl_stdin(args, stdin);
+        assert!(out.status.success(), "kubectl {args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    run(&["apply", "-f", "operator/rbac/clusterrole.yaml"], None);
+    run(
+        &[
+            "create",
+            "serviceaccount",
+            "daskrs-operator",
+            "-n",
+            namespace,
+        ],
+        None,
+    );
+    for role in ["daskrs-operator", "daskrs-operator-leader-election"] {
+        run(
+            &[
+                "create",
+                "rolebinding",
+                role,
+                "-n",
+                namespace,
+                &format!("--clusterrole={role}"),
+                &format!("--serviceaccount={namespace}:daskrs-operator"),
+            ],
+            None,
+        );
+    }
+    let token = run(
+        &[
+            "create",
+            "token",
+            "daskrs-operator",
+            "-n",
+            namespace,
+            "--duration=2h",
+        ],
+        None,
+    );
+    kubeconfig_with_token(plane, &format!("operator-{namespace}"), &token)
+}
+
+/// The admin kubeconfig with its user's credentials swapped for `token`.
+pub fn kubeconfig_with_token(plane: &ControlPlane, name: &str, token: &str) -> PathBuf {
+    let admin = std::fs::read_to_string(&plane.kubeconfig).expect("read kubeconfig");
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).expect("kubeconfig YAML");
+    config["users"][0]["user"] =
+        serde_yaml::to_value(BTreeMap::from([("token", token.trim())])).expect("token YAML");
+    let path = plane.dir.join(format!("{name}.kubeconfig"));
+    std::fs::write(
+        &path,
+        serde_yaml::to_string(&config).expect("kubeconfig YAML"),
+    )
+    .expect("write kubeconfig");
+    path
 }
