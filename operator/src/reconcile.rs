@@ -143,7 +143,7 @@ struct Workers {
 impl Workers {
     fn classify(pods: Vec<Pod>, hash: &str) -> Workers {
         let mut w = Workers::default();
-        for pod in pods {
+        for pod in pods.into_iter().map(slim) {
             if pod.metadata.deletion_timestamp.is_some() {
                 w.terminating += 1;
                 continue;
@@ -471,17 +471,26 @@ fn clamp(n: usize, min: i32, max: i32) -> usize {
     n.clamp(min.max(0) as usize, max.max(min).max(0) as usize)
 }
 
+/// Creates `n` pods from `template`; the pods made, slimmed.
 async fn create_pods(pods: &Api<Pod>, template: &Pod, n: usize) -> Result<Vec<Pod>, Error> {
     let pp = PostParams {
         field_manager: Some(MANAGER.into()),
         ..PostParams::default()
     };
-    let made: Vec<Pod> = futures::stream::iter(0..n)
-        .map(|_| pods.create(&pp, template))
+    let made = futures::stream::iter(0..n)
+        .map(|_| async { pods.create(&pp, template).await.map(slim) })
         .buffer_unordered(API_CONCURRENCY)
         .try_collect()
         .await?;
     Ok(made)
+}
+
+/// The pod without what the reconciler never reads after listing: with
+/// thousands of workers the spec and managed fields are most of the memory.
+fn slim(mut pod: Pod) -> Pod {
+    pod.spec = None;
+    pod.metadata.managed_fields = None;
+    pod
 }
 
 async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<(), Error> {

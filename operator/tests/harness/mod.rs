@@ -54,6 +54,8 @@ pub fn control_plane() -> &'static ControlPlane {
         let out = Command::new(repo().join("scripts/kube-up.sh"))
             .arg(&dir)
             .env("KUBE_UP_PARENT", std::process::id().to_string())
+            // Generous: on a loaded 2-core machine the first start is slow.
+            .env("KUBE_UP_TIMEOUT", "180")
             .output()
             .expect("run scripts/kube-up.sh");
         assert!(
