@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::{Api, Client};
 use tokio::sync::watch;
 
@@ -172,13 +172,10 @@ async fn run(args: Args) -> Result<(), String> {
         }
     };
 
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: MANAGER.into(),
-            instance: Some(identity.clone()),
-        },
-    );
+    let reporter = Reporter {
+        controller: MANAGER.into(),
+        instance: Some(identity.clone()),
+    };
     let settings = Settings {
         defaults: Defaults {
             image: args.default_image.clone(),
@@ -192,7 +189,7 @@ async fn run(args: Args) -> Result<(), String> {
         Arc::new(HttpScheduler::new(Duration::from_secs(
             args.retire_timeout_seconds,
         ))),
-        recorder,
+        reporter,
         metrics.clone(),
     ));
     tracing::info!(

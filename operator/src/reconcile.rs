@@ -25,7 +25,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::builders::{self, Defaults, MANAGER};
@@ -63,7 +63,8 @@ pub struct Context {
     pub client: Client,
     pub settings: Settings,
     pub scheduler: Arc<dyn SchedulerApi>,
-    pub recorder: Recorder,
+    /// Who the operator's Events say reported them.
+    pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
     /// Per cluster: since when the scheduler has wanted fewer workers.
     low_since: Mutex<HashMap<String, Instant>>,
@@ -76,14 +77,14 @@ impl Context {
         client: Client,
         settings: Settings,
         scheduler: Arc<dyn SchedulerApi>,
-        recorder: Recorder,
+        reporter: Reporter,
         metrics: Arc<Metrics>,
     ) -> Self {
         Context {
             client,
             settings,
             scheduler,
-            recorder,
+            reporter,
             metrics,
             low_since: Mutex::default(),
             failures: Mutex::default(),
@@ -643,7 +644,11 @@ async fn publish(
         action: action.into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
+    // A recorder of its own for each Event: a shared one folds every Event
+    // with the same reason into the first one's series and keeps that one's
+    // note, so "scaled to 3" would still read "scaled to 2".
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    if let Err(e) = recorder.publish(&event, &cluster.object_ref(&())).await {
         tracing::warn!(cluster = %key(cluster), error = %e, "cannot publish event");
     }
 }

@@ -469,6 +469,23 @@ async fn kubectl_scale_adds_workers_and_retires_through_the_scheduler() {
         !log.contains("forbidden"),
         "the operator's role lacks a permission:\n{log}"
     );
+
+    // Each scaling step has its own Event, with its own numbers.
+    wait_for("an Event for each scale-up", WAIT, || async {
+        let out = plane.kubectl(&[
+            "get",
+            "events.v1.events.k8s.io",
+            "-n",
+            &ns,
+            "--field-selector",
+            "reason=ScalingUp",
+            "-o",
+            "jsonpath={.items[*].note}",
+        ]);
+        let notes = stdout(&out);
+        (notes.contains("(target 2)") && notes.contains("(target 5)")).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

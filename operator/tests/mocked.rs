@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use kube::client::Body;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::{Client, Resource};
 use serde_json::{Value, json};
 
@@ -189,13 +189,10 @@ async fn pass(
         }
     });
     let client = Client::new(service, "data");
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "daskrs-operator".into(),
-            instance: None,
-        },
-    );
+    let reporter = Reporter {
+        controller: "daskrs-operator".into(),
+        instance: None,
+    };
     let ctx = Arc::new(Context::new(
         client,
         Settings {
@@ -206,7 +203,7 @@ async fn pass(
             scale_down_delay: Duration::from_secs(60),
         },
         scheduler,
-        recorder,
+        reporter,
         Metrics::new(),
     ));
     let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(c), ctx.clone()))
