@@ -620,8 +620,20 @@ async fn copy_to_s3_and_local_files_and_nothing_visible_on_failure() {
         )
         .await
         .unwrap_err();
-    let left: Vec<_> = std::fs::read_dir(&bad)
-        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "{left:?}");
+    // The error comes back as soon as one task fails; its siblings fail on
+    // their own a moment later and remove their temporary files then.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let left: Vec<_> = std::fs::read_dir(&bad)
+            .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {left:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -64,7 +64,7 @@ impl Planner {
             return Err("no SQL statement given".into());
         }
         let mut state = self.ctx.state();
-        state.config_mut().options_mut().execution.target_partitions = threads.max(1);
+        crate::session::set_tasks(state.config_mut().options_mut(), threads);
         let session = SessionContext::new_with_state(state.clone());
         let n = statements.len();
         let mut last_local = Vec::new();

@@ -44,7 +44,32 @@ pub fn config(t: &Tuning) -> SessionConfig {
     // An uncorrelated scalar subquery becomes a join: as a physical node it
     // would share its result with expressions that may land in other stages.
     o.optimizer.enable_physical_uncorrelated_scalar_subquery = false;
+    set_tasks(o, t.partitions);
     c
+}
+
+/// Most bytes (and, when the size is unknown, rows) that the build sides of
+/// one broadcast join send to all of a stage's tasks together.
+const BROADCAST_BYTES: usize = 64 << 20;
+const BROADCAST_ROWS: usize = 2 << 20;
+
+/// Sets how many tasks a stage gets, and with it which joins broadcast their
+/// build side instead of shuffling both sides.
+///
+/// In one process a partitioned join moves its inputs between threads
+/// almost for free, so DataFusion broadcasts only build sides under 1 MB or
+/// 128K rows. Between workers every shuffled row is written, sent and read
+/// again, while a broadcast build side is sent once to each task: a join of
+/// a few hundred thousand rows with lineitem then ships the small side twice
+/// rather than all of lineitem once. The limit shrinks as the tasks grow.
+pub fn set_tasks(o: &mut datafusion::config::ConfigOptions, tasks: usize) {
+    let tasks = tasks.max(1);
+    o.execution.target_partitions = tasks;
+    let defaults = datafusion::config::OptimizerOptions::default();
+    o.optimizer.hash_join_single_partition_threshold =
+        (BROADCAST_BYTES / tasks).max(defaults.hash_join_single_partition_threshold);
+    o.optimizer.hash_join_single_partition_threshold_rows =
+        (BROADCAST_ROWS / tasks).max(defaults.hash_join_single_partition_threshold_rows);
 }
 
 /// A session whose object stores are local files and, when configured, S3.

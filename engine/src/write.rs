@@ -236,6 +236,11 @@ pub async fn write_partition(
             let store = s3.multipart_store(&bucket)?;
             let path = ObjectPath::from(key.as_str());
             let id = store.create_multipart(&path).await.map_err(external)?;
+            let guard = Unfinished(Some(Leftover::Upload {
+                store: store.clone(),
+                path: path.clone(),
+                id: id.clone(),
+            }));
             let upload = async {
                 let mut parts: Vec<PartId> = Vec::new();
                 while let Some(batch) = stream.next().await {
@@ -259,6 +264,7 @@ pub async fn write_partition(
                 Ok::<_, DataFusionError>(parts)
             }
             .await;
+            guard.finished();
             match upload {
                 Ok(parts) => Pending {
                     target: format!("s3://{bucket}/{key}"),
@@ -287,6 +293,7 @@ pub async fn write_partition(
                 .map(|n| n.to_string_lossy().to_string())
                 .unwrap_or_default();
             let temp = dir.join(format!(".{name}.{}.tmp", target.query));
+            let guard = Unfinished(Some(Leftover::File(temp.clone())));
             let written = async {
                 let mut file = std::fs::File::create(&temp)?;
                 while let Some(batch) = stream.next().await {
@@ -302,6 +309,7 @@ pub async fn write_partition(
                 file.sync_all()
             }
             .await;
+            guard.finished();
             if let Err(e) = written {
                 let _ = std::fs::remove_file(&temp);
                 return Err(DataFusionError::Execution(format!(
@@ -328,6 +336,45 @@ pub async fn write_partition(
             Arc::new(UInt64Array::from(vec![pending.rows])),
         ],
     )?)
+}
+
+/// What a writer has made so far and must not leave behind if it is dropped
+/// before it finishes: its task was cancelled because the query failed
+/// elsewhere.
+enum Leftover {
+    File(std::path::PathBuf),
+    Upload {
+        store: object_store::aws::AmazonS3,
+        path: ObjectPath,
+        id: String,
+    },
+}
+
+struct Unfinished(Option<Leftover>);
+
+impl Unfinished {
+    /// The writer ran to its end: it handles its output itself from here.
+    fn finished(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        match self.0.take() {
+            Some(Leftover::File(temp)) => {
+                let _ = std::fs::remove_file(temp);
+            }
+            Some(Leftover::Upload { store, path, id }) => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move {
+                        let _ = store.abort_multipart(&path, &id).await;
+                    });
+                }
+            }
+            None => {}
+        }
+    }
 }
 
 /// Makes every written file visible; returns one row: files and rows written.
