@@ -69,7 +69,12 @@ fn resident_mib(pid: u32) -> f64 {
 
 /// Bytes of lineitem per second: a query that reads every column of every
 /// row group, next to plain parallel GETs of the same objects.
-async fn scan_throughput(client: &Client, s3: &daskrs_engine::S3Access, location: &str) {
+async fn scan_throughput(
+    client: &Client,
+    single: &datafusion::prelude::SessionContext,
+    s3: &daskrs_engine::S3Access,
+    location: &str,
+) {
     use futures::StreamExt;
     let rest = location.trim_start_matches("s3://");
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -108,13 +113,21 @@ async fn scan_throughput(client: &Client, s3: &daskrs_engine::S3Access, location
     let t = Instant::now();
     client.sql(sql, |_| {}).await.expect("the scan runs");
     let scan_s = t.elapsed().as_secs_f64();
+    // The same query on single-node DataFusion from the same objects: how
+    // fast decoding every column goes on this machine.
+    let t = Instant::now();
+    compare::run_sql(single, sql)
+        .await
+        .expect("single node scans");
+    let single_s = t.elapsed().as_secs_f64();
     let mb = total as f64 / 1e6;
     println!(
-        "S3 scan of lineitem ({mb:.0} MB in {} objects): plain parallel GET {:.0} MB/s, daskrs reading every column {:.0} MB/s ({:.0}%)",
+        "S3 scan of lineitem ({mb:.0} MB in {} objects): plain parallel GET {:.0} MB/s, daskrs reading every column {:.0} MB/s ({:.0}%), single-node DataFusion {:.0} MB/s",
         objects.len(),
         mb / get_s,
         mb / scan_s,
-        100.0 * get_s / scan_s
+        100.0 * get_s / scan_s,
+        mb / single_s
     );
 }
 
@@ -278,7 +291,7 @@ async fn main() {
         total_d / total_s
     );
     if let Some(s3) = &s3 {
-        scan_throughput(&client, s3, &location).await;
+        scan_throughput(&client, &single, s3, &location).await;
     }
     let peak: Vec<String> = workers
         .iter()
