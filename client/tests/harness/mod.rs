@@ -4,6 +4,11 @@
 #![allow(dead_code)]
 
 pub mod graphs;
+pub mod kube;
+pub mod net;
+pub mod node;
+pub mod pod;
+pub mod pod_env;
 pub mod s3;
 
 use std::io::{Read, Write};
