@@ -50,8 +50,8 @@ pub fn config(t: &Tuning) -> SessionConfig {
 
 /// Most bytes (and, when the size is unknown, rows) that the build sides of
 /// one broadcast join send to all of a stage's tasks together.
-const BROADCAST_BYTES: usize = 64 << 20;
-const BROADCAST_ROWS: usize = 2 << 20;
+const BROADCAST_BYTES: usize = 256 << 20;
+const BROADCAST_ROWS: usize = 8 << 20;
 
 /// Sets how many tasks a stage gets, and with it which joins broadcast their
 /// build side instead of shuffling both sides.
