@@ -285,7 +285,7 @@ async fn bad_sql_and_bad_files_are_clear_errors() {
             "{text}"
         );
         assert!(
-            text.contains("b.parquet") || text.contains("corrupt file"),
+            text.contains("b.parquet is not a valid Parquet file"),
             "{sql}: {text}"
         );
     }

@@ -9,6 +9,7 @@
 
 pub mod compare;
 pub mod error;
+pub mod footer;
 pub mod planner;
 pub mod reader;
 pub mod rewrite;

@@ -183,8 +183,14 @@ impl CredentialProvider for ChainCredentials {
     }
 }
 
+/// A non-S3 store's key in `Registry::opened`; S3 buckets go by their name.
+fn store_key(url: &Url) -> String {
+    format!("{}://{}", url.scheme(), url.authority())
+}
+
 /// Local files as DataFusion has them, plus any `s3://bucket` opened on
-/// first use with the cluster's S3 settings.
+/// first use with the cluster's S3 settings. Parquet footers are checked as
+/// they are read (`footer::FooterCheck`).
 #[derive(Debug)]
 pub struct Registry {
     inner: DefaultObjectStoreRegistry,
@@ -208,12 +214,24 @@ impl ObjectStoreRegistry for Registry {
         url: &Url,
         store: Arc<dyn ObjectStore>,
     ) -> Option<Arc<dyn ObjectStore>> {
+        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        opened.remove(&store_key(url));
         self.inner.register_store(url, store)
     }
 
     fn get_store(&self, url: &Url) -> Result<Arc<dyn ObjectStore>> {
         if url.scheme() != "s3" {
-            return self.inner.get_store(url);
+            // One wrapper per store, so what it learns from a listing is
+            // there for the reads that follow.
+            let key = store_key(url);
+            let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = opened.get(&key) {
+                return Ok(s.clone());
+            }
+            let store: Arc<dyn ObjectStore> =
+                Arc::new(crate::footer::FooterCheck::new(self.inner.get_store(url)?));
+            opened.insert(key, store.clone());
+            return Ok(store);
         }
         let bucket = url.host_str().unwrap_or_default();
         if bucket.is_empty() {
@@ -230,7 +248,8 @@ impl ObjectStoreRegistry for Registry {
         if let Some(s) = opened.get(bucket) {
             return Ok(s.clone());
         }
-        let store = s3.store(bucket)?;
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(crate::footer::FooterCheck::new(s3.store(bucket)?));
         opened.insert(bucket.to_string(), store.clone());
         Ok(store)
     }

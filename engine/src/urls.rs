@@ -92,8 +92,8 @@ impl UrlTableFactory for UrlTables {
         };
         match listing_table(&state, url).await {
             Ok(t) => Ok(Some(t)),
-            // A URL was meant: say what went wrong with it.
-            Err(e) if s.contains("://") => Err(e),
+            // A URL or a path was meant: say what went wrong with it.
+            Err(e) if s.contains('/') => Err(e),
             // A plain name that is no path: an unknown table, as usual.
             Err(_) => Ok(None),
         }
