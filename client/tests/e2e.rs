@@ -192,7 +192,7 @@ async fn helm_install_apply_query_scale_and_delete_a_cluster() {
 
     // The control plane, and the chart installed as the README says, for
     // one watched namespace.
-    let plane = ControlPlane::start();
+    let plane = ControlPlane::start_e2e();
     let client = plane.client().await;
     plane.kubectl_ok(&["create", "namespace", NS]);
     let out = plane.helm(&[

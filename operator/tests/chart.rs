@@ -264,7 +264,7 @@ async fn helm_install_runs_the_operator_with_the_charts_account_and_the_examples
     let deploy: Value = serde_yaml::from_str(&stdout(&deploy)).expect("Deployment YAML");
     let token = plane.kubectl(&["create", "token", &name, "-n", &ops, "--duration=1h"]);
     assert!(token.status.success(), "{}", stderr(&token));
-    let kubeconfig = harness::kubeconfig_with_token(plane, &name, stdout(&token).trim());
+    let kubeconfig = plane.kubeconfig_with_token(&name, stdout(&token).trim());
     let port = harness::free_port();
     let op = Operator::start_args(
         plane,

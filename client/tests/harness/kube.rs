@@ -3,30 +3,9 @@
 //! `scripts/kube-up.sh` (binaries from `scripts/install-kube.sh`), the real
 //! `kubectl` and `helm`, and the operator binary as its own process.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
-
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("the repository root")
-}
-
-/// Where `scripts/install-kube.sh` and `scripts/install-minio.sh` put
-/// their binaries.
-pub fn bin_dir() -> PathBuf {
-    std::env::var_os("DASKRS_KUBE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").expect("HOME is set")).join(".cache/daskrs/bin")
-        })
-}
 
 /// Fails with what to run when a tool the test needs is missing.
 pub fn require_tools() {
@@ -43,49 +22,16 @@ pub fn require_tools() {
     }
 }
 
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+#[path = "../../../tests/support/control_plane.rs"]
+mod control_plane;
+#[allow(unused_imports)] // each test binary uses a part
+pub use control_plane::{ControlPlane, bin_dir, repo, stderr, stdout};
 
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// etcd, kube-apiserver and kube-controller-manager, stopped on drop.
-pub struct ControlPlane {
-    pub dir: PathBuf,
-    pub kubeconfig: PathBuf,
-}
-
+/// What the end-to-end test adds to the shared control plane.
 impl ControlPlane {
-    pub fn start() -> ControlPlane {
-        let dir = std::env::temp_dir().join(format!("daskrs-e2e-{}", std::process::id()));
-        let out = Command::new(repo().join("scripts/kube-up.sh"))
-            .arg(&dir)
-            // Should this process die without stopping it, it stops itself.
-            .env("KUBE_UP_PARENT", std::process::id().to_string())
-            .output()
-            .expect("run scripts/kube-up.sh");
-        assert!(
-            out.status.success(),
-            "scripts/kube-up.sh failed:\n{}",
-            stderr(&out)
-        );
-        ControlPlane {
-            kubeconfig: dir.join("kubeconfig"),
-            dir,
-        }
-    }
-
-    /// The real kubectl against this control plane, from the repo root.
-    pub fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new(bin_dir().join("kubectl"))
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .current_dir(repo())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run kubectl")
+    /// A control plane of this test's own.
+    pub fn start_e2e() -> ControlPlane {
+        ControlPlane::start(std::env::temp_dir().join(format!("daskrs-e2e-{}", std::process::id())))
     }
 
     /// kubectl that must succeed; its standard output.
@@ -115,29 +61,6 @@ impl ControlPlane {
             .expect("run helm")
     }
 
-    pub async fn client(&self) -> Client {
-        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
-        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .expect("kubeconfig");
-        Client::try_from(config).expect("client")
-    }
-
-    /// The admin kubeconfig with its user's credentials swapped for `token`.
-    pub fn kubeconfig_with_token(&self, name: &str, token: &str) -> PathBuf {
-        let admin = std::fs::read_to_string(&self.kubeconfig).expect("read kubeconfig");
-        let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).expect("kubeconfig YAML");
-        config["users"][0]["user"] =
-            serde_yaml::to_value(BTreeMap::from([("token", token.trim())])).expect("token YAML");
-        let path = self.dir.join(format!("{name}.kubeconfig"));
-        std::fs::write(
-            &path,
-            serde_yaml::to_string(&config).expect("kubeconfig YAML"),
-        )
-        .expect("write kubeconfig");
-        path
-    }
-
     /// The last lines of each control-plane component's log.
     pub fn logs(&self, lines: usize) -> String {
         let mut out = String::new();
@@ -147,14 +70,6 @@ impl ControlPlane {
             out.push_str(&format!("--- {c}\n{}", super::node::tail(&text, lines)));
         }
         out
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = Command::new(repo().join("scripts/kube-down.sh"))
-            .arg(&self.dir)
-            .output();
     }
 }
 

@@ -9,35 +9,22 @@
 
 #![allow(dead_code)]
 
+#[path = "../../../tests/support/control_plane.rs"]
+mod control_plane;
+#[allow(unused_imports)] // each test binary uses a part
+pub use control_plane::{ControlPlane, bin_dir, repo, stderr, stdout};
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{ObjectMeta, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
-
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-pub fn bin_dir() -> PathBuf {
-    std::env::var_os("DASKRS_KUBE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").expect("HOME is set")).join(".cache/daskrs/bin")
-        })
-}
-
-pub struct ControlPlane {
-    pub dir: PathBuf,
-    pub kubeconfig: PathBuf,
-}
+use kube::{Api, Client};
 
 static PLANE: OnceLock<ControlPlane> = OnceLock::new();
 
@@ -50,23 +37,9 @@ pub fn control_plane() -> &'static ControlPlane {
             "no kube-apiserver in {}: run scripts/install-kube.sh",
             bin.display()
         );
-        let dir = std::env::temp_dir().join(format!("daskrs-kube-{}", std::process::id()));
-        let out = Command::new(repo().join("scripts/kube-up.sh"))
-            .arg(&dir)
-            .env("KUBE_UP_PARENT", std::process::id().to_string())
-            // Generous: on a loaded 2-core machine the first start is slow.
-            .env("KUBE_UP_TIMEOUT", "180")
-            .output()
-            .expect("run scripts/kube-up.sh");
-        assert!(
-            out.status.success(),
-            "scripts/kube-up.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
+        let plane = ControlPlane::start(
+            std::env::temp_dir().join(format!("daskrs-kube-{}", std::process::id())),
         );
-        let plane = ControlPlane {
-            kubeconfig: dir.join("kubeconfig"),
-            dir,
-        };
         let applied = plane.kubectl(&["apply", "--server-side", "-f", "crds/daskcluster.yaml"]);
         assert!(
             applied.status.success(),
@@ -94,48 +67,6 @@ pub fn control_plane() -> &'static ControlPlane {
         }
         plane
     })
-}
-
-impl ControlPlane {
-    /// Runs the real kubectl against this control plane, from the repo root.
-    pub fn kubectl(&self, args: &[&str]) -> Output {
-        self.kubectl_stdin(args, None)
-    }
-
-    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        use std::io::Write;
-        let mut child = Command::new(bin_dir().join("kubectl"))
-            .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .current_dir(repo())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl");
-        let mut pipe = child.stdin.take().expect("stdin piped");
-        if let Some(s) = stdin {
-            pipe.write_all(s.as_bytes()).expect("write to kubectl");
-        }
-        drop(pipe);
-        child.wait_with_output().expect("kubectl output")
-    }
-
-    pub async fn client(&self) -> Client {
-        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
-        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .expect("kubeconfig");
-        Client::try_from(config).expect("client")
-    }
-}
-
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// A fresh namespace that enforces the `restricted` Pod Security Standard,
@@ -455,20 +386,5 @@ pub fn operator_kubeconfig(plane: &ControlPlane, namespace: &str) -> PathBuf {
         ],
         None,
     );
-    kubeconfig_with_token(plane, &format!("operator-{namespace}"), &token)
-}
-
-/// The admin kubeconfig with its user's credentials swapped for `token`.
-pub fn kubeconfig_with_token(plane: &ControlPlane, name: &str, token: &str) -> PathBuf {
-    let admin = std::fs::read_to_string(&plane.kubeconfig).expect("read kubeconfig");
-    let mut config: serde_yaml::Value = serde_yaml::from_str(&admin).expect("kubeconfig YAML");
-    config["users"][0]["user"] =
-        serde_yaml::to_value(BTreeMap::from([("token", token.trim())])).expect("token YAML");
-    let path = plane.dir.join(format!("{name}.kubeconfig"));
-    std::fs::write(
-        &path,
-        serde_yaml::to_string(&config).expect("kubeconfig YAML"),
-    )
-    .expect("write kubeconfig");
-    path
+    plane.kubeconfig_with_token(&format!("operator-{namespace}"), &token)
 }
