@@ -79,6 +79,55 @@ async fn many_clients_run_graphs_at_once() {
     }
 }
 
+/// Tasks that wait for a worker are assigned the moment one registers, so
+/// they reach it in the same batch as its welcome; none may be dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_joining_while_tasks_wait_run_them() {
+    let mut cluster = Cluster::start(0, &[], &[]);
+    let client = cluster.client(0).await;
+    let (tasks, root, want) = slow_sum(24, 100, 100);
+    let graph = rooted(tasks, root);
+    let run = {
+        let client = client.clone();
+        tokio::spawn(async move { client.compute(graph, |_| {}).await })
+    };
+    // The graph is queued with nobody to run it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while client.info().await.unwrap().graphs == 0 {
+        assert!(std::time::Instant::now() < deadline, "graph not accepted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!run.is_finished(), "the graph finished without workers");
+    // One worker joins to a full queue, and a second while the first works.
+    cluster.add_worker(&[]);
+    client
+        .wait_for_workers(1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cluster.add_worker(&[]);
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the graph never finished: tasks sent to a joining worker were lost")
+        .unwrap()
+        .unwrap();
+    assert_eq!(int(&out[0]), want);
+    // Counts arrive with heartbeats.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let workers = client.info().await.unwrap().workers;
+        if workers.len() == 2 && workers.iter().all(|w| w.executed > 0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both workers should have run tasks: {workers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn submit_command_prints_results_and_json() {
     let cluster = Cluster::start(2, &[], &[]);

@@ -126,14 +126,20 @@ pub async fn session(shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
             return SessionEnd::Lost(format!("scheduler refused the worker: {}", s.message()));
         }
     };
-    let heartbeat_every = match inbound.next().await {
-        Some(Ok(batch)) => match batch.messages.into_iter().next().and_then(|m| m.msg) {
-            Some(Down::Welcome(w)) => {
-                tracing::info!(worker_id = w.worker_id, scheduler = %cfg.scheduler, "registered with the scheduler");
-                Duration::from_millis(w.heartbeat_interval_ms.max(50))
+    // The welcome opens the first batch; tasks the scheduler assigned at
+    // registration may follow it in the same batch.
+    let (heartbeat_every, first_batch) = match inbound.next().await {
+        Some(Ok(batch)) => {
+            let mut msgs = batch.messages.into_iter().filter_map(|m| m.msg);
+            match msgs.next() {
+                Some(Down::Welcome(w)) => {
+                    tracing::info!(worker_id = w.worker_id, scheduler = %cfg.scheduler, "registered with the scheduler");
+                    let every = Duration::from_millis(w.heartbeat_interval_ms.max(50));
+                    (every, msgs.collect::<Vec<_>>())
+                }
+                _ => return SessionEnd::Lost("scheduler did not answer the registration".into()),
             }
-            _ => return SessionEnd::Lost("scheduler did not answer the registration".into()),
-        },
+        }
         Some(Err(s)) => return SessionEnd::Lost(s.message().to_string()),
         None => return SessionEnd::Lost("scheduler closed the stream".into()),
     };
@@ -155,16 +161,26 @@ pub async fn session(shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
     };
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     let mut retire_deadline: Option<Instant> = None;
+    let mut closed = false;
+    for m in first_batch {
+        closed |= s.handle(m);
+    }
     let end = loop {
+        if closed {
+            break SessionEnd::Closed;
+        }
+        s.dispatch();
+        if !s.out.is_empty() {
+            let batch = daskrs_proto::worker_batch(std::mem::take(&mut s.out));
+            if up_tx.send(batch).is_err() {
+                break SessionEnd::Lost("stream to the scheduler closed".into());
+            }
+        }
         tokio::select! {
             msg = inbound.next() => match msg {
                 Some(Ok(batch)) => {
-                    let mut closed = false;
                     for m in batch.messages.into_iter().filter_map(|m| m.msg) {
                         closed |= s.handle(m);
-                    }
-                    if closed {
-                        break SessionEnd::Closed;
                     }
                 }
                 Some(Err(status)) => break SessionEnd::Lost(status.message().to_string()),
@@ -190,13 +206,6 @@ pub async fn session(shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
                     s.out.push(Up::RetireMe(daskrs_proto::RetireMe { reason: "shutting down".into() }));
                     retire_deadline = Some(Instant::now() + cfg.shutdown_timeout);
                 }
-            }
-        }
-        s.dispatch();
-        if !s.out.is_empty() {
-            let batch = daskrs_proto::worker_batch(std::mem::take(&mut s.out));
-            if up_tx.send(batch).is_err() {
-                break SessionEnd::Lost("stream to the scheduler closed".into());
             }
         }
     };

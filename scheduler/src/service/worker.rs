@@ -37,7 +37,10 @@ impl WorkerControl for WorkerService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("stream closed before the register message"))?;
-        let reg = match first.messages.into_iter().next().and_then(|m| m.msg) {
+        // Register opens the first batch; anything after it in that batch is
+        // handled once the worker is known.
+        let mut first = first.messages.into_iter();
+        let reg = match first.next().and_then(|m| m.msg) {
             Some(Up::Register(r)) => r,
             _ => {
                 return Err(Status::invalid_argument(
@@ -71,6 +74,10 @@ impl WorkerControl for WorkerService {
                 heartbeat_interval_ms: heartbeat_ms,
             }));
             i.workers.insert(id, tx);
+            let rest: Vec<_> = first.collect();
+            if !rest.is_empty() {
+                apply(&self.core, i, id, WorkerBatch { messages: rest });
+            }
             id
         });
         let core = self.core.clone();
@@ -143,5 +150,67 @@ fn apply(core: &Core, i: &mut super::Inner, worker: WorkerId, batch: WorkerBatch
                 state.retire(&[worker]);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use daskrs_proto::worker_control_client::WorkerControlClient;
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::state::WorkerStatus;
+    use crate::{Scheduler, SchedulerConfig};
+
+    /// Messages that share the register's batch are not dropped.
+    #[tokio::test]
+    async fn messages_after_register_in_the_first_batch_are_applied() {
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let config = SchedulerConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            http_listen: None,
+            ..SchedulerConfig::default()
+        };
+        let scheduler = Scheduler::start(config, shutdown).await.unwrap();
+        let channel = daskrs_proto::net::connect(&scheduler.grpc_addr.to_string())
+            .await
+            .unwrap();
+        let first = daskrs_proto::worker_batch(vec![
+            Up::Register(daskrs_proto::Register {
+                name: "w".into(),
+                address: "127.0.0.1:1".into(),
+                nthreads: 1,
+                memory_limit: 1 << 30,
+                kinds: vec![],
+                version: String::new(),
+            }),
+            Up::Heartbeat(daskrs_proto::Heartbeat {
+                memory_bytes: 7,
+                spilled_bytes: 0,
+                paused: true,
+                executed: 3,
+            }),
+        ]);
+        // The stream stays open so the worker stays registered.
+        let up = futures::stream::iter([first]).chain(futures::stream::pending());
+        let mut down = WorkerControlClient::new(channel)
+            .attach(up)
+            .await
+            .unwrap()
+            .into_inner();
+        let welcome = tokio::time::timeout(Duration::from_secs(10), down.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let Some(Down::Welcome(w)) = welcome.messages[0].msg.clone() else {
+            panic!("first message is not a welcome: {welcome:?}");
+        };
+        let inner = scheduler.core.lock();
+        let worker = &inner.state.workers[&w.worker_id];
+        assert_eq!(worker.status, WorkerStatus::Paused);
+        assert_eq!((worker.memory_bytes, worker.executed), (7, 3));
     }
 }
