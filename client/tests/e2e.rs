@@ -203,7 +203,7 @@ async fn helm_install_apply_query_scale_and_delete_a_cluster() {
         OPS,
         "--create-namespace",
         "--set",
-        &format!("watchNamespace={NS}"),
+        &format!("watchNamespaces={{{NS}}}"),
     ]);
     assert!(out.status.success(), "helm install: {}", stderr(&out));
     plane.kubectl_ok(&[

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::Controller;
@@ -25,9 +25,28 @@ where
     }
 }
 
-/// Runs until `shutdown` completes. `namespace`: watch one namespace, or
-/// all of them.
+/// Runs until `shutdown` completes. `namespaces`: the namespaces to watch,
+/// each with its own watches and queue; all namespaces when empty.
 pub async fn run(
+    ctx: Arc<Context>,
+    namespaces: Vec<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let shutdown = shutdown.shared();
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
+    };
+    futures::future::join_all(
+        scopes
+            .into_iter()
+            .map(|ns| watch(ctx.clone(), ns, shutdown.clone())),
+    )
+    .await;
+}
+
+async fn watch(
     ctx: Arc<Context>,
     namespace: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,

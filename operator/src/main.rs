@@ -24,9 +24,10 @@ use daskrs_operator::scheduler_api::HttpScheduler;
     about = "Reconciles DaskCluster resources into daskrs schedulers and workers"
 )]
 struct Args {
-    /// Watch only this namespace; all namespaces when unset.
-    #[arg(long, env = "DASKRS_WATCH_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only these namespaces (comma-separated, or the flag repeated);
+    /// all namespaces when unset.
+    #[arg(long, env = "DASKRS_WATCH_NAMESPACE", value_delimiter = ',', value_parser = namespace_name)]
+    namespace: Vec<String>,
     /// The runtime image of clusters whose spec names none.
     #[arg(long, env = "DASKRS_DEFAULT_IMAGE", default_value = concat!("ghcr.io/daskrs/daskrs:", env!("CARGO_PKG_VERSION")))]
     default_image: String,
@@ -64,6 +65,24 @@ struct Args {
     identity: Option<String>,
     #[arg(long, env = "DASKRS_LOG", default_value = "info")]
     log: String,
+}
+
+/// A namespace name is a DNS label: at most 63 lowercase letters, digits
+/// and '-', starting and ending with a letter or digit.
+fn namespace_name(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let ok = s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a namespace name (lowercase letters, digits and '-', at most 63)"
+        ))
+    }
 }
 
 #[tokio::main]
@@ -192,11 +211,21 @@ async fn run(args: Args) -> Result<(), String> {
         reporter,
         metrics.clone(),
     ));
+    let namespaces: Vec<String> = args
+        .namespace
+        .iter()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
     tracing::info!(
-        namespace = args.namespace.as_deref().unwrap_or("(all)"),
+        namespace = if namespaces.is_empty() {
+            "(all)".to_string()
+        } else {
+            namespaces.join(",")
+        },
         "reconciling DaskClusters"
     );
-    daskrs_operator::controller::run(ctx, args.namespace.clone(), shutdown).await;
+    daskrs_operator::controller::run(ctx, namespaces, shutdown).await;
 
     let lost = !*stop_rx.borrow();
     if let Some(lease) = lease {

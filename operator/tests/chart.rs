@@ -85,7 +85,11 @@ fn rules(role: &Value) -> std::collections::BTreeSet<(String, String, String)> {
 
 #[test]
 fn helm_lint_passes_for_the_default_and_a_namespaced_install() {
-    for extra in [&[][..], &["--set", "watchNamespace=team-a"][..]] {
+    for extra in [
+        &[][..],
+        &["--set", "watchNamespaces={team-a}"][..],
+        &["--set", "watchNamespaces={team-a,team-b}"][..],
+    ] {
         let mut args = vec!["lint", "--strict", "charts/daskrs"];
         args.extend(extra);
         let out = helm(None, &args);
@@ -133,14 +137,28 @@ fn the_default_install_watches_all_namespaces_with_two_leader_elected_replicas()
 }
 
 #[test]
-fn a_watched_namespace_binds_the_role_in_that_namespace_only() {
-    let docs = render(&["watchNamespace=team-a"]).expect("helm template");
+fn watched_namespaces_bind_the_role_in_those_namespaces_only() {
+    let docs = render(&["watchNamespaces={team-a,team-b}"]).expect("helm template");
     let deploy = find(&docs, "Deployment", "rel-daskrs").expect("operator Deployment");
-    assert!(args_of(deploy).iter().any(|a| a == "--namespace=team-a"));
+    assert!(
+        args_of(deploy)
+            .iter()
+            .any(|a| a == "--namespace=team-a,team-b")
+    );
     assert!(find(&docs, "ClusterRoleBinding", "rel-daskrs").is_none());
-    let binding = find(&docs, "RoleBinding", "rel-daskrs").expect("RoleBinding");
-    assert_eq!(binding["metadata"]["namespace"], "team-a");
-    assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
+    let bindings: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "RoleBinding" && d["metadata"]["name"] == "rel-daskrs")
+        .collect();
+    let namespaces: Vec<&str> = bindings
+        .iter()
+        .map(|b| b["metadata"]["namespace"].as_str().expect("namespace"))
+        .collect();
+    assert_eq!(namespaces, ["team-a", "team-b"]);
+    for b in &bindings {
+        assert_eq!(b["roleRef"]["kind"], "ClusterRole");
+        assert_eq!(b["subjects"][0]["namespace"], "ops");
+    }
     let lease = find(&docs, "RoleBinding", "rel-daskrs-leader-election").expect("lease binding");
     assert_eq!(lease["metadata"]["namespace"], "ops");
 }
@@ -185,6 +203,8 @@ fn values_that_cannot_work_are_refused_with_a_reason() {
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
     let err = render(&["serviceAccount.create=false"]).expect_err("no ServiceAccount name");
     assert!(err.contains("serviceAccount.name is required"), "{err}");
+    let err = render(&["watchNamespace=team-a"]).expect_err("the old single-namespace value");
+    assert!(err.contains("replaced by watchNamespaces"), "{err}");
 }
 
 /// Arguments of the installed Deployment, for a local run: the metrics
@@ -218,6 +238,7 @@ async fn helm_install_runs_the_operator_with_the_charts_account_and_the_examples
     let client = plane.client().await;
     let ops = harness::namespace(&client, "chart-ops").await;
     let team = harness::namespace(&client, "chart-team").await;
+    let other = harness::namespace(&client, "chart-other").await;
     let release = format!("it-{ops}");
 
     let out = helm(
@@ -229,7 +250,7 @@ async fn helm_install_runs_the_operator_with_the_charts_account_and_the_examples
             "--namespace",
             &ops,
             "--set",
-            &format!("watchNamespace={team}"),
+            &format!("watchNamespaces={{{team},{other}}}"),
             "--wait=false",
         ],
     );
@@ -311,6 +332,22 @@ async fn helm_install_runs_the_operator_with_the_charts_account_and_the_examples
         }
     }
     assert!(clusters >= 3, "examples/ holds {clusters} DaskClusters");
+    // The second watched namespace is reconciled as well.
+    let out = plane.kubectl(&["apply", "-n", &other, "-f", "examples/cluster.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(repo().join("examples/cluster.yaml")).expect("read example");
+    let doc = docs(&text)
+        .into_iter()
+        .find(|d| d["kind"] == "DaskCluster")
+        .expect("a DaskCluster in examples/cluster.yaml");
+    let cluster = doc["metadata"]["name"].as_str().expect("name");
+    let workers = doc["spec"]["worker"]["replicas"]
+        .as_u64()
+        .expect("replicas") as usize;
+    wait_for(&format!("{workers} workers in {other}"), WAIT, || async {
+        (worker_pods(&client, &other, cluster).await.len() == workers).then_some(())
+    })
+    .await;
     let log = op.log();
     assert!(
         !log.contains("forbidden"),
