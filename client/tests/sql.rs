@@ -636,4 +636,52 @@ async fn copy_to_s3_and_local_files_and_nothing_visible_on_failure() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+
+    // Only one partition fails: the writers of the others finish, and what
+    // they wrote is let go of when the query fails, on S3 and on disk.
+    let one_fails =
+        "select o_orderkey / (case when o_orderkey = 1 then 0 else 1 end) as boom from orders";
+    let e = client
+        .sql(
+            &format!("copy ({one_fails}) to 's3://out/partly/' stored as parquet"),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().to_lowercase().contains("divide by zero"),
+        "{e}"
+    );
+    assert!(minio.list("out", "partly/").await.is_empty());
+    let partly = dir.join("partly_out");
+    client
+        .sql(
+            &format!(
+                "copy ({one_fails}) to '{}/' stored as csv",
+                partly.display()
+            ),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut uploads = 0;
+        for p in 0..64 {
+            uploads += minio
+                .uploads_in_progress("out", &format!("partly/part-{p:05}.parquet"))
+                .await;
+        }
+        let files: Vec<_> = std::fs::read_dir(&partly)
+            .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        if uploads == 0 && files.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {uploads} incomplete uploads, files {files:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -132,6 +132,27 @@ impl Executor {
     }
 }
 
+impl Executor {
+    /// Whether the task's result holds something outside the worker until
+    /// it is committed: a writer's manifest.
+    pub fn holds_uncommitted(payload: &[u8]) -> bool {
+        StageTask::decode(payload).is_ok_and(|t| t.write.is_some() && !t.commit)
+    }
+
+    /// A writer's result is dropped: whatever it wrote and nobody
+    /// committed is aborted or removed. Blocks the calling thread.
+    pub fn release(&self, result: Bytes) {
+        let Ok(reader) =
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(result), None)
+        else {
+            return;
+        };
+        let manifests: Vec<RecordBatch> = reader.filter_map(|b| b.ok()).collect();
+        self.runtime
+            .block_on(crate::write::abandon(manifests, self.s3.as_ref()));
+    }
+}
+
 /// Batches as one Arrow IPC stream.
 pub fn ipc_bytes(schema: SchemaRef, batches: &[RecordBatch]) -> Result<Bytes> {
     let mut out = IpcBuffer::new(schema)?;

@@ -5,8 +5,11 @@
 //! complete; the commit completes every upload. On a local file system a
 //! writer writes a hidden temporary file next to its target; the commit
 //! renames them. A failed query leaves no new file visible: a failing writer
-//! aborts its own upload or removes its file, and uploads of writers that did
-//! finish stay incomplete, which S3 never lists.
+//! aborts its own upload or removes its file, and a writer that did finish
+//! has its upload aborted or its file removed when the worker drops its
+//! manifest uncommitted. Only a worker that dies holding a manifest leaves an
+//! incomplete upload, which S3 never lists and a bucket lifecycle rule
+//! (AbortIncompleteMultipartUpload) removes.
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -373,6 +376,49 @@ impl Drop for Unfinished {
                 }
             }
             None => {}
+        }
+    }
+}
+
+/// Lets go of what a writer's manifest holds that was never made visible:
+/// aborts its upload, removes its temporary file. For a manifest whose
+/// files were committed there is nothing left to let go of, and this does
+/// nothing (S3 no longer knows the upload; the file was renamed).
+pub async fn abandon(manifests: Vec<RecordBatch>, s3: Option<&S3Access>) {
+    for b in &manifests {
+        let col = |i: usize| b.column(i).as_any().downcast_ref::<StringArray>();
+        let (Some(target), Some(temp), Some(upload)) = (col(0), col(1), col(2)) else {
+            tracing::warn!("not a write manifest; nothing released");
+            continue;
+        };
+        for r in 0..b.num_rows() {
+            let (target, temp, upload) = (target.value(r), temp.value(r), upload.value(r));
+            if let Some(rest) = target.strip_prefix("s3://")
+                && !upload.is_empty()
+            {
+                let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+                let Some(store) = s3.and_then(|s3| s3.multipart_store(bucket).ok()) else {
+                    continue;
+                };
+                match store
+                    .abort_multipart(&ObjectPath::from(key), &upload.to_string())
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::info!(%target, "aborted the upload of a write that was not committed")
+                    }
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => tracing::debug!(%target, error = %e, "aborting an upload"),
+                }
+            } else if !temp.is_empty() {
+                match std::fs::remove_file(temp) {
+                    Ok(()) => {
+                        tracing::info!(%target, "removed the file of a write that was not committed")
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!(%temp, error = %e, "cannot remove a temporary file"),
+                }
+            }
         }
     }
 }

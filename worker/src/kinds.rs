@@ -16,6 +16,17 @@ use crate::data::{Data, concat_numeric, unify};
 /// results, in the order of its dependencies, and returns its result.
 pub trait TaskKind: Send + Sync {
     fn run(&self, payload: &[u8], inputs: &[Data]) -> Result<Data, String>;
+
+    /// Whether results of the task with this payload hold something outside
+    /// the worker (an upload not yet committed) that [`TaskKind::release`]
+    /// must let go of when the result is dropped.
+    fn holds_external(&self, _payload: &[u8]) -> bool {
+        false
+    }
+
+    /// Called, on a blocking thread, with a result of a task for which
+    /// `holds_external` was true, when the worker drops it.
+    fn release(&self, _result: &Data) {}
 }
 
 impl<F> TaskKind for F
@@ -66,28 +77,7 @@ impl Registry {
 
     /// Adds `sql.stage`: one partition of a distributed SQL stage.
     pub fn with_sql(mut self, executor: Arc<daskrs_engine::Executor>) -> Registry {
-        self.register(
-            daskrs_engine::STAGE_KIND,
-            move |payload: &[u8], inputs: &[Data]| {
-                let mut streams = Vec::with_capacity(inputs.len());
-                for (i, d) in inputs.iter().enumerate() {
-                    if d.format != daskrs_proto::DataFormat::Arrow {
-                        return Err(format!(
-                            "input {i} is {} data, not the Arrow output of a stage",
-                            d.format.name()
-                        ));
-                    }
-                    streams.push(d.bytes.clone());
-                }
-                match executor.run(payload, streams)? {
-                    daskrs_engine::StageOutput::Whole(bytes) => Ok(Data {
-                        format: daskrs_proto::DataFormat::Arrow,
-                        bytes,
-                    }),
-                    daskrs_engine::StageOutput::Pieces(p) => Ok(Data::pieces(&p)),
-                }
-            },
-        );
+        self.register(daskrs_engine::STAGE_KIND, SqlStage(executor));
         self
     }
 
@@ -103,6 +93,42 @@ impl Registry {
         let mut v: Vec<String> = self.kinds.keys().cloned().collect();
         v.sort();
         v
+    }
+}
+
+/// `sql.stage`: runs a stage partition; a writer's result is the manifest of
+/// an upload that only the commit makes visible, aborted if dropped before.
+struct SqlStage(Arc<daskrs_engine::Executor>);
+
+impl TaskKind for SqlStage {
+    fn run(&self, payload: &[u8], inputs: &[Data]) -> Result<Data, String> {
+        let mut streams = Vec::with_capacity(inputs.len());
+        for (i, d) in inputs.iter().enumerate() {
+            if d.format != daskrs_proto::DataFormat::Arrow {
+                return Err(format!(
+                    "input {i} is {} data, not the Arrow output of a stage",
+                    d.format.name()
+                ));
+            }
+            streams.push(d.bytes.clone());
+        }
+        match self.0.run(payload, streams)? {
+            daskrs_engine::StageOutput::Whole(bytes) => Ok(Data {
+                format: daskrs_proto::DataFormat::Arrow,
+                bytes,
+            }),
+            daskrs_engine::StageOutput::Pieces(p) => Ok(Data::pieces(&p)),
+        }
+    }
+
+    fn holds_external(&self, payload: &[u8]) -> bool {
+        daskrs_engine::Executor::holds_uncommitted(payload)
+    }
+
+    fn release(&self, result: &Data) {
+        if result.format == daskrs_proto::DataFormat::Arrow {
+            self.0.release(result.bytes.clone());
+        }
     }
 }
 

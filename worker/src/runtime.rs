@@ -158,6 +158,7 @@ pub async fn session(shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
         process_over_pause: false,
         executed: 0,
         retiring: false,
+        external: HashMap::new(),
     };
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     let mut retire_deadline: Option<Instant> = None;
@@ -209,6 +210,13 @@ pub async fn session(shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
             }
         }
     };
+    if matches!(end, SessionEnd::Lost(_)) {
+        // The scheduler forgets this worker's results and computes them
+        // again: what they hold outside the worker is let go of now.
+        for (id, kind) in std::mem::take(&mut s.external) {
+            s.release(id, kind);
+        }
+    }
     shared.metrics.connected.set(0);
     let _ = shared.ready.send(false);
     end
@@ -227,6 +235,9 @@ struct Session {
     process_over_pause: bool,
     executed: u64,
     retiring: bool,
+    /// Results held here that hold something outside the worker, with the
+    /// kind that lets go of it when they are dropped.
+    external: HashMap<u64, Arc<dyn crate::kinds::TaskKind>>,
 }
 
 impl Session {
@@ -237,6 +248,9 @@ impl Session {
             Down::Compute(c) => self.compute(c),
             Down::Free(f) => {
                 for id in f.task_ids {
+                    if let Some(kind) = self.external.remove(&id) {
+                        self.release(id, kind);
+                    }
                     self.shared.store.remove(id);
                     if let Some(t) = self.tasks.get_mut(&id) {
                         if matches!(t.stage, Stage::Running) {
@@ -394,9 +408,20 @@ impl Session {
                 let Some(t) = self.tasks.remove(&task) else {
                     return;
                 };
+                let external = self
+                    .shared
+                    .registry
+                    .get(&t.compute.kind)
+                    .filter(|k| result.is_ok() && k.holds_external(&t.compute.payload));
                 if t.cancelled {
+                    if let Some(kind) = external {
+                        self.release(task, kind);
+                    }
                     self.shared.store.remove(task);
                     return;
+                }
+                if let Some(kind) = external {
+                    self.external.insert(task, kind);
                 }
                 self.shared.metrics.task_duration.observe(duration);
                 match result {
@@ -476,6 +501,20 @@ impl Session {
                 });
             });
         }
+    }
+
+    /// Hands a dropped result to its kind to let go of what it holds
+    /// outside the worker; call before removing it from the store.
+    fn release(&self, id: u64, kind: Arc<dyn crate::kinds::TaskKind>) {
+        let data = match self.shared.store.get(id) {
+            Ok(Some(d)) => d,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(task = id, error = %e, "cannot read a result to release it");
+                return;
+            }
+        };
+        tokio::task::spawn_blocking(move || kind.release(&data));
     }
 
     fn heartbeat(&mut self) {

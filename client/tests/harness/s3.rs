@@ -108,6 +108,22 @@ impl Minio {
         n
     }
 
+    /// Multipart uploads started for `key` and neither completed nor aborted.
+    pub async fn uploads_in_progress(&self, bucket: &str, key: &str) -> usize {
+        let out = self
+            .client()
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .prefix(key)
+            .send()
+            .await
+            .unwrap();
+        out.uploads()
+            .iter()
+            .filter(|u| u.key() == Some(key))
+            .count()
+    }
+
     /// Keys under `prefix`.
     pub async fn list(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let out = self
