@@ -79,6 +79,15 @@ async fn s3_errors_name_the_bucket_key_or_credentials() {
     minio
         .upload_dir(&local.path().join("tpch/region"), "data", "region")
         .await;
+    for day in ["2023-12-31", "2024-01-01", "2024-01-02"] {
+        minio
+            .upload_dir(
+                &local.path().join("tpch/nation"),
+                "data",
+                &format!("by-day/{day}"),
+            )
+            .await;
+    }
 
     let cluster = Cluster::start_with_env(2, &[], &[], &minio.env());
     let client = cluster.client(2).await;
@@ -114,6 +123,53 @@ async fn s3_errors_name_the_bucket_key_or_credentials() {
         .await
         .unwrap();
     assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["25"]);
+    // Globs across directories: `*` within one, `**` at any depth.
+    let ok = client
+        .sql(
+            "select count(*) from 's3://data/by-day/2024-*/*.parquet'",
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["50"]);
+    let ok = client
+        .sql(
+            "select count(*) from 's3://data/**/nation/part-*.parquet'",
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["25"]);
+    let ok = client
+        .sql(
+            "select count(*) from 's3://data/by-day/**/*.parquet'",
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["75"]);
+    client
+        .sql(
+            "create external table days stored as parquet location 's3://data/by-day/202?-*/part-*.parquet'",
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let ok = client
+        .sql("select count(distinct n_name), count(*) from days", |_| {})
+        .await
+        .unwrap();
+    assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["25|75"]);
+    let m = text(
+        client
+            .sql("select * from 's3://data/by-day/2025-*/*.parquet'", |_| {})
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        m.contains("no files match s3://data/by-day/2025-*/*.parquet"),
+        "{m}"
+    );
 
     let m = text(
         client
@@ -470,7 +526,7 @@ async fn csv_and_json_tables() {
     let setup = format!(
         "create external table orders stored as parquet location '{d}/tpch/orders/';\
          copy (select * from orders) to '{d}/orders_csv/' stored as csv options ('format.has_header' 'true');\
-         copy (select * from orders) to '{d}/orders_json/' stored as json",
+         copy (select * from orders) to '{d}/orders_json/' stored as json;         copy (select * from orders where o_orderstatus = 'F') to '{d}/by_day/2024-01-01/' stored as csv options ('format.has_header' 'true');         copy (select * from orders where o_orderstatus <> 'F') to '{d}/by_day/2024-01-02/' stored as csv options ('format.has_header' 'true');         copy (select * from orders) to '{d}/by_day/2023-12-31/' stored as csv options ('format.has_header' 'true')",
         d = dir.display()
     );
     compare::run_sql(&local, &setup).await.unwrap();
@@ -480,7 +536,7 @@ async fn csv_and_json_tables() {
         .sql(
             &format!(
                 "create external table orders_csv stored as csv location '{d}/orders_csv/' options ('format.has_header' 'true');\
-                 create external table orders_json stored as json location '{d}/orders_json/'",
+                 create external table orders_json stored as json location '{d}/orders_json/';                 create external table orders_days stored as csv location '{d}/by_day/2024-*/*.csv' options ('format.has_header' 'true')",
                 d = dir.display()
             ),
             |_| {},
@@ -494,7 +550,9 @@ async fn csv_and_json_tables() {
         )
     };
     let want = compare::run_sql(&local, &sql("orders")).await.unwrap();
-    for t in ["orders_csv", "orders_json"] {
+    // A glob across directories in a local path, in FROM.
+    let from_glob = format!("'{}/tpch/order*/*.parquet'", dir.display());
+    for t in ["orders_csv", "orders_json", "orders_days", &from_glob] {
         let got = client.sql(&sql(t), |_| {}).await.unwrap();
         assert_eq!(
             compare::rows(&got.batches).unwrap(),

@@ -76,14 +76,17 @@ impl Planner {
                 );
             }
             let plan = state.statement_to_plan(statement).await.map_err(describe)?;
-            // DataFusion reads globs only in local paths: an S3 glob table is made here.
+            // DataFusion reads globs only in the last part of local paths:
+            // other glob tables are made here.
             if let LogicalPlan::Ddl(datafusion::logical_expr::DdlStatement::CreateExternalTable(c)) =
                 &plan
                 && let [location] = c.locations.as_slice()
-                && let Some(url) = crate::urls::glob_url(location).map_err(describe)?
+                && let Some(urls) = crate::urls::glob_urls(&session.state(), location)
+                    .await
+                    .map_err(describe)?
             {
                 if !(c.if_not_exists && session.table_exist(c.name.clone()).unwrap_or(false)) {
-                    let table = crate::urls::listing_table(&session.state(), url)
+                    let table = crate::urls::external_table(&session.state(), c, urls)
                         .await
                         .map_err(describe)?;
                     session

@@ -35,21 +35,28 @@ impl UrlTables {
 
 const GLOB_CHARS: [char; 3] = ['*', '?', '['];
 
-/// A URL with a scheme whose path holds a glob, as a listing URL.
+/// A location with a glob, cut at the last '/' before its first glob
+/// character: (directory, pattern). None without a glob.
+fn split_glob(s: &str) -> Option<(&str, &str)> {
+    let first = s.find(GLOB_CHARS)?;
+    let cut = s[..first].rfind('/').map(|i| i + 1).unwrap_or(0);
+    Some(s.split_at(cut))
+}
+
+/// A URL with a scheme whose path holds a glob, as a listing URL; the
+/// pattern may only stand in the last part of the path.
 pub fn glob_url(s: &str) -> Result<Option<ListingTableUrl>> {
     let Some((scheme, rest)) = s.split_once("://") else {
         return Ok(None);
     };
-    let Some(first) = rest.find(GLOB_CHARS) else {
+    let Some((prefix, pattern)) = split_glob(rest) else {
         return Ok(None);
     };
-    let cut = rest[..first].rfind('/').map(|i| i + 1).unwrap_or(0);
-    if cut == 0 {
+    if prefix.is_empty() {
         return Err(DataFusionError::Plan(format!(
             "{s}: a glob may not stand in the bucket name"
         )));
     }
-    let (prefix, pattern) = rest.split_at(cut);
     let url = url::Url::parse(&format!("{scheme}://{prefix}"))
         .map_err(|e| DataFusionError::Plan(format!("{s}: {e}")))?;
     let glob = glob::Pattern::new(pattern)
@@ -57,13 +64,84 @@ pub fn glob_url(s: &str) -> Result<Option<ListingTableUrl>> {
     ListingTableUrl::try_new(url, Some(glob)).map(Some)
 }
 
-/// A table over the files at `url`, format and schema inferred.
+/// The listing URLs a location with a glob stands for, local or with a
+/// scheme. A pattern in the last part only is one URL. A pattern across
+/// directories (`s3://b/logs/2024-*/part-*.parquet`, `**` for any depth) is
+/// matched against a listing under the fixed part: one URL per matching
+/// directory, each with the last part as its file pattern. None without a
+/// glob, and for local paths DataFusion reads itself.
+pub async fn glob_urls(state: &SessionState, s: &str) -> Result<Option<Vec<ListingTableUrl>>> {
+    let Some((prefix, pattern)) = split_glob(s) else {
+        return Ok(None);
+    };
+    let Some((_, files)) = pattern.rsplit_once('/') else {
+        if s.contains("://") {
+            return Ok(glob_url(s)?.map(|u| vec![u]));
+        }
+        return Ok(None);
+    };
+    if prefix.is_empty() || prefix.ends_with("://") {
+        return Err(DataFusionError::Plan(format!(
+            "{s}: a glob may not stand in the bucket name or at the start of a path"
+        )));
+    }
+    let bad = |e: glob::PatternError| DataFusionError::Plan(format!("{s}: bad glob: {e}"));
+    let whole = glob::Pattern::new(pattern).map_err(bad)?;
+    let file_glob = glob::Pattern::new(files).map_err(bad)?;
+    let base = ListingTableUrl::parse(prefix)?;
+    let store = state.runtime_env().object_store(base.object_store())?;
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: true,
+    };
+    let mut matched = std::collections::BTreeSet::new();
+    let mut listing = store.list(Some(base.prefix()));
+    while let Some(meta) = futures::StreamExt::next(&mut listing).await {
+        let meta = meta?;
+        let Some(rel) = meta
+            .location
+            .as_ref()
+            .strip_prefix(base.prefix().as_ref())
+            .map(|r| r.trim_start_matches('/'))
+        else {
+            continue;
+        };
+        if whole.matches_with(rel, options) {
+            let dir = rel.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+            matched.insert(dir.to_string());
+        }
+    }
+    if matched.is_empty() {
+        return Err(DataFusionError::Plan(format!("no files match {s}")));
+    }
+    let root = base.as_str().trim_end_matches('/');
+    matched
+        .into_iter()
+        .map(|dir| {
+            let dir = if dir.is_empty() {
+                String::new()
+            } else {
+                format!("{dir}/")
+            };
+            let url = url::Url::parse(&format!("{root}/{dir}"))
+                .map_err(|e| DataFusionError::Plan(format!("{s}: {e}")))?;
+            ListingTableUrl::try_new(url, Some(file_glob.clone()))
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// A table over the files at `urls`, format and schema inferred.
 pub async fn listing_table(
     state: &SessionState,
-    url: ListingTableUrl,
+    urls: Vec<ListingTableUrl>,
 ) -> Result<Arc<dyn TableProvider>> {
-    let shown = url.to_string();
-    let cfg = match ListingTableConfig::new(url).infer_options(state).await {
+    let shown = urls.first().map(|u| u.to_string()).unwrap_or_default();
+    let cfg = match ListingTableConfig::new_with_multi_paths(urls)
+        .infer_options(state)
+        .await
+    {
         Ok(c) => c,
         Err(e) if e.to_string().contains("No files") => {
             return Err(DataFusionError::Plan(format!("no files at {shown}")));
@@ -78,19 +156,44 @@ pub async fn listing_table(
     Ok(Arc::new(ListingTable::try_new(cfg)?))
 }
 
+/// `CREATE EXTERNAL TABLE ... LOCATION` with a glob: the statement's format,
+/// options and schema over the files the glob stands for.
+pub async fn external_table(
+    state: &SessionState,
+    c: &datafusion::logical_expr::CreateExternalTable,
+    urls: Vec<ListingTableUrl>,
+) -> Result<Arc<dyn TableProvider>> {
+    use datafusion::datasource::listing::ListingOptions;
+    let format = state
+        .get_file_format_factory(&c.file_type)
+        .ok_or_else(|| DataFusionError::Plan(format!("unknown file format {}", c.file_type)))?
+        .create(state, &c.options)?;
+    let options = ListingOptions::new(format).with_file_extension("");
+    let cfg = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options);
+    let cfg = if c.schema.fields().is_empty() {
+        cfg.infer_partitions_from_path(state)
+            .await?
+            .infer_schema(state)
+            .await?
+    } else {
+        cfg.with_schema(Arc::clone(c.schema.inner()))
+    };
+    Ok(Arc::new(ListingTable::try_new(cfg)?))
+}
+
 #[async_trait]
 impl UrlTableFactory for UrlTables {
     async fn try_new(&self, s: &str) -> Result<Option<Arc<dyn TableProvider>>> {
         let Some(state) = self.state.get().and_then(|f| f()) else {
             return Err(DataFusionError::Internal("no session to plan in".into()));
         };
-        if let Some(url) = glob_url(s)? {
-            return listing_table(&state, url).await.map(Some);
+        if let Some(urls) = glob_urls(&state, s).await? {
+            return listing_table(&state, urls).await.map(Some);
         }
         let Ok(url) = ListingTableUrl::parse(s) else {
             return Ok(None);
         };
-        match listing_table(&state, url).await {
+        match listing_table(&state, vec![url]).await {
             Ok(t) => Ok(Some(t)),
             // A URL or a path was meant: say what went wrong with it.
             Err(e) if s.contains('/') => Err(e),
