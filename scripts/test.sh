@@ -3,7 +3,8 @@
 # property and integration tests. Needs a Rust toolchain and Go: the S3
 # tests run a real MinIO server, and the operator tests a real
 # kube-apiserver, etcd and kube-controller-manager with the real kubectl,
-# all built once from the Go module proxy into ~/.cache/daskrs/bin.
+# all built once from the Go module proxy into ~/.cache/daskrs/bin; the
+# dashboard test renders the page in Debian's Chromium (apt, once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,8 @@ echo "== MinIO for the S3 tests"
 scripts/install-minio.sh
 echo "== Kubernetes control plane for the operator tests"
 scripts/install-kube.sh
+echo "== Chromium for the dashboard test"
+scripts/install-chromium.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

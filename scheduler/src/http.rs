@@ -1,5 +1,7 @@
-//! HTTP on port 8787: `/health`, `/ready`, `/metrics`, and the JSON API the
-//! operator uses (`/api/v1/workers`, `/api/v1/retire`, `/api/v1/adaptive`).
+//! HTTP on port 8787: the dashboard (`/`), `/health`, `/ready`, `/metrics`,
+//! the cluster's state as JSON (`/api/v1/status`, which the dashboard
+//! polls), and the API the operator uses (`/api/v1/workers`,
+//! `/api/v1/retire`, `/api/v1/adaptive`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +45,8 @@ struct RetireBody {
 
 pub fn router(core: Arc<Core>) -> Router {
     Router::new()
+        .route("/", get(dashboard))
+        .route("/api/v1/status", get(status))
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(|| async { "ready\n" }))
         .route("/metrics", get(metrics))
@@ -50,6 +54,77 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/api/v1/retire", post(retire))
         .route("/api/v1/adaptive", get(adaptive))
         .with_state(core)
+}
+
+/// One page, no outside resources: it polls `/api/v1/status`.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+async fn dashboard() -> impl IntoResponse {
+    (
+        [
+            ("content-type", "text/html; charset=utf-8"),
+            ("cache-control", "no-cache"),
+            (
+                "content-security-policy",
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+            ),
+        ],
+        DASHBOARD,
+    )
+}
+
+/// Workers, graphs with their progress, tasks by state, and totals.
+async fn status(AxState(core): AxState<Arc<Core>>) -> Json<serde_json::Value> {
+    use daskrs_core::TaskState;
+    let info = cluster_info(&core);
+    let g = core.lock();
+    let s = &g.state;
+    let mut graphs: Vec<_> = s.graphs.values().collect();
+    graphs.sort_by_key(|g| g.id);
+    let graphs: Vec<serde_json::Value> = graphs
+        .iter()
+        .map(|gr| {
+            let count = |st: TaskState| gr.counts[st as usize];
+            serde_json::json!({
+                "id": gr.id,
+                "name": gr.name,
+                "total": gr.tasks.len(),
+                "done": gr.n_done,
+                "processing": count(TaskState::Processing),
+                "waiting": count(TaskState::Waiting) + count(TaskState::Queued),
+                "erred": count(TaskState::Erred),
+                "finished": gr.finished,
+            })
+        })
+        .collect();
+    let t = &s.totals;
+    Json(serde_json::json!({
+        "version": info.scheduler_version,
+        "workers": info.workers.iter().map(|w| serde_json::json!({
+            "id": w.id,
+            "name": w.name,
+            "address": w.address,
+            "nthreads": w.nthreads,
+            "memory_limit": w.memory_limit,
+            "memory_bytes": w.memory_bytes,
+            "spilled_bytes": w.spilled_bytes,
+            "processing": w.processing,
+            "held_results": w.held_results,
+            "status": w.status,
+            "executed": w.executed,
+        })).collect::<Vec<_>>(),
+        "graphs": graphs,
+        "tasks": info.tasks.iter().map(|c| (c.state.clone(), c.count)).collect::<std::collections::BTreeMap<_, _>>(),
+        "bytes_held": s.bytes_held(),
+        "totals": {
+            "tasks_finished": t.tasks_finished,
+            "tasks_erred": t.tasks_erred,
+            "transfer_bytes": t.transfer_bytes,
+            "workers_lost": t.workers_lost,
+            "tasks_recomputed": t.tasks_recomputed,
+            "steals": t.steals,
+        },
+    }))
 }
 
 async fn metrics(AxState(core): AxState<Arc<Core>>) -> impl IntoResponse {
