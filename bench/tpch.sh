@@ -3,7 +3,7 @@
 # to single-node DataFusion on the same local Parquet files in the same run,
 # and Q1 and Q3 next to Dask DataFrame on a 2-worker LocalCluster.
 #
-#   bench/tpch.sh [--scale SF] [--repeat K] [--threads T] [--no-dask] [--s3]
+#   bench/tpch.sh [--scale SF] [--repeat K] [--threads T] [--queries 1,3,..] [--no-dask] [--s3]
 #
 # With --s3 the same files are uploaded to a MinIO server on loopback and
 # both sides read them from there; the S3 scan throughput of lineitem is
@@ -14,12 +14,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/daskrs/target}"
-scale=1 repeat=1 threads=1 dask=yes s3=no
+scale=1 repeat=1 threads=1 dask=yes s3=no queries=
 while [ $# -gt 0 ]; do
   case "$1" in
     --scale) scale=$2; shift 2 ;;
     --repeat) repeat=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
+    --queries) queries=$2; shift 2 ;;
     --no-dask) dask=no; shift ;;
     --s3) s3=yes; dask=no; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
@@ -63,6 +64,9 @@ for root, _, files in os.walk(data):
         s3.upload_file(path, "tpch", f"{prefix}/{os.path.relpath(path, data)}")
 PY
   args+=(--location "s3://tpch/sf$scale")
+fi
+if [ -n "$queries" ]; then
+  args+=(--queries "$queries")
 fi
 echo "running daskrs and single-node DataFusion ..." >&2
 DASKRS_LOG=error "$bench_bin" "${args[@]}"

@@ -74,6 +74,7 @@ async fn scan_throughput(
     single: &datafusion::prelude::SessionContext,
     s3: &daskrs_engine::S3Access,
     location: &str,
+    local: &std::path::Path,
 ) {
     use futures::StreamExt;
     let rest = location.trim_start_matches("s3://");
@@ -120,6 +121,26 @@ async fn scan_throughput(
         .await
         .expect("single node scans");
     let single_s = t.elapsed().as_secs_f64();
+    // What this machine's cores allow with no S3 at all: the same query on
+    // the local copies of the objects (in the page cache), and decoding
+    // every column of every row group with nothing else on all cores.
+    let local_ctx = compare::single_node_context(None);
+    let local_sql = sql.replace(
+        "from lineitem",
+        &format!("from '{}/'", local.join("lineitem").display()),
+    );
+    compare::run_sql(&local_ctx, &local_sql)
+        .await
+        .expect("single node scans local files");
+    let t = Instant::now();
+    compare::run_sql(&local_ctx, &local_sql)
+        .await
+        .expect("single node scans local files");
+    let local_s = t.elapsed().as_secs_f64();
+    let local_dir = local.join("lineitem");
+    let decode_s = tokio::task::spawn_blocking(move || decode_all(&local_dir))
+        .await
+        .expect("decoding runs");
     let mb = total as f64 / 1e6;
     println!(
         "S3 scan of lineitem ({mb:.0} MB in {} objects): plain parallel GET {:.0} MB/s, daskrs reading every column {:.0} MB/s ({:.0}%), single-node DataFusion {:.0} MB/s",
@@ -129,6 +150,57 @@ async fn scan_throughput(
         100.0 * get_s / scan_s,
         mb / single_s
     );
+    println!(
+        "  without S3, same files from local disk: single-node DataFusion {:.0} MB/s; decoding every column and nothing else on {} threads {:.0} MB/s ({:.0}% of the GET rate)",
+        mb / local_s,
+        decode_threads(),
+        mb / decode_s,
+        100.0 * get_s / decode_s
+    );
+}
+
+fn decode_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// Seconds to decode every row group of the Parquet files in `dir` into
+/// Arrow, spread over all cores; the ceiling of any scan on this machine.
+fn decode_all(dir: &std::path::Path) -> f64 {
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let mut work = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("the local lineitem directory") {
+        let path = entry.expect("a directory entry").path();
+        let file = std::fs::File::open(&path).expect("a local file");
+        let groups = ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("Parquet metadata")
+            .metadata()
+            .num_row_groups();
+        work.extend((0..groups).map(|g| (path.clone(), g)));
+    }
+    let threads = decode_threads();
+    let work = std::sync::Mutex::new(work);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let next = work.lock().expect("work list").pop();
+                    let Some((path, group)) = next else { break };
+                    let file = std::fs::File::open(&path).expect("a local file");
+                    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                        .expect("Parquet metadata")
+                        .with_row_groups(vec![group])
+                        .with_batch_size(8192)
+                        .build()
+                        .expect("a reader");
+                    for batch in reader {
+                        std::hint::black_box(batch.expect("a batch decodes"));
+                    }
+                }
+            });
+        }
+    });
+    t.elapsed().as_secs_f64()
 }
 
 #[tokio::main]
@@ -291,7 +363,7 @@ async fn main() {
         total_d / total_s
     );
     if let Some(s3) = &s3 {
-        scan_throughput(&client, &single, s3, &location).await;
+        scan_throughput(&client, &single, s3, &location, &data).await;
     }
     let peak: Vec<String> = workers
         .iter()
