@@ -7,8 +7,9 @@
 //! renames them. A failed query leaves no new file visible: a failing writer
 //! aborts its own upload or removes its file, and a writer that did finish
 //! has its upload aborted or its file removed when the worker drops its
-//! manifest uncommitted. Only a worker that dies holding a manifest leaves an
-//! incomplete upload, which S3 never lists and a bucket lifecycle rule
+//! manifest uncommitted. Only a worker that dies or loses the scheduler while
+//! holding a manifest leaves an incomplete upload (a commit elsewhere may
+//! still be completing it), which S3 never lists and a bucket lifecycle rule
 //! (AbortIncompleteMultipartUpload) removes.
 
 use std::io::Write as _;
@@ -404,9 +405,9 @@ pub async fn abandon(manifests: Vec<RecordBatch>, s3: Option<&S3Access>) {
                     .abort_multipart(&ObjectPath::from(key), &upload.to_string())
                     .await
                 {
-                    Ok(()) => {
-                        tracing::info!(%target, "aborted the upload of a write that was not committed")
-                    }
+                    // Some servers answer the abort of a committed upload
+                    // with success too: nothing more can be said here.
+                    Ok(()) => tracing::debug!(%target, "let go of the upload of a write"),
                     Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => tracing::debug!(%target, error = %e, "aborting an upload"),
                 }

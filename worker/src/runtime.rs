@@ -210,13 +210,9 @@ pub async fn session(shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
             }
         }
     };
-    if matches!(end, SessionEnd::Lost(_)) {
-        // The scheduler forgets this worker's results and computes them
-        // again: what they hold outside the worker is let go of now.
-        for (id, kind) in std::mem::take(&mut s.external) {
-            s.release(id, kind);
-        }
-    }
+    // Results that hold uploads are not let go of when the session is lost:
+    // a commit running elsewhere may be completing those uploads. What no
+    // commit completes is left to the bucket's lifecycle rule.
     shared.metrics.connected.set(0);
     let _ = shared.ready.send(false);
     end
@@ -248,17 +244,19 @@ impl Session {
             Down::Compute(c) => self.compute(c),
             Down::Free(f) => {
                 for id in f.task_ids {
+                    if let Some(t) = self.tasks.get_mut(&id)
+                        && matches!(t.stage, Stage::Running)
+                    {
+                        // It may have stored its result already: its end
+                        // drops that, and lets go of what it holds.
+                        t.cancelled = true;
+                        continue;
+                    }
+                    self.tasks.remove(&id);
                     if let Some(kind) = self.external.remove(&id) {
                         self.release(id, kind);
                     }
                     self.shared.store.remove(id);
-                    if let Some(t) = self.tasks.get_mut(&id) {
-                        if matches!(t.stage, Stage::Running) {
-                            t.cancelled = true;
-                        } else {
-                            self.tasks.remove(&id);
-                        }
-                    }
                 }
             }
             Down::Steal(r) => {
@@ -546,10 +544,10 @@ fn run_task(
     fetched: HashMap<(u64, Option<u32>), Data>,
 ) -> (Result<u64, String>, i32, f64) {
     let started = Instant::now();
+    let kind = shared.registry.get(&c.kind);
     let result = (|| {
-        let kind = shared
-            .registry
-            .get(&c.kind)
+        let kind = kind
+            .clone()
             .ok_or_else(|| format!("this worker has no task kind {:?}", c.kind))?;
         let mut inputs = Vec::with_capacity(c.inputs.len());
         for (id, part) in input_pieces(c) {
@@ -586,8 +584,20 @@ fn run_task(
     match result {
         Ok(data) => {
             let (n, format) = (data.len(), data.format as i32);
-            match shared.store.put_in(generation, c.task_id, data) {
-                Ok(()) => (Ok(n), format, duration),
+            // A result that holds an upload and cannot be kept (the store was
+            // cleared for a new session, or it failed) lets go of it here:
+            // nobody will ever commit it.
+            let external = kind
+                .filter(|k| k.holds_external(&c.payload))
+                .map(|k| (k, data.clone()));
+            let kept = shared.store.put_in(generation, c.task_id, data);
+            if !matches!(kept, Ok(true))
+                && let Some((kind, data)) = external
+            {
+                kind.release(&data);
+            }
+            match kept {
+                Ok(_) => (Ok(n), format, duration),
                 Err(e) => (Err(e.to_string()), 0, duration),
             }
         }

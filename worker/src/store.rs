@@ -88,14 +88,15 @@ impl Store {
     /// Keeps a result, spilling older ones when memory goes over the target.
     pub fn put(&self, id: u64, data: Data) -> Result<(), StoreError> {
         let generation = self.generation();
-        self.put_in(generation, id, data)
+        self.put_in(generation, id, data).map(|_| ())
     }
 
-    /// Like `put`, but drops the result when the store was cleared since `generation`.
-    pub fn put_in(&self, generation: u64, id: u64, data: Data) -> Result<(), StoreError> {
+    /// Like `put`, but drops the result when the store was cleared since
+    /// `generation`; true when it was kept.
+    pub fn put_in(&self, generation: u64, id: u64, data: Data) -> Result<bool, StoreError> {
         let mut g = self.lock();
         if g.generation != generation {
-            return Ok(());
+            return Ok(false);
         }
         remove_locked(&mut g, id);
         g.clock += 1;
@@ -134,7 +135,7 @@ impl Store {
                 },
             );
         }
-        Ok(())
+        Ok(true)
     }
 
     /// A result, read back from disk when it was spilled.
@@ -248,7 +249,7 @@ mod tests {
         store.clear();
         assert!(store.is_empty());
         assert_eq!(store.memory_bytes(), 0);
-        store.put_in(before, 5, blob(10, 5)).unwrap();
+        assert!(!store.put_in(before, 5, blob(10, 5)).unwrap());
         assert!(
             !store.contains(5),
             "a result from before the clear is dropped"
