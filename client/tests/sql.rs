@@ -79,6 +79,19 @@ async fn s3_errors_name_the_bucket_key_or_credentials() {
     minio
         .upload_dir(&local.path().join("tpch/region"), "data", "region")
         .await;
+    for part in [
+        "year=2023/month=12",
+        "year=2024/month=01",
+        "year=2024/month=02",
+    ] {
+        minio
+            .upload_dir(
+                &local.path().join("tpch/nation"),
+                "data",
+                &format!("hive/{part}"),
+            )
+            .await;
+    }
     for day in ["2023-12-31", "2024-01-01", "2024-01-02"] {
         minio
             .upload_dir(
@@ -160,6 +173,55 @@ async fn s3_errors_name_the_bucket_key_or_credentials() {
         .await
         .unwrap();
     assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["25|75"]);
+    // The same name again: refused, kept, or replaced, as the statement says.
+    let again = "create external table days stored as parquet location 's3://data/by-day/2024-01-0[12]/*.parquet'";
+    let m = text(client.sql(again, |_| {}).await.unwrap_err());
+    assert!(m.contains("table 'days' already exists"), "{m}");
+    client
+        .sql(
+            &again.replace("table days", "table if not exists days"),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let ok = client
+        .sql("select count(*) from days", |_| {})
+        .await
+        .unwrap();
+    assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["75"]);
+    client
+        .sql(
+            &again.replace("create external", "create or replace external"),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let ok = client
+        .sql("select count(*) from days", |_| {})
+        .await
+        .unwrap();
+    assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["50"]);
+    // Hive partitions below a `**`: each file once, partition columns kept.
+    let ok = client
+        .sql(
+            "select month, count(*) from 's3://data/hive/**/*.parquet' group by month order by month",
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        compare::rows(&ok.batches).unwrap(),
+        vec!["01|25", "02|25", "12|25"]
+    );
+    // A glob that picks some partitions reads only those.
+    let ok = client
+        .sql(
+            "select count(*) from 's3://data/hive/year=*/month=0[1]/*.parquet'",
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["25"]);
     let m = text(
         client
             .sql("select * from 's3://data/by-day/2025-*/*.parquet'", |_| {})

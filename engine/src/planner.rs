@@ -81,21 +81,36 @@ impl Planner {
             if let LogicalPlan::Ddl(datafusion::logical_expr::DdlStatement::CreateExternalTable(c)) =
                 &plan
                 && let [location] = c.locations.as_slice()
-                && let Some(urls) = crate::urls::glob_urls(&session.state(), location)
-                    .await
-                    .map_err(describe)?
+                && crate::urls::is_glob(location)
             {
-                if !(c.if_not_exists && session.table_exist(c.name.clone()).unwrap_or(false)) {
-                    let table = crate::urls::external_table(&session.state(), c, urls)
-                        .await
-                        .map_err(describe)?;
-                    session
-                        .register_table(c.name.clone(), table)
-                        .map_err(describe)?;
+                let exists = session.table_exist(c.name.clone()).unwrap_or(false);
+                if exists && !c.if_not_exists && !c.or_replace {
+                    return Err(format!("table '{}' already exists", c.name));
                 }
-                state = session.state();
-                last_local = Vec::new();
-                continue;
+                let urls = if exists && c.if_not_exists {
+                    Some(Vec::new())
+                } else {
+                    crate::urls::glob_urls(&session.state(), location)
+                        .await
+                        .map_err(describe)?
+                };
+                // None: a glob DataFusion reads itself, planned below.
+                if let Some(urls) = urls {
+                    if !urls.is_empty() {
+                        let table = crate::urls::external_table(&session.state(), c, urls)
+                            .await
+                            .map_err(describe)?;
+                        if exists {
+                            session.deregister_table(c.name.clone()).map_err(describe)?;
+                        }
+                        session
+                            .register_table(c.name.clone(), table)
+                            .map_err(describe)?;
+                    }
+                    state = session.state();
+                    last_local = Vec::new();
+                    continue;
+                }
             }
             if runs_locally(&plan) {
                 let batches = session

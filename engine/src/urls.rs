@@ -5,6 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::{TableProvider, UrlTableFactory};
 use datafusion::datasource::listing::{
     ListingTable, ListingTableConfig, ListingTableConfigExt, ListingTableUrl,
@@ -96,6 +97,11 @@ pub async fn glob_urls(state: &SessionState, s: &str) -> Result<Option<Vec<Listi
         require_literal_leading_dot: true,
     };
     let mut matched = std::collections::BTreeSet::new();
+    // Directories made only of `key=value` parts that hold a file the last
+    // part matches, matched by the whole pattern or not.
+    let mut partitions = std::collections::BTreeSet::new();
+    // A file right in the fixed part that the last part matches.
+    let mut top_level = false;
     let mut listing = store.list(Some(base.prefix()));
     while let Some(meta) = futures::StreamExt::next(&mut listing).await {
         let meta = meta?;
@@ -107,29 +113,70 @@ pub async fn glob_urls(state: &SessionState, s: &str) -> Result<Option<Vec<Listi
         else {
             continue;
         };
+        let (dir, file) = rel.rsplit_once('/').unwrap_or(("", rel));
+        if dir.is_empty() && file_glob.matches_with(file, options) {
+            top_level = true;
+        }
+        if !dir.is_empty()
+            && dir.split('/').all(|p| p.contains('='))
+            && file_glob.matches_with(file, options)
+        {
+            partitions.insert(dir.to_string());
+        }
         if whole.matches_with(rel, options) {
-            let dir = rel.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
             matched.insert(dir.to_string());
         }
     }
     if matched.is_empty() {
         return Err(DataFusionError::Plan(format!("no files match {s}")));
     }
-    let root = base.as_str().trim_end_matches('/');
-    matched
-        .into_iter()
+    // Hive partitions right below the fixed part, all of them matched: the
+    // fixed part is the table's directory, so the partition columns come
+    // from the paths. Leaving out some (`year=202[34]/...`) keeps them apart.
+    if !partitions.is_empty()
+        && partitions.iter().all(|p| matched.contains(p))
+        && (!top_level || matched.contains(""))
+    {
+        matched.insert(String::new());
+    }
+    // A directory's listing takes in its `key=value` subdirectories (Hive
+    // partitions), so those are not listed again on their own.
+    let kept: Vec<&String> = matched
+        .iter()
+        .filter(|dir| !under_matched_partition(dir, &matched))
+        .collect();
+    kept.into_iter()
         .map(|dir| {
-            let dir = if dir.is_empty() {
-                String::new()
-            } else {
-                format!("{dir}/")
-            };
-            let url = url::Url::parse(&format!("{root}/{dir}"))
-                .map_err(|e| DataFusionError::Plan(format!("{s}: {e}")))?;
+            let mut url = base.get_url().clone();
+            if !dir.is_empty() {
+                url.path_segments_mut()
+                    .map_err(|()| DataFusionError::Plan(format!("{s}: not a hierarchical URL")))?
+                    .pop_if_empty()
+                    .extend(dir.split('/'))
+                    .push("");
+            }
             ListingTableUrl::try_new(url, Some(file_glob.clone()))
         })
         .collect::<Result<Vec<_>>>()
         .map(Some)
+}
+
+/// Whether `dir` lies below another matched directory through `key=value`
+/// parts only.
+fn under_matched_partition(dir: &str, matched: &std::collections::BTreeSet<String>) -> bool {
+    let parts: Vec<&str> = if dir.is_empty() {
+        Vec::new()
+    } else {
+        dir.split('/').collect()
+    };
+    (0..parts.len()).any(|keep| {
+        parts[keep..].iter().all(|p| p.contains('=')) && matched.contains(&parts[..keep].join("/"))
+    })
+}
+
+/// Whether a location holds a glob character.
+pub fn is_glob(s: &str) -> bool {
+    s.contains(GLOB_CHARS)
 }
 
 /// A table over the files at `urls`, format and schema inferred.
@@ -168,15 +215,48 @@ pub async fn external_table(
         .get_file_format_factory(&c.file_type)
         .ok_or_else(|| DataFusionError::Plan(format!("unknown file format {}", c.file_type)))?
         .create(state, &c.options)?;
+    if !c.order_exprs.is_empty() {
+        return Err(DataFusionError::Plan(format!(
+            "{}: WITH ORDER is not supported with a glob location",
+            c.name
+        )));
+    }
     let options = ListingOptions::new(format).with_file_extension("");
-    let cfg = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options);
+    let cfg = ListingTableConfig::new_with_multi_paths(urls);
     let cfg = if c.schema.fields().is_empty() {
-        cfg.infer_partitions_from_path(state)
-            .await?
-            .infer_schema(state)
-            .await?
+        let partitions = c
+            .table_partition_cols
+            .iter()
+            .map(|p| {
+                let t = DataType::Dictionary(Box::new(DataType::UInt16), Box::new(DataType::Utf8));
+                (p.clone(), t)
+            })
+            .collect::<Vec<_>>();
+        let cfg = cfg.with_listing_options(options.with_table_partition_cols(partitions));
+        if c.table_partition_cols.is_empty() {
+            cfg.infer_partitions_from_path(state).await?
+        } else {
+            cfg
+        }
+        .infer_schema(state)
+        .await?
     } else {
-        cfg.with_schema(Arc::clone(c.schema.inner()))
+        // Partition columns take their types from the given schema and are
+        // not read from the files.
+        let schema = c.schema.inner();
+        let mut partitions = Vec::new();
+        for p in &c.table_partition_cols {
+            let f = schema.field_with_name(p)?;
+            partitions.push((f.name().clone(), f.data_type().clone()));
+        }
+        let fields: Vec<_> = schema
+            .fields()
+            .iter()
+            .filter(|f| !c.table_partition_cols.contains(f.name()))
+            .cloned()
+            .collect();
+        cfg.with_listing_options(options.with_table_partition_cols(partitions))
+            .with_schema(Arc::new(arrow::datatypes::Schema::new(fields)))
     };
     Ok(Arc::new(ListingTable::try_new(cfg)?))
 }
@@ -207,6 +287,25 @@ impl UrlTableFactory for UrlTables {
 mod tests {
     use super::*;
     use object_store::path::Path;
+
+    #[test]
+    fn partition_directories_below_a_matched_one_are_not_listed_again() {
+        let matched: std::collections::BTreeSet<String> =
+            ["", "a", "a/k=1", "a/k=1/j=2", "b/k=1", "c/d"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        let under = |d: &str| under_matched_partition(d, &matched);
+        assert!(!under(""));
+        assert!(!under("a"), "a plain directory is its own");
+        assert!(under("a/k=1"));
+        assert!(under("a/k=1/j=2"));
+        assert!(!under("b/k=1"), "b is not matched: {matched:?}");
+        assert!(!under("c/d"));
+        let top: std::collections::BTreeSet<String> =
+            ["", "k=1"].iter().map(|s| s.to_string()).collect();
+        assert!(under_matched_partition("k=1", &top));
+    }
 
     #[test]
     fn s3_globs_split_into_prefix_and_pattern() {
