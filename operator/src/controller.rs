@@ -61,8 +61,12 @@ async fn watch(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
+            use kube::runtime::controller::Error;
             match result {
                 Ok((obj, _)) => tracing::debug!(cluster = %obj, "reconciled"),
+                // Watches that fail (a missing permission, say) must be seen;
+                // reconcile errors are logged by the error policy.
+                Err(Error::QueueError(e)) => tracing::warn!(error = %e, "watch failed"),
                 Err(e) => tracing::debug!(error = %e, "reconcile error"),
             }
         })

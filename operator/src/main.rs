@@ -71,7 +71,8 @@ struct Args {
 /// and '-', starting and ending with a letter or digit.
 fn namespace_name(s: &str) -> Result<String, String> {
     let s = s.trim();
-    let ok = s.len() <= 63
+    let ok = !s.is_empty()
+        && s.len() <= 63
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
@@ -211,12 +212,9 @@ async fn run(args: Args) -> Result<(), String> {
         reporter,
         metrics.clone(),
     ));
-    let namespaces: Vec<String> = args
-        .namespace
-        .iter()
-        .map(|n| n.trim().to_string())
-        .filter(|n| !n.is_empty())
-        .collect();
+    let mut namespaces = args.namespace.clone();
+    namespaces.sort();
+    namespaces.dedup();
     tracing::info!(
         namespace = if namespaces.is_empty() {
             "(all)".to_string()

@@ -205,6 +205,14 @@ fn values_that_cannot_work_are_refused_with_a_reason() {
     assert!(err.contains("serviceAccount.name is required"), "{err}");
     let err = render(&["watchNamespace=team-a"]).expect_err("the old single-namespace value");
     assert!(err.contains("replaced by watchNamespaces"), "{err}");
+    let err = render(&["watchNamespaces=team-a"]).expect_err("a string, not a list");
+    assert!(err.contains("watchNamespaces must be a list"), "{err}");
+    let twice = render(&["watchNamespaces={team-a,team-a}"]).expect("a repeated namespace");
+    let bindings = twice
+        .iter()
+        .filter(|d| d["kind"] == "RoleBinding" && d["metadata"]["name"] == "rel-daskrs")
+        .count();
+    assert_eq!(bindings, 1);
 }
 
 /// Arguments of the installed Deployment, for a local run: the metrics

@@ -26,3 +26,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+Values every template relies on; fails with the fix when they are wrong.
+*/}}
+{{- define "daskrs.checkValues" -}}
+{{- if hasKey .Values "watchNamespace" }}
+{{- fail "watchNamespace was replaced by watchNamespaces, a list: --set 'watchNamespaces={team-a}'" }}
+{{- end }}
+{{- if not (kindIs "slice" .Values.watchNamespaces) }}
+{{- fail "watchNamespaces must be a list: --set 'watchNamespaces={team-a,team-b}'" }}
+{{- end }}
+{{- end }}
