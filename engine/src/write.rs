@@ -7,7 +7,8 @@
 //! renames them. A failed query leaves no new file visible: a failing writer
 //! aborts its own upload or removes its file, and a writer that did finish
 //! has its upload aborted or its file removed when the worker drops its
-//! manifest uncommitted. Only a worker that dies or loses the scheduler while
+//! manifest before a commit read it; a commit that fails lets go of what it
+//! could not make visible. Only a worker that dies or loses the scheduler while
 //! holding a manifest leaves an incomplete upload (a commit elsewhere may
 //! still be completing it), which S3 never lists and a bucket lifecycle rule
 //! (AbortIncompleteMultipartUpload) removes.
@@ -425,9 +426,22 @@ pub async fn abandon(manifests: Vec<RecordBatch>, s3: Option<&S3Access>) {
 }
 
 /// Makes every written file visible; returns one row: files and rows written.
+/// When one cannot be made visible, the query fails and the files not yet
+/// made visible are let go of (the writers leave them to the commit once it
+/// has read their manifests).
 pub async fn commit(manifests: Vec<RecordBatch>, s3: Option<&S3Access>) -> Result<RecordBatch> {
+    match commit_all(&manifests, s3).await {
+        Ok(done) => Ok(done),
+        Err(e) => {
+            abandon(manifests, s3).await;
+            Err(e)
+        }
+    }
+}
+
+async fn commit_all(manifests: &[RecordBatch], s3: Option<&S3Access>) -> Result<RecordBatch> {
     let (mut files, mut rows) = (0u64, 0u64);
-    for b in &manifests {
+    for b in manifests {
         let col = |i: usize| {
             b.column(i)
                 .as_any()

@@ -26,7 +26,7 @@ impl PeerData for PeerService {
     async fn fetch(&self, req: Request<FetchRequest>) -> Result<Response<ChunkStream>, Status> {
         let FetchRequest { task_id: id, part } = req.into_inner();
         let store = self.store.clone();
-        let data = tokio::task::spawn_blocking(move || store.get(id))
+        let data = tokio::task::spawn_blocking(move || store.claim(id))
             .await
             .map_err(|e| Status::internal(format!("reading result {id}: {e}")))?
             .map_err(|e| Status::internal(e.to_string()))?

@@ -502,8 +502,13 @@ impl Session {
     }
 
     /// Hands a dropped result to its kind to let go of what it holds
-    /// outside the worker; call before removing it from the store.
+    /// outside the worker; call before removing it from the store. A result
+    /// that a task or a peer read is theirs to finish (a commit completing
+    /// an upload): it is left alone.
     fn release(&self, id: u64, kind: Arc<dyn crate::kinds::TaskKind>) {
+        if self.shared.store.is_claimed(id) {
+            return;
+        }
         let data = match self.shared.store.get(id) {
             Ok(Some(d)) => d,
             Ok(None) => return,
@@ -556,7 +561,7 @@ fn run_task(
                 None => {
                     let whole = shared
                         .store
-                        .get(id)
+                        .claim(id)
                         .map_err(|e| e.to_string())?
                         .ok_or_else(|| format!("input {id} is no longer held by this worker"))?;
                     match part {

@@ -1,7 +1,7 @@
 //! Where a worker keeps results: in memory up to a target share of its
 //! memory limit, beyond that spilled to local disk, least recently used first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -54,6 +54,8 @@ struct Inner {
     spilled_total: u64,
     /// Bumped by `clear`: a task started before it must not store its result after.
     generation: u64,
+    /// Results read by a task or a peer since they were stored.
+    claimed: HashSet<u64>,
 }
 
 pub struct Store {
@@ -162,6 +164,21 @@ impl Store {
         }))
     }
 
+    /// A result as an input of a task here or elsewhere: like `get`, and
+    /// marks it as read.
+    pub fn claim(&self, id: u64) -> Result<Option<Data>, StoreError> {
+        let data = self.get(id)?;
+        if data.is_some() {
+            self.lock().claimed.insert(id);
+        }
+        Ok(data)
+    }
+
+    /// Whether a task or a peer read the result since it was stored.
+    pub fn is_claimed(&self, id: u64) -> bool {
+        self.lock().claimed.contains(&id)
+    }
+
     pub fn contains(&self, id: u64) -> bool {
         let g = self.lock();
         g.memory.contains_key(&id) || g.disk.contains_key(&id)
@@ -209,6 +226,7 @@ impl Store {
 }
 
 fn remove_locked(g: &mut Inner, id: u64) {
+    g.claimed.remove(&id);
     if let Some(e) = g.memory.remove(&id) {
         g.lru.remove(&e.used);
         g.memory_bytes -= e.data.len();
@@ -254,6 +272,24 @@ mod tests {
             !store.contains(5),
             "a result from before the clear is dropped"
         );
+    }
+
+    #[test]
+    fn reading_a_result_as_an_input_claims_it_until_it_is_stored_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(1000, dir.path());
+        store.put(1, blob(10, 1)).unwrap();
+        store.get(1).unwrap();
+        assert!(!store.is_claimed(1), "a plain read claims nothing");
+        assert!(store.claim(7).unwrap().is_none());
+        assert!(!store.is_claimed(7), "nothing to claim");
+        assert_eq!(store.claim(1).unwrap().unwrap(), blob(10, 1));
+        assert!(store.is_claimed(1));
+        store.put(1, blob(10, 2)).unwrap();
+        assert!(!store.is_claimed(1), "a new result is unread");
+        store.claim(1).unwrap();
+        store.remove(1);
+        assert!(!store.is_claimed(1));
     }
 
     #[test]
