@@ -100,7 +100,7 @@ pub async fn local(a: LocalArgs) -> Result<(), Failure> {
     .await
     .map_err(|e| Failure::new(3, e.to_string()))?;
     eprintln!(
-        "local cluster: scheduler at {} with {} workers x {} threads, {} each; metrics and API at http://{}",
+        "local cluster: scheduler at {} with {} workers x {} threads, {} each; dashboard, metrics and API at http://{}/",
         cluster.address(),
         a.workers,
         a.threads_per_worker,
