@@ -4,11 +4,10 @@
 mod harness;
 
 use std::process::Command;
-use std::time::Duration;
 
 use daskrs_client::Graph;
 use harness::Cluster;
-use harness::graphs::slow_sum;
+use harness::graphs::{slow_sum, start_graph};
 
 fn chromium() -> String {
     let path = std::env::var("DASKRS_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -58,15 +57,7 @@ async fn the_dashboard_shows_workers_and_a_running_graph() {
         tasks,
         ..Graph::default()
     };
-    let run = {
-        let client = client.clone();
-        tokio::spawn(async move { client.compute(graph, |_| {}).await })
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while client.info().await.unwrap().graphs == 0 {
-        assert!(std::time::Instant::now() < deadline, "graph not accepted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let run = start_graph(&client, graph).await;
 
     let url = format!("http://127.0.0.1:{}/", cluster.http_port);
     let dom = tokio::task::spawn_blocking(move || rendered(&url, 3000))

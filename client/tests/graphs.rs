@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use daskrs_client::{Error, Graph};
 use daskrs_core::TaskSpec;
-use harness::graphs::{check_slow_sum, int, ints, range, rooted, slow_sum};
+use harness::graphs::{check_slow_sum, int, ints, range, rooted, slow_sum, start_graph};
 use harness::{Cluster, submit};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -87,16 +87,8 @@ async fn workers_joining_while_tasks_wait_run_them() {
     let client = cluster.client(0).await;
     let (tasks, root, want) = slow_sum(24, 100, 100);
     let graph = rooted(tasks, root);
-    let run = {
-        let client = client.clone();
-        tokio::spawn(async move { client.compute(graph, |_| {}).await })
-    };
     // The graph is queued with nobody to run it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while client.info().await.unwrap().graphs == 0 {
-        assert!(std::time::Instant::now() < deadline, "graph not accepted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let run = start_graph(&client, graph).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!run.is_finished(), "the graph finished without workers");
     // One worker joins to a full queue, and a second while the first works.

@@ -17,6 +17,15 @@ fn make_tpch(dir: &Path, scale: f64, files: usize) {
     assert!(written.iter().all(|w| w.rows > 0), "{written:?}");
 }
 
+/// The answer to `sql`, row by row.
+async fn rows(client: &daskrs_client::Client, sql: &str) -> Vec<String> {
+    let answer = client
+        .sql(sql, |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    compare::rows(&answer.batches).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn all_22_tpch_queries_from_s3_match_single_node_datafusion() {
     let minio = Minio::start();
@@ -113,17 +122,15 @@ async fn s3_errors_name_the_bucket_key_or_credentials() {
         )
         .await
         .unwrap();
-    let ok = client
-        .sql("select count(*) from nation", |_| {})
-        .await
-        .unwrap();
-    assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["25"]);
+    assert_eq!(
+        rows(&client, "select count(*) from nation").await,
+        vec!["25"]
+    );
     // Globs in S3 paths, in FROM and in CREATE EXTERNAL TABLE.
-    let ok = client
-        .sql("select count(*) from 's3://data/nation/*.parquet'", |_| {})
-        .await
-        .unwrap();
-    assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["25"]);
+    assert_eq!(
+        rows(&client, "select count(*) from 's3://data/nation/*.parquet'").await,
+        vec!["25"]
+    );
     client
         .sql(
             "create external table nation_glob stored as parquet location 's3://data/nation/part-*.parquet'",
@@ -131,36 +138,35 @@ async fn s3_errors_name_the_bucket_key_or_credentials() {
         )
         .await
         .unwrap();
-    let ok = client
-        .sql("select count(*) from nation_glob", |_| {})
-        .await
-        .unwrap();
-    assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["25"]);
+    assert_eq!(
+        rows(&client, "select count(*) from nation_glob").await,
+        vec!["25"]
+    );
     // Globs across directories: `*` within one, `**` at any depth.
-    let ok = client
-        .sql(
-            "select count(*) from 's3://data/by-day/2024-*/*.parquet'",
-            |_| {},
+    assert_eq!(
+        rows(
+            &client,
+            "select count(*) from 's3://data/by-day/2024-*/*.parquet'"
         )
-        .await
-        .unwrap();
-    assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["50"]);
-    let ok = client
-        .sql(
-            "select count(*) from 's3://data/**/nation/part-*.parquet'",
-            |_| {},
+        .await,
+        vec!["50"]
+    );
+    assert_eq!(
+        rows(
+            &client,
+            "select count(*) from 's3://data/**/nation/part-*.parquet'"
         )
-        .await
-        .unwrap();
-    assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["25"]);
-    let ok = client
-        .sql(
-            "select count(*) from 's3://data/by-day/**/*.parquet'",
-            |_| {},
+        .await,
+        vec!["25"]
+    );
+    assert_eq!(
+        rows(
+            &client,
+            "select count(*) from 's3://data/by-day/**/*.parquet'"
         )
-        .await
-        .unwrap();
-    assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["75"]);
+        .await,
+        vec!["75"]
+    );
     client
         .sql(
             "create external table days stored as parquet location 's3://data/by-day/202?-*/part-*.parquet'",
@@ -168,11 +174,10 @@ async fn s3_errors_name_the_bucket_key_or_credentials() {
         )
         .await
         .unwrap();
-    let ok = client
-        .sql("select count(distinct n_name), count(*) from days", |_| {})
-        .await
-        .unwrap();
-    assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["25|75"]);
+    assert_eq!(
+        rows(&client, "select count(distinct n_name), count(*) from days").await,
+        vec!["25|75"]
+    );
     // The same name again: refused, kept, or replaced, as the statement says.
     let again = "create external table days stored as parquet location 's3://data/by-day/2024-01-0[12]/*.parquet'";
     let m = text(client.sql(again, |_| {}).await.unwrap_err());
@@ -184,11 +189,7 @@ async fn s3_errors_name_the_bucket_key_or_credentials() {
         )
         .await
         .unwrap();
-    let ok = client
-        .sql("select count(*) from days", |_| {})
-        .await
-        .unwrap();
-    assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["75"]);
+    assert_eq!(rows(&client, "select count(*) from days").await, vec!["75"]);
     client
         .sql(
             &again.replace("create external", "create or replace external"),
@@ -196,32 +197,18 @@ async fn s3_errors_name_the_bucket_key_or_credentials() {
         )
         .await
         .unwrap();
-    let ok = client
-        .sql("select count(*) from days", |_| {})
-        .await
-        .unwrap();
-    assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["50"]);
+    assert_eq!(rows(&client, "select count(*) from days").await, vec!["50"]);
     // Hive partitions below a `**`: each file once, partition columns kept.
-    let ok = client
-        .sql(
-            "select month, count(*) from 's3://data/hive/**/*.parquet' group by month order by month",
-            |_| {},
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        compare::rows(&ok.batches).unwrap(),
-        vec!["01|25", "02|25", "12|25"]
-    );
+    assert_eq!(rows(&client, "select month, count(*) from 's3://data/hive/**/*.parquet' group by month order by month").await, vec!["01|25", "02|25", "12|25"]);
     // A glob that picks some partitions reads only those.
-    let ok = client
-        .sql(
-            "select count(*) from 's3://data/hive/year=*/month=0[1]/*.parquet'",
-            |_| {},
+    assert_eq!(
+        rows(
+            &client,
+            "select count(*) from 's3://data/hive/year=*/month=0[1]/*.parquet'"
         )
-        .await
-        .unwrap();
-    assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["25"]);
+        .await,
+        vec!["25"]
+    );
     let m = text(
         client
             .sql("select * from 's3://data/by-day/2025-*/*.parquet'", |_| {})

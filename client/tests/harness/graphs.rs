@@ -80,3 +80,21 @@ pub async fn check_slow_sum(client: &Client, chunks: usize, size: i64, ms: u64) 
     let out = client.compute(rooted(tasks, root), |_| {}).await.unwrap();
     assert_eq!(int(&out[0]), want);
 }
+
+/// Starts `graph` in the background and returns once the scheduler has
+/// accepted it.
+pub async fn start_graph(
+    client: &Client,
+    graph: Graph,
+) -> tokio::task::JoinHandle<Result<Vec<Output>, daskrs_client::Error>> {
+    let run = {
+        let client = client.clone();
+        tokio::spawn(async move { client.compute(graph, |_| {}).await })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while client.info().await.unwrap().graphs == 0 {
+        assert!(std::time::Instant::now() < deadline, "graph not accepted");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    run
+}
