@@ -707,88 +707,71 @@ async fn copy_to_s3_and_local_files_and_nothing_visible_on_failure() {
 
     // A query that fails part-way: no object and no file becomes visible.
     let failing = "select o_orderkey / (o_custkey - o_custkey) as boom from orders";
-    let e = client
-        .sql(
-            &format!("copy ({failing}) to 's3://out/bad/' stored as parquet"),
-            |_| {},
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        e.to_string().to_lowercase().contains("divide by zero"),
-        "{e}"
-    );
+    copy_fails(&client, failing, "'s3://out/bad/' stored as parquet").await;
     assert!(minio.list("out", "bad/").await.is_empty());
     let bad = dir.join("bad_out");
-    client
-        .sql(
-            &format!("copy ({failing}) to '{}/' stored as parquet", bad.display()),
-            |_| {},
-        )
-        .await
-        .unwrap_err();
+    copy_fails(
+        &client,
+        failing,
+        &format!("'{}/' stored as parquet", bad.display()),
+    )
+    .await;
     // The error comes back as soon as one task fails; its siblings fail on
     // their own a moment later and remove their temporary files then.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let left: Vec<_> = std::fs::read_dir(&bad)
-            .map(|d| d.map(|e| e.unwrap().file_name()).collect())
-            .unwrap_or_default();
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "left behind: {left:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    left_behind(&bad, None).await;
 
     // Only one partition fails: the writers of the others finish, and what
     // they wrote is let go of when the query fails, on S3 and on disk.
     let one_fails =
         "select o_orderkey / (case when o_orderkey = 1 then 0 else 1 end) as boom from orders";
+    copy_fails(&client, one_fails, "'s3://out/partly/' stored as parquet").await;
+    assert!(minio.list("out", "partly/").await.is_empty());
+    let partly = dir.join("partly_out");
+    copy_fails(
+        &client,
+        one_fails,
+        &format!("'{}/' stored as csv", partly.display()),
+    )
+    .await;
+    left_behind(&partly, Some((&minio, "out", "partly"))).await;
+}
+
+/// `COPY (query) TO target` fails, saying it divided by zero.
+async fn copy_fails(client: &daskrs_client::Client, query: &str, target: &str) {
     let e = client
-        .sql(
-            &format!("copy ({one_fails}) to 's3://out/partly/' stored as parquet"),
-            |_| {},
-        )
+        .sql(&format!("copy ({query}) to {target}"), |_| {})
         .await
         .unwrap_err();
     assert!(
         e.to_string().to_lowercase().contains("divide by zero"),
         "{e}"
     );
-    assert!(minio.list("out", "partly/").await.is_empty());
-    let partly = dir.join("partly_out");
-    client
-        .sql(
-            &format!(
-                "copy ({one_fails}) to '{}/' stored as csv",
-                partly.display()
-            ),
-            |_| {},
-        )
-        .await
-        .unwrap_err();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let mut uploads = 0;
-        for p in 0..64 {
-            uploads += minio
-                .uploads_in_progress("out", &format!("partly/part-{p:05}.parquet"))
-                .await;
-        }
-        let files: Vec<_> = std::fs::read_dir(&partly)
-            .map(|d| d.map(|e| e.unwrap().file_name()).collect())
-            .unwrap_or_default();
-        if uploads == 0 && files.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "left behind: {uploads} incomplete uploads, files {files:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+}
+
+/// Waits until nothing is left in `dir` and, when given, no multipart upload
+/// of `prefix/part-NNNNN.parquet` is in progress in the bucket.
+async fn left_behind(dir: &Path, s3: Option<(&Minio, &str, &str)>) {
+    let last = std::sync::Mutex::new(String::new());
+    let diagnose = || format!("left behind: {}", last.lock().unwrap());
+    harness::kube::wait_for(
+        "a failed COPY to leave nothing behind",
+        std::time::Duration::from_secs(20),
+        &diagnose,
+        || async {
+            let mut uploads = 0;
+            if let Some((minio, bucket, prefix)) = s3 {
+                for p in 0..64 {
+                    uploads += minio
+                        .uploads_in_progress(bucket, &format!("{prefix}/part-{p:05}.parquet"))
+                        .await;
+                }
+            }
+            let files: Vec<_> = std::fs::read_dir(dir)
+                .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+                .unwrap_or_default();
+            *last.lock().unwrap() = format!("{uploads} incomplete uploads, files {files:?}");
+            (uploads == 0 && files.is_empty()).then_some(())
+        },
+    )
+    .await;
 }

@@ -72,9 +72,7 @@ enum Event {
     },
     Done {
         task: u64,
-        result: Result<u64, String>,
-        format: i32,
-        duration: f64,
+        ran: Ran,
     },
     Replica {
         task: u64,
@@ -396,21 +394,17 @@ impl Session {
                     }
                 }
             }
-            Event::Done {
-                task,
-                result,
-                format,
-                duration,
-            } => {
+            Event::Done { task, ran } => {
+                let Ran {
+                    result,
+                    format,
+                    duration,
+                    external,
+                } = ran;
                 self.running -= 1;
                 let Some(t) = self.tasks.remove(&task) else {
                     return;
                 };
-                let external = self
-                    .shared
-                    .registry
-                    .get(&t.compute.kind)
-                    .filter(|k| result.is_ok() && k.holds_external(&t.compute.payload));
                 if t.cancelled {
                     if let Some(kind) = external {
                         self.release(task, kind);
@@ -490,12 +484,10 @@ impl Session {
             let tx = self.ev_tx.clone();
             let generation = shared.store.generation();
             self.shared.pool.submit(move || {
-                let (result, format, duration) = run_task(&shared, generation, &compute, fetched);
+                let ran = run_task(&shared, generation, &compute, fetched);
                 let _ = tx.send(Event::Done {
                     task: compute.task_id,
-                    result,
-                    format,
-                    duration,
+                    ran,
                 });
             });
         }
@@ -541,13 +533,23 @@ impl Session {
     }
 }
 
+/// How a task run ended.
+struct Ran {
+    /// The result's size, stored.
+    result: Result<u64, String>,
+    format: i32,
+    duration: f64,
+    /// The kind, when the stored result holds something outside the worker.
+    external: Option<Arc<dyn crate::kinds::TaskKind>>,
+}
+
 /// Runs one task on the current (blocking) thread and stores its result.
 fn run_task(
     shared: &Shared,
     generation: u64,
     c: &ComputeTask,
     fetched: HashMap<(u64, Option<u32>), Data>,
-) -> (Result<u64, String>, i32, f64) {
+) -> Ran {
     let started = Instant::now();
     let kind = shared.registry.get(&c.kind);
     let result = (|| {
@@ -586,27 +588,42 @@ fn run_task(
         Ok(out)
     })();
     let duration = started.elapsed().as_secs_f64();
-    match result {
-        Ok(data) => {
-            let (n, format) = (data.len(), data.format as i32);
-            // A result that holds an upload and cannot be kept (the store was
-            // cleared for a new session, or it failed) lets go of it here:
-            // nobody will ever commit it.
-            let external = kind
-                .filter(|k| k.holds_external(&c.payload))
-                .map(|k| (k, data.clone()));
-            let kept = shared.store.put_in(generation, c.task_id, data);
-            if !matches!(kept, Ok(true))
-                && let Some((kind, data)) = external
-            {
-                kind.release(&data);
+    let failed = |e: String| Ran {
+        result: Err(e),
+        format: 0,
+        duration,
+        external: None,
+    };
+    let data = match result {
+        Ok(data) => data,
+        Err(e) => return failed(e),
+    };
+    let (n, format) = (data.len(), data.format as i32);
+    let external = kind.filter(|k| k.holds_external(&c.payload));
+    let copy = external.as_ref().map(|_| data.clone());
+    match shared.store.put_in(generation, c.task_id, data) {
+        Ok(true) => Ran {
+            result: Ok(n),
+            format,
+            duration,
+            external,
+        },
+        kept => {
+            // Not kept (the store was cleared for a new session, or failed):
+            // nobody will ever commit what it holds, so let go of it here.
+            if let (Some(kind), Some(data)) = (&external, &copy) {
+                kind.release(data);
             }
             match kept {
-                Ok(_) => (Ok(n), format, duration),
-                Err(e) => (Err(e.to_string()), 0, duration),
+                Ok(_) => Ran {
+                    result: Ok(n),
+                    format,
+                    duration,
+                    external: None,
+                },
+                Err(e) => failed(e.to_string()),
             }
         }
-        Err(e) => (Err(e), 0, duration),
     }
 }
 
