@@ -1,7 +1,12 @@
-//! The daskrs client library: connect to a scheduler, run graphs, follow
-//! their progress, gather results. The `daskrs` command is built on it, and
-//! so is `daskrs local`, which runs a scheduler and workers in one process.
+//! The daskrs client library: connect to a scheduler, run graphs and SQL,
+//! follow their progress, gather results. The `daskrs` command is built on
+//! it, and so is `daskrs local`, which runs a scheduler and workers in one
+//! process.
+//!
+//! Without its `local` feature the library must not depend on the
+//! scheduler, the worker or DataFusion: it speaks the wire protocol only.
 
+#[cfg(feature = "local")]
 pub mod local;
 pub mod output;
 pub mod sql;
@@ -9,9 +14,10 @@ pub mod sql;
 use std::time::Duration;
 
 use bytes::Bytes;
+use daskrs_core::DataFormat;
 use daskrs_core::TaskSpec;
 use daskrs_proto::scheduler_client::SchedulerClient;
-use daskrs_proto::{DataFormat, RunRequest, run_event, run_request};
+use daskrs_proto::{RunRequest, run_event, run_request};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -83,9 +89,20 @@ pub struct Client {
 /// A finished graph whose results stay on the workers until this is dropped.
 pub struct Finished {
     pub graph_id: u64,
+    /// Tasks the scheduler accepted for the graph.
+    pub tasks: u64,
     pub outputs: Vec<daskrs_proto::OutputInfo>,
+    /// For SQL: the graph the scheduler planned.
+    pub planned: Option<daskrs_proto::SqlPlanned>,
     // Closing the request stream releases the graph on the scheduler.
     _hold: mpsc::Sender<RunRequest>,
+}
+
+/// How a Run stream ended well.
+pub(crate) enum Ran {
+    Graph(Finished),
+    /// SQL the scheduler answered itself, as an Arrow IPC stream.
+    Local(Bytes),
 }
 
 impl Client {
@@ -107,17 +124,29 @@ impl Client {
     pub async fn run(
         &self,
         graph: Graph,
-        mut progress: impl FnMut(Progress),
+        progress: impl FnMut(Progress),
     ) -> Result<Finished, Error> {
+        let submit = run_request::Msg::Submit(daskrs_proto::SubmitGraph {
+            tasks: graph.tasks.into_iter().map(Into::into).collect(),
+            outputs: graph.outputs,
+            name: graph.name,
+        });
+        match self.start(submit, progress).await? {
+            Ran::Graph(finished) => Ok(finished),
+            Ran::Local(_) => Err(Error::Status(tonic::Status::internal(
+                "the scheduler answered a graph with a SQL result",
+            ))),
+        }
+    }
+
+    /// Opens a Run stream with `msg` and follows it to its end.
+    pub(crate) async fn start(
+        &self,
+        msg: run_request::Msg,
+        mut progress: impl FnMut(Progress),
+    ) -> Result<Ran, Error> {
         let (tx, rx) = mpsc::channel(1);
-        let submit = RunRequest {
-            msg: Some(run_request::Msg::Submit(daskrs_proto::SubmitGraph {
-                tasks: graph.tasks.into_iter().map(Into::into).collect(),
-                outputs: graph.outputs,
-                name: graph.name,
-            })),
-        };
-        tx.send(submit)
+        tx.send(RunRequest { msg: Some(msg) })
             .await
             .map_err(|_| Error::Lost("request stream closed".into()))?;
         let mut grpc = self.grpc.clone();
@@ -131,11 +160,16 @@ impl Client {
             })?
             .into_inner();
         let mut graph_id = 0;
+        let mut tasks = 0;
+        let mut planned = None;
         while let Some(ev) = events.next().await {
             let ev = ev.map_err(|s| Error::Lost(s.message().to_string()))?;
             match ev.event {
+                Some(run_event::Event::Planned(p)) => planned = Some(p),
+                Some(run_event::Event::Local(answer)) => return Ok(Ran::Local(answer.into())),
                 Some(run_event::Event::Accepted(a)) => {
                     graph_id = a.graph_id;
+                    tasks = a.tasks;
                     progress(Progress {
                         total: a.tasks,
                         ..Progress::default()
@@ -147,11 +181,13 @@ impl Client {
                     processing: p.processing,
                 }),
                 Some(run_event::Event::Finished(f)) => {
-                    return Ok(Finished {
+                    return Ok(Ran::Graph(Finished {
                         graph_id,
+                        tasks,
                         outputs: f.outputs,
+                        planned,
                         _hold: tx,
-                    });
+                    }));
                 }
                 Some(run_event::Event::Failed(f)) => {
                     return Err(Error::Failed {

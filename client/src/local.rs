@@ -74,6 +74,7 @@ impl LocalCluster {
                 contact_address: None,
                 shutdown_timeout: Duration::from_secs(10),
                 pause_on_process_memory: false,
+                port_file: None,
             };
             workers.push(tokio::spawn(daskrs_worker::run(
                 wc,

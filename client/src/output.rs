@@ -1,21 +1,27 @@
 //! Printing results for people (text) and programs (JSON).
 
+use std::io::Cursor;
+
 use arrow::array::Array;
+use arrow::ipc::reader::StreamReader;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
-use daskrs_proto::DataFormat;
+use daskrs_core::DataFormat;
 
 use crate::Output;
 
 /// Values of an Arrow result as display strings, at most `limit` of them, and the total count.
 pub fn values(o: &Output, limit: usize) -> Result<(Vec<String>, usize), String> {
-    let data = daskrs_worker::data::Data {
-        format: o.format,
-        bytes: o.bytes.clone(),
-    };
+    let reader = StreamReader::try_new(Cursor::new(&o.bytes[..]), None)
+        .map_err(|e| format!("corrupt Arrow IPC stream: {e}"))?;
     let mut out = Vec::new();
     let mut total = 0;
     let opts = FormatOptions::default().with_null("null");
-    for a in data.arrays()? {
+    for batch in reader {
+        let batch = batch.map_err(|e| format!("corrupt Arrow IPC stream: {e}"))?;
+        if batch.num_columns() == 0 {
+            continue;
+        }
+        let a = batch.column(0);
         total += a.len();
         let f = ArrayFormatter::try_new(a.as_ref(), &opts).map_err(|e| e.to_string())?;
         for i in 0..a.len() {

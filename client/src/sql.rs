@@ -7,9 +7,9 @@ use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::StreamReader;
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
-use daskrs_proto::{SqlRequest, sql_response};
+use daskrs_proto::{SqlRequest, run_request, sql_response};
 
-use crate::{Client, Error, Graph, Progress};
+use crate::{Client, Error, Graph, Progress, Ran};
 
 /// A query's answer.
 #[derive(Debug, Clone)]
@@ -55,8 +55,15 @@ impl Client {
             Some(sql_response::Result::Local(b)) => Ok(Plan::Local(Bytes::from(b))),
             Some(sql_response::Result::Query(q)) => Ok(Plan::Query {
                 graph: Graph {
-                    name: first_line(sql),
-                    tasks: q.tasks.into_iter().map(Into::into).collect(),
+                    name: daskrs_core::graph::query_name(sql),
+                    tasks: q
+                        .tasks
+                        .into_iter()
+                        .map(TryInto::try_into)
+                        .collect::<Result<_, _>>()
+                        .map_err(|e: daskrs_proto::convert::DecodeError| {
+                            Error::Status(tonic::Status::internal(e.to_string()))
+                        })?,
                     outputs: q.outputs,
                 },
                 explain: q.explain,
@@ -68,42 +75,43 @@ impl Client {
         }
     }
 
-    /// Runs `sql` on the cluster and gathers its answer.
+    /// Runs `sql` on the cluster and gathers its answer. The scheduler plans
+    /// and starts it in the same call.
     pub async fn sql(&self, sql: &str, progress: impl FnMut(Progress)) -> Result<Answer, Error> {
-        match self.plan_sql(sql).await? {
-            Plan::Local(bytes) => {
+        let msg = run_request::Msg::Sql(daskrs_proto::SubmitSql {
+            sql: sql.to_string(),
+        });
+        let finished = match self.start(msg, progress).await? {
+            Ran::Local(bytes) => {
                 let (schema, batches) = read_ipc("the scheduler's answer", &bytes)?;
-                Ok(Answer {
+                return Ok(Answer {
                     schema,
                     batches,
                     stages: 0,
                     tasks: 0,
-                })
+                });
             }
-            Plan::Query { graph, stages, .. } => {
-                let tasks = graph.tasks.len();
-                let keys = graph.outputs.clone();
-                let finished = self.run(graph, progress).await?;
-                let mut schema = None;
-                let mut batches = Vec::new();
-                for key in &keys {
-                    let out = self.gather(&finished, key).await?;
-                    let (s, b) = read_ipc(key, &out.bytes)?;
-                    schema.get_or_insert(s);
-                    batches.extend(b);
-                }
-                let schema = schema.ok_or_else(|| Error::Gather {
-                    key: String::new(),
-                    message: "the query has no output".into(),
-                })?;
-                Ok(Answer {
-                    schema,
-                    batches,
-                    stages,
-                    tasks,
-                })
-            }
+            Ran::Graph(finished) => finished,
+        };
+        let planned = finished.planned.clone().unwrap_or_default();
+        let mut schema = None;
+        let mut batches = Vec::new();
+        for key in &planned.outputs {
+            let out = self.gather(&finished, key).await?;
+            let (s, b) = read_ipc(key, &out.bytes)?;
+            schema.get_or_insert(s);
+            batches.extend(b);
         }
+        let schema = schema.ok_or_else(|| Error::Gather {
+            key: String::new(),
+            message: "the query has no output".into(),
+        })?;
+        Ok(Answer {
+            schema,
+            batches,
+            stages: planned.stages as usize,
+            tasks: finished.tasks as usize,
+        })
     }
 }
 
@@ -116,13 +124,4 @@ fn read_ipc(what: &str, bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>), E
     let schema = reader.schema();
     let batches = reader.collect::<Result<Vec<_>, _>>().map_err(bad)?;
     Ok((schema, batches))
-}
-
-fn first_line(sql: &str) -> String {
-    let line = sql
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with("--"))
-        .unwrap_or("sql");
-    line.chars().take(80).collect()
 }

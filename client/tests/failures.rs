@@ -218,12 +218,10 @@ async fn sigterm_drains_a_worker_without_losing_results() {
         .await
         .unwrap();
     cluster.workers[1].signal("TERM");
-    let started = Instant::now();
     let status = cluster.workers[1]
         .wait_exit(Duration::from_secs(20))
         .expect("worker exits on SIGTERM");
     assert!(status.success(), "{status:?}");
-    assert!(started.elapsed() < Duration::from_secs(20));
     for i in 0..20i64 {
         assert_eq!(
             ints(&client.gather(&finished, &format!("r{i}")).await.unwrap()),

@@ -315,6 +315,17 @@ fn depth_first_order(inputs: &[Vec<u32>], dependents: &[Vec<u32>]) -> Vec<u32> {
     order
 }
 
+/// The name a SQL query's graph goes by in logs and the dashboard: its
+/// first line that is not a comment, at most 80 characters.
+pub fn query_name(sql: &str) -> String {
+    let line = sql
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("--"))
+        .unwrap_or("sql");
+    line.chars().take(80).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

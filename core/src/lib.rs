@@ -2,14 +2,17 @@
 //! validation, task states, the built-in task kinds' arguments, byte sizes.
 //!
 //! This crate does no I/O and links neither tonic nor kube: it is what the
-//! scheduler's state machine, the workers and the client agree on.
+//! scheduler's state machine, the workers and the client agree on. It must
+//! not depend on any other daskrs crate, on tonic, kube or DataFusion.
 
 pub mod bytesize;
 pub mod graph;
 pub mod json;
 pub mod kinds;
 pub mod state;
+pub mod task;
 
 pub use bytesize::ByteSize;
 pub use graph::{GraphError, TaskSpec, ValidGraph, validate};
 pub use state::TaskState;
+pub use task::{Assignment, DataFormat, Input, Location, Priority};

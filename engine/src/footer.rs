@@ -99,10 +99,21 @@ pub fn footer_problem(tail: &[u8], size: u64) -> Option<String> {
     None
 }
 
+/// An object named `.parquet` whose bytes are not Parquet.
+#[derive(Debug, thiserror::Error)]
+#[error("{location} is not a valid Parquet file: {why}")]
+pub struct NotParquet {
+    pub location: String,
+    pub why: String,
+}
+
 fn corrupt(location: &Path, why: String) -> object_store::Error {
     object_store::Error::Generic {
         store: "Parquet",
-        source: format!("{location} is not a valid Parquet file: {why}").into(),
+        source: Box::new(NotParquet {
+            location: location.to_string(),
+            why,
+        }),
     }
 }
 
@@ -198,7 +209,7 @@ mod tests {
     use super::footer_problem;
 
     #[test]
-    fn footers() {
+    fn a_tail_that_is_not_a_parquet_footer_says_why() {
         let mut good = b"PAR1".to_vec();
         good.extend([0u8; 20]);
         good.extend(20u32.to_le_bytes());

@@ -6,6 +6,9 @@
 //! [`stage::Executor`]: it reads the plan fragment, feeds the pieces of its
 //! upstream stages into the fragment's [`reader::StageReaderExec`] leaves,
 //! and returns its output whole or cut into pieces for the next shuffle.
+//!
+//! It must not depend on the scheduler, the worker or the network: it
+//! plans and runs, and leaves moving bytes to them.
 
 pub mod compare;
 pub mod error;
@@ -21,6 +24,7 @@ pub mod tpch;
 pub mod urls;
 pub mod write;
 
+pub use error::Error;
 pub use planner::{Planned, Planner, Query};
 pub use s3::{S3Access, S3Settings};
 pub use stage::{Executor, KIND as STAGE_KIND, StageOutput};

@@ -14,6 +14,7 @@ use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::{DFParser, Statement};
 use prost::Message;
 
+use crate::Error;
 use crate::reader::{Codec, Layout};
 use crate::s3::S3Access;
 use crate::session::{Tuning, context};
@@ -57,11 +58,11 @@ impl Planner {
 
     /// Plans `sql` (one or more statements; only the last may be a query)
     /// for a cluster whose workers have `threads` threads in all.
-    pub async fn plan(&self, sql: &str, threads: usize) -> Result<Planned, String> {
-        let describe = |e: DataFusionError| crate::error::describe(&e);
+    pub async fn plan(&self, sql: &str, threads: usize) -> Result<Planned, Error> {
+        let describe = |e: DataFusionError| Error::from_datafusion(&e);
         let statements = DFParser::parse_sql(sql).map_err(describe)?;
         if statements.is_empty() {
-            return Err("no SQL statement given".into());
+            return Err(Error::BadSql("no SQL statement given".into()));
         }
         let mut state = self.ctx.state();
         crate::session::set_tasks(state.config_mut().options_mut(), threads);
@@ -70,10 +71,10 @@ impl Planner {
         let mut last_local = Vec::new();
         for (i, statement) in statements.into_iter().enumerate() {
             if is_explain_analyze(&statement) {
-                return Err(
+                return Err(Error::BadSql(
                     "EXPLAIN ANALYZE is not supported; use --explain to see the distributed plan"
                         .into(),
-                );
+                ));
             }
             let plan = state.statement_to_plan(statement).await.map_err(describe)?;
             // DataFusion reads globs only in the last part of local paths:
@@ -85,7 +86,7 @@ impl Planner {
             {
                 let exists = session.table_exist(c.name.clone()).unwrap_or(false);
                 if exists && !c.if_not_exists && !c.or_replace {
-                    return Err(format!("table '{}' already exists", c.name));
+                    return Err(Error::BadSql(format!("table '{}' already exists", c.name)));
                 }
                 let urls = if exists && c.if_not_exists {
                     Some(Vec::new())
@@ -126,18 +127,20 @@ impl Planner {
                 continue;
             }
             if i + 1 != n {
-                return Err(format!(
+                return Err(Error::BadSql(format!(
                     "statement {} of {n} is a query; only the last statement may be one",
                     i + 1
-                ));
+                )));
             }
             if let LogicalPlan::Copy(copy) = &plan {
                 if !copy.partition_by.is_empty() {
-                    return Err("COPY ... PARTITIONED BY is not supported; write one file per partition to a directory instead".into());
+                    return Err(Error::BadSql("COPY ... PARTITIONED BY is not supported; write one file per partition to a directory instead".into()));
                 }
                 let format = copy.file_type.get_ext().to_ascii_lowercase();
                 if !matches!(format.as_str(), "parquet" | "csv" | "json") {
-                    return Err(format!("COPY writes PARQUET, CSV or JSON, not {format}"));
+                    return Err(Error::BadSql(format!(
+                        "COPY writes PARQUET, CSV or JSON, not {format}"
+                    )));
                 }
                 let physical = state
                     .create_physical_plan(&copy.input)
@@ -157,9 +160,9 @@ impl Planner {
                 return distribute_with(physical, Some(target)).map(Planned::Query);
             }
             if matches!(plan, LogicalPlan::Dml(_)) {
-                return Err(
+                return Err(Error::BadSql(
                     "INSERT, UPDATE and DELETE are not supported; use COPY (query) TO".into(),
-                );
+                ));
             }
             let physical = state.create_physical_plan(&plan).await.map_err(describe)?;
             return distribute(physical).map(Planned::Query);
@@ -203,12 +206,12 @@ fn is_catalog_query(plan: &LogicalPlan) -> bool {
     any_scan && only_catalog
 }
 
-fn ipc(batches: &[RecordBatch]) -> Result<Bytes, String> {
+fn ipc(batches: &[RecordBatch]) -> Result<Bytes, Error> {
     let schema = match batches.first() {
         Some(b) => b.schema(),
         None => Arc::new(arrow::datatypes::Schema::empty()),
     };
-    crate::stage::ipc_bytes(schema, batches).map_err(|e| crate::error::describe(&e))
+    Ok(crate::stage::ipc_bytes(schema, batches)?)
 }
 
 fn key(stage: u32, task: usize) -> String {
@@ -224,7 +227,7 @@ fn query_id() -> String {
 }
 
 /// One task per partition of every stage.
-pub fn distribute(physical: Arc<dyn ExecutionPlan>) -> Result<Query, String> {
+pub fn distribute(physical: Arc<dyn ExecutionPlan>) -> Result<Query, Error> {
     distribute_with(physical, None)
 }
 
@@ -233,10 +236,9 @@ pub fn distribute(physical: Arc<dyn ExecutionPlan>) -> Result<Query, String> {
 pub fn distribute_with(
     physical: Arc<dyn ExecutionPlan>,
     write: Option<crate::write::WriteTarget>,
-) -> Result<Query, String> {
-    let describe = |e: DataFusionError| crate::error::describe(&e);
-    let physical = crate::rewrite::for_tasks(physical).map_err(describe)?;
-    let stages = split(physical).map_err(describe)?;
+) -> Result<Query, Error> {
+    let physical = crate::rewrite::for_tasks(physical)?;
+    let stages = split(physical)?;
     let codec = Codec::default();
     let mut tasks = Vec::new();
     // What each stage reads, for the explanation: (upstream stage, layout).
@@ -247,11 +249,8 @@ pub fn distribute_with(
             &codec,
         )
         .map_err(|e| {
-            format!(
-                "stage {} cannot be sent to workers: {}",
-                stage.id,
-                describe(e)
-            )
+            Error::from_datafusion(&e)
+                .context(format!("stage {} cannot be sent to workers", stage.id))
         })?;
         let pieces = match stage.output {
             Output::Whole => 0,
@@ -263,10 +262,10 @@ pub fn distribute_with(
             && !w.directory
             && stage.tasks != 1
         {
-            return Err(format!(
+            return Err(Error::BadSql(format!(
                 "the query has {} partitions; COPY it to a directory (a URL ending in /), one file per partition",
                 stage.tasks
-            ));
+            )));
         }
         for j in 0..stage.tasks {
             let mut deps = Vec::new();

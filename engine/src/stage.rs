@@ -86,31 +86,32 @@ impl Executor {
         &self,
         payload: &[u8],
         inputs: Vec<Bytes>,
-    ) -> std::result::Result<StageOutput, String> {
-        let task =
-            StageTask::decode(payload).map_err(|e| format!("corrupt sql.stage payload: {e}"))?;
+    ) -> std::result::Result<StageOutput, crate::Error> {
+        use crate::Error;
+        let task = StageTask::decode(payload)
+            .map_err(|e| Error::Corrupt(format!("corrupt sql.stage payload: {e}")))?;
         if task.slots.len() != inputs.len() {
-            return Err(format!(
+            return Err(Error::Corrupt(format!(
                 "the task has {} inputs but its payload describes {}",
                 inputs.len(),
                 task.slots.len()
-            ));
+            )));
         }
         if task.commit {
             let mut manifests = Vec::new();
             for (i, bytes) in inputs.into_iter().enumerate() {
+                let corrupt = |e| Error::Corrupt(format!("input {i} of the commit: {e}"));
                 let reader =
                     arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
-                        .map_err(|e| format!("input {i} of the commit: {e}"))?;
+                        .map_err(corrupt)?;
                 for b in reader {
-                    manifests.push(b.map_err(|e| format!("input {i} of the commit: {e}"))?);
+                    manifests.push(b.map_err(corrupt)?);
                 }
             }
             let done = self
                 .runtime
-                .block_on(crate::write::commit(manifests, self.s3.as_ref()))
-                .map_err(|e| crate::error::describe(&e))?;
-            return one_batch(done).map_err(|e| crate::error::describe(&e));
+                .block_on(crate::write::commit(manifests, self.s3.as_ref()))?;
+            return Ok(one_batch(done)?);
         }
         let mut data: InputData = HashMap::new();
         for (slot, bytes) in task.slots.iter().zip(inputs) {
@@ -125,10 +126,16 @@ impl Executor {
         let plan = datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
             &task.plan, &task_ctx, &codec,
         )
-        .map_err(|e| format!("cannot read the plan of stage {}: {e}", task.stage))?;
-        self.runtime
-            .block_on(execute(plan, &task, task_ctx, self.s3.as_ref()))
-            .map_err(|e| crate::error::describe(&e))
+        .map_err(|e| {
+            Error::Corrupt(format!(
+                "cannot read the plan of stage {}: {}",
+                task.stage,
+                crate::error::describe(&e)
+            ))
+        })?;
+        Ok(self
+            .runtime
+            .block_on(execute(plan, &task, task_ctx, self.s3.as_ref()))?)
     }
 }
 

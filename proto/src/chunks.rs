@@ -3,7 +3,9 @@
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 
-use crate::{DataChunk, DataFormat};
+use daskrs_core::DataFormat;
+
+use crate::DataChunk;
 
 /// Size of one chunk of a result on the wire.
 pub const CHUNK_SIZE: usize = 1 << 20;
@@ -17,7 +19,11 @@ pub fn split(format: DataFormat, data: Bytes) -> Vec<DataChunk> {
     loop {
         let end = (offset + CHUNK_SIZE).min(data.len());
         out.push(DataChunk {
-            format: if offset == 0 { format as i32 } else { 0 },
+            format: if offset == 0 {
+                crate::DataFormat::from(format) as i32
+            } else {
+                0
+            },
             total_bytes: if offset == 0 { total } else { 0 },
             data: data.slice(offset..end),
         });
@@ -37,6 +43,8 @@ pub enum AssembleError {
     #[error("stream was empty")]
     Empty,
     #[error(transparent)]
+    Format(crate::convert::DecodeError),
+    #[error(transparent)]
     Status(#[from] tonic::Status),
 }
 
@@ -46,7 +54,7 @@ where
     S: Stream<Item = Result<DataChunk, tonic::Status>> + Unpin,
 {
     let first = stream.next().await.ok_or(AssembleError::Empty)??;
-    let format = DataFormat::try_from(first.format).unwrap_or(DataFormat::Opaque);
+    let format = crate::convert::data_format(first.format).map_err(AssembleError::Format)?;
     let want = first.total_bytes;
     if first.data.len() as u64 == want {
         // A small result arrives whole: keep its buffer as it is.

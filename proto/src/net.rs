@@ -1,6 +1,8 @@
 //! Every gRPC channel and server is built here, so message limits, keepalives
 //! and timeouts are set once.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint, Server};
@@ -58,6 +60,26 @@ pub fn connect_lazy(address: &str) -> Result<Channel, AddressError> {
     Ok(endpoint(address)?.connect_lazy())
 }
 
+/// Channels to peers, one per address, made on first use and shared by
+/// every task that talks to that peer (HTTP/2 multiplexes their calls).
+#[derive(Clone, Default)]
+pub struct Channels {
+    inner: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Channels {
+    pub fn get(&self, address: &str) -> Result<Channel, AddressError> {
+        // A panic elsewhere while holding the lock leaves a plain map behind.
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = m.get(address) {
+            return Ok(c.clone());
+        }
+        let c = connect_lazy(address)?;
+        m.insert(address.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error(transparent)]
@@ -67,6 +89,20 @@ pub enum ConnectError {
         address: String,
         source: tonic::transport::Error,
     },
+}
+
+/// Writes the ports a server listens on to `path` as one JSON object
+/// (`{"grpc": 40123, "http": 40124}`), whole or not at all: whoever started
+/// the server with port 0 learns what it got, and never reads half a file.
+pub fn write_port_file(path: &std::path::Path, ports: &[(&str, u16)]) -> std::io::Result<()> {
+    let body: Vec<String> = ports
+        .iter()
+        .map(|(name, port)| format!("\"{name}\": {port}"))
+        .collect();
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{{{}}}\n", body.join(", ")))?;
+    std::fs::rename(&tmp, path)
 }
 
 /// A server with the same limits as the channels.

@@ -4,7 +4,8 @@
 //!
 //! The state machine is synchronous and does no I/O; the services decode,
 //! call it under one lock, and send what it put in its outbox. It never
-//! moves bulk data between workers: it only says who holds what.
+//! moves bulk data between workers: it only says who holds what. It must not
+//! depend on the worker or the client.
 
 pub mod http;
 pub mod metrics;

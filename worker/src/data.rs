@@ -8,7 +8,9 @@ use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
-use daskrs_proto::DataFormat;
+use daskrs_core::DataFormat;
+
+use crate::TaskError;
 
 /// One result: its bytes and how to read them.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,18 +40,19 @@ impl Data {
     }
 
     /// One array as a single-column Arrow IPC stream (column `value`).
-    pub fn from_array(array: ArrayRef) -> Result<Data, String> {
+    pub fn from_array(array: ArrayRef) -> Result<Data, TaskError> {
+        let failed = |e: arrow::error::ArrowError| TaskError::Failed(e.to_string());
         let schema = Arc::new(Schema::new(vec![Field::new(
             "value",
             array.data_type().clone(),
             true,
         )]));
-        let batch = RecordBatch::try_new(schema.clone(), vec![array]).map_err(|e| e.to_string())?;
+        let batch = RecordBatch::try_new(schema.clone(), vec![array]).map_err(failed)?;
         let mut buf = Vec::new();
         {
-            let mut w = StreamWriter::try_new(&mut buf, &schema).map_err(|e| e.to_string())?;
-            w.write(&batch).map_err(|e| e.to_string())?;
-            w.finish().map_err(|e| e.to_string())?;
+            let mut w = StreamWriter::try_new(&mut buf, &schema).map_err(failed)?;
+            w.write(&batch).map_err(failed)?;
+            w.finish().map_err(failed)?;
         }
         Ok(Data {
             format: DataFormat::Arrow,
@@ -66,37 +69,37 @@ impl Data {
     }
 
     /// Piece `i` of a result in pieces, as the Arrow stream it is.
-    pub fn piece(&self, i: u32) -> Result<Data, String> {
+    pub fn piece(&self, i: u32) -> Result<Data, TaskError> {
         if self.format != DataFormat::Pieces {
-            return Err(format!(
+            return Err(TaskError::Corrupt(format!(
                 "piece {i} asked of a result of {} data",
                 self.format.name()
-            ));
+            )));
         }
         Ok(Data {
             format: DataFormat::Arrow,
-            bytes: daskrs_proto::pieces::piece(&self.bytes, i as usize)?,
+            bytes: daskrs_proto::pieces::piece(&self.bytes, i as usize)
+                .map_err(TaskError::Corrupt)?,
         })
     }
 
     /// The record batches of an Arrow result.
-    pub fn batches(&self) -> Result<Vec<RecordBatch>, String> {
+    pub fn batches(&self) -> Result<Vec<RecordBatch>, TaskError> {
         if self.format != DataFormat::Arrow {
-            return Err(format!(
+            return Err(TaskError::Corrupt(format!(
                 "expected an Arrow result, got {} bytes of {} data",
                 self.bytes.len(),
                 self.format.name()
-            ));
+            )));
         }
-        let reader = StreamReader::try_new(std::io::Cursor::new(&self.bytes[..]), None)
-            .map_err(|e| format!("corrupt Arrow IPC stream: {e}"))?;
-        reader
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("corrupt Arrow IPC stream: {e}"))
+        let corrupt = |e| TaskError::Corrupt(format!("corrupt Arrow IPC stream: {e}"));
+        let reader =
+            StreamReader::try_new(std::io::Cursor::new(&self.bytes[..]), None).map_err(corrupt)?;
+        reader.collect::<Result<Vec<_>, _>>().map_err(corrupt)
     }
 
     /// The first column of every batch, in order.
-    pub fn arrays(&self) -> Result<Vec<ArrayRef>, String> {
+    pub fn arrays(&self) -> Result<Vec<ArrayRef>, TaskError> {
         Ok(self
             .batches()?
             .into_iter()
@@ -108,27 +111,27 @@ impl Data {
 
 /// Concatenates arrays that may be of different numeric types, as Float64
 /// when the types differ.
-pub fn concat_numeric(arrays: &[ArrayRef]) -> Result<ArrayRef, String> {
+pub fn concat_numeric(arrays: &[ArrayRef]) -> Result<ArrayRef, TaskError> {
     let arrays = unify(arrays)?;
     let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
     if refs.is_empty() {
         return Ok(Arc::new(arrow::array::Int64Array::from(Vec::<i64>::new())));
     }
-    arrow::compute::concat(&refs).map_err(|e| e.to_string())
+    arrow::compute::concat(&refs).map_err(|e| TaskError::Failed(e.to_string()))
 }
 
 /// Casts arrays to one type: their own when they agree, Float64 otherwise.
-pub fn unify(arrays: &[ArrayRef]) -> Result<Vec<ArrayRef>, String> {
+pub fn unify(arrays: &[ArrayRef]) -> Result<Vec<ArrayRef>, TaskError> {
     use arrow::datatypes::DataType;
     let Some(first) = arrays.first() else {
         return Ok(Vec::new());
     };
     for a in arrays {
         if !a.data_type().is_numeric() {
-            return Err(format!(
+            return Err(TaskError::Failed(format!(
                 "expected numbers, got an array of {}",
                 a.data_type()
-            ));
+            )));
         }
     }
     if arrays.iter().all(|a| a.data_type() == first.data_type()) {
@@ -136,6 +139,9 @@ pub fn unify(arrays: &[ArrayRef]) -> Result<Vec<ArrayRef>, String> {
     }
     arrays
         .iter()
-        .map(|a| arrow::compute::cast(a, &DataType::Float64).map_err(|e| e.to_string()))
+        .map(|a| {
+            arrow::compute::cast(a, &DataType::Float64)
+                .map_err(|e| TaskError::Failed(e.to_string()))
+        })
         .collect()
 }

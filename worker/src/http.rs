@@ -16,7 +16,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     ready: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<()>, Error> {
+) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), Error> {
     let app = Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route(
@@ -45,11 +45,15 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Listen { addr, source })?;
-    Ok(tokio::spawn(async move {
+    let bound = listener
+        .local_addr()
+        .map_err(|source| Error::Listen { addr, source })?;
+    let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await;
-    }))
+    });
+    Ok((task, bound))
 }

@@ -10,12 +10,13 @@ use daskrs_core::kinds::{
     BlobArgs, FailArgs, LiteralArgs, RandomArgs, RangeArgs, SleepArgs, parse_args,
 };
 
+use crate::TaskError;
 use crate::data::{Data, concat_numeric, unify};
 
 /// Something a worker can run: takes the task's payload and its inputs'
 /// results, in the order of its dependencies, and returns its result.
 pub trait TaskKind: Send + Sync {
-    fn run(&self, payload: &[u8], inputs: &[Data]) -> Result<Data, String>;
+    fn run(&self, payload: &[u8], inputs: &[Data]) -> Result<Data, TaskError>;
 
     /// Whether results of the task with this payload hold something outside
     /// the worker (an upload not yet committed) that [`TaskKind::release`]
@@ -31,9 +32,9 @@ pub trait TaskKind: Send + Sync {
 
 impl<F> TaskKind for F
 where
-    F: Fn(&[u8], &[Data]) -> Result<Data, String> + Send + Sync,
+    F: Fn(&[u8], &[Data]) -> Result<Data, TaskError> + Send + Sync,
 {
-    fn run(&self, payload: &[u8], inputs: &[Data]) -> Result<Data, String> {
+    fn run(&self, payload: &[u8], inputs: &[Data]) -> Result<Data, TaskError> {
         self(payload, inputs)
     }
 }
@@ -101,20 +102,20 @@ impl Registry {
 struct SqlStage(Arc<daskrs_engine::Executor>);
 
 impl TaskKind for SqlStage {
-    fn run(&self, payload: &[u8], inputs: &[Data]) -> Result<Data, String> {
+    fn run(&self, payload: &[u8], inputs: &[Data]) -> Result<Data, TaskError> {
         let mut streams = Vec::with_capacity(inputs.len());
         for (i, d) in inputs.iter().enumerate() {
-            if d.format != daskrs_proto::DataFormat::Arrow {
-                return Err(format!(
+            if d.format != daskrs_core::DataFormat::Arrow {
+                return Err(TaskError::Corrupt(format!(
                     "input {i} is {} data, not the Arrow output of a stage",
                     d.format.name()
-                ));
+                )));
             }
             streams.push(d.bytes.clone());
         }
         match self.0.run(payload, streams)? {
             daskrs_engine::StageOutput::Whole(bytes) => Ok(Data {
-                format: daskrs_proto::DataFormat::Arrow,
+                format: daskrs_core::DataFormat::Arrow,
                 bytes,
             }),
             daskrs_engine::StageOutput::Pieces(p) => Ok(Data::pieces(&p)),
@@ -126,14 +127,14 @@ impl TaskKind for SqlStage {
     }
 
     fn release(&self, result: &Data) {
-        if result.format == daskrs_proto::DataFormat::Arrow {
+        if result.format == daskrs_core::DataFormat::Arrow {
             self.0.release(result.bytes.clone());
         }
     }
 }
 
-fn literal(payload: &[u8], _: &[Data]) -> Result<Data, String> {
-    let a: LiteralArgs = parse_args("literal", payload)?;
+fn literal(payload: &[u8], _: &[Data]) -> Result<Data, TaskError> {
+    let a: LiteralArgs = parse_args("literal", payload).map_err(TaskError::Failed)?;
     let array: ArrayRef = if a.values.iter().all(|v| v.is_i64()) {
         Arc::new(Int64Array::from_iter_values(
             a.values.iter().filter_map(|v| v.as_i64()),
@@ -146,9 +147,9 @@ fn literal(payload: &[u8], _: &[Data]) -> Result<Data, String> {
     Data::from_array(array)
 }
 
-fn range(payload: &[u8], _: &[Data]) -> Result<Data, String> {
-    let a: RangeArgs = parse_args("range", payload)?;
-    daskrs_core::kinds::check("range", payload, 0)?;
+fn range(payload: &[u8], _: &[Data]) -> Result<Data, TaskError> {
+    let a: RangeArgs = parse_args("range", payload).map_err(TaskError::Failed)?;
+    daskrs_core::kinds::check("range", payload, 0).map_err(TaskError::Failed)?;
     let values: Vec<i64> = if a.step > 0 {
         (a.start..a.stop).step_by(a.step as usize).collect()
     } else {
@@ -163,9 +164,9 @@ fn range(payload: &[u8], _: &[Data]) -> Result<Data, String> {
     Data::from_array(Arc::new(Int64Array::from(values)))
 }
 
-fn random(payload: &[u8], _: &[Data]) -> Result<Data, String> {
-    let a: RandomArgs = parse_args("random", payload)?;
-    daskrs_core::kinds::check("random", payload, 0)?;
+fn random(payload: &[u8], _: &[Data]) -> Result<Data, TaskError> {
+    let a: RandomArgs = parse_args("random", payload).map_err(TaskError::Failed)?;
+    daskrs_core::kinds::check("random", payload, 0).map_err(TaskError::Failed)?;
     // splitmix64: fast, and the same numbers for the same seed everywhere.
     let mut state = a.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let values = (0..a.n).map(|_| {
@@ -188,10 +189,10 @@ enum Op {
 }
 
 /// Folds the inputs element-wise; an input of length one is broadcast.
-fn elementwise(_: &[u8], inputs: &[Data], op: Op) -> Result<Data, String> {
+fn elementwise(_: &[u8], inputs: &[Data], op: Op) -> Result<Data, TaskError> {
     let mut arrays = Vec::with_capacity(inputs.len());
     for (i, d) in inputs.iter().enumerate() {
-        let a = concat_numeric(&d.arrays().map_err(|e| format!("input {i}: {e}"))?)?;
+        let a = concat_numeric(&d.arrays().map_err(|e| e.context(format!("input {i}")))?)?;
         arrays.push(a);
     }
     let arrays = unify(&arrays)?;
@@ -202,12 +203,12 @@ fn elementwise(_: &[u8], inputs: &[Data], op: Op) -> Result<Data, String> {
             (1, _) => apply(op, &Scalar::new(acc.clone()), b),
             (_, 1) => apply(op, &acc, &Scalar::new(b.clone())),
             (x, y) => {
-                return Err(format!(
+                return Err(TaskError::Failed(format!(
                     "input {i} has {y} values but the ones before it have {x}; lengths must match or be 1"
-                ));
+                )));
             }
         };
-        acc = result.map_err(|e| format!("input {i}: {e}"))?;
+        acc = result.map_err(|e| TaskError::Failed(format!("input {i}: {e}")))?;
     }
     Data::from_array(acc)
 }
@@ -234,10 +235,10 @@ enum Reduce {
 }
 
 /// Reduces every value of every input to one value.
-fn reduce(inputs: &[Data], how: Reduce) -> Result<Data, String> {
+fn reduce(inputs: &[Data], how: Reduce) -> Result<Data, TaskError> {
     let mut all = Vec::new();
     for (i, d) in inputs.iter().enumerate() {
-        all.extend(d.arrays().map_err(|e| format!("input {i}: {e}"))?);
+        all.extend(d.arrays().map_err(|e| e.context(format!("input {i}")))?);
     }
     let values = concat_numeric(&all)?;
     use arrow::datatypes::DataType;
@@ -251,14 +252,16 @@ fn reduce(inputs: &[Data], how: Reduce) -> Result<Data, String> {
                 .downcast_ref::<Int64Array>()
                 .expect("Int64 data type");
             let v = match how {
-                Reduce::Sum => arrow::compute::sum_checked(a).map_err(|e| format!("sum: {e}"))?,
+                Reduce::Sum => arrow::compute::sum_checked(a)
+                    .map_err(|e| TaskError::Failed(format!("sum: {e}")))?,
                 Reduce::Min => arrow::compute::min(a),
                 _ => arrow::compute::max(a),
             };
             Arc::new(Int64Array::from(vec![v]))
         }
         (how, _) => {
-            let f = arrow::compute::cast(&values, &DataType::Float64).map_err(|e| e.to_string())?;
+            let f = arrow::compute::cast(&values, &DataType::Float64)
+                .map_err(|e| TaskError::Failed(e.to_string()))?;
             let a = f
                 .as_any()
                 .downcast_ref::<Float64Array>()
@@ -274,20 +277,20 @@ fn reduce(inputs: &[Data], how: Reduce) -> Result<Data, String> {
     Data::from_array(out)
 }
 
-fn sleep(payload: &[u8], inputs: &[Data]) -> Result<Data, String> {
-    let a: SleepArgs = parse_args("sleep", payload)?;
+fn sleep(payload: &[u8], inputs: &[Data]) -> Result<Data, TaskError> {
+    let a: SleepArgs = parse_args("sleep", payload).map_err(TaskError::Failed)?;
     std::thread::sleep(Duration::from_millis(a.ms));
     Ok(inputs.first().cloned().unwrap_or_else(Data::empty))
 }
 
-fn fail(payload: &[u8], _: &[Data]) -> Result<Data, String> {
-    let a: FailArgs = parse_args("fail", payload)?;
-    Err(a.message)
+fn fail(payload: &[u8], _: &[Data]) -> Result<Data, TaskError> {
+    let a: FailArgs = parse_args("fail", payload).map_err(TaskError::Failed)?;
+    Err(TaskError::Failed(a.message))
 }
 
-fn blob(payload: &[u8], _: &[Data]) -> Result<Data, String> {
-    let a: BlobArgs = parse_args("blob", payload)?;
-    daskrs_core::kinds::check("blob", payload, 0)?;
+fn blob(payload: &[u8], _: &[Data]) -> Result<Data, TaskError> {
+    let a: BlobArgs = parse_args("blob", payload).map_err(TaskError::Failed)?;
+    daskrs_core::kinds::check("blob", payload, 0).map_err(TaskError::Failed)?;
     let bytes: Vec<u8> = (0..a.bytes).map(|i| (i % 251) as u8).collect();
     Ok(Data::opaque(bytes))
 }
@@ -296,7 +299,7 @@ fn blob(payload: &[u8], _: &[Data]) -> Result<Data, String> {
 mod tests {
     use super::*;
 
-    fn run(kind: &str, payload: &str, inputs: &[Data]) -> Result<Data, String> {
+    fn run(kind: &str, payload: &str, inputs: &[Data]) -> Result<Data, TaskError> {
         Registry::builtin()
             .get(kind)
             .unwrap()
@@ -355,21 +358,33 @@ mod tests {
         let x = run("range", r#"{"start": 0, "stop": 5}"#, &[]).unwrap();
         let y = run("range", r#"{"start": 0, "stop": 3}"#, &[]).unwrap();
         let e = run("add", "", &[x.clone(), y]).unwrap_err();
-        assert!(e.contains("lengths must match"), "{e}");
+        assert!(
+            matches!(&e, TaskError::Failed(m) if m.contains("lengths must match")),
+            "{e}"
+        );
         let e = run("sum", "", &[Data::opaque(vec![1u8, 2, 3])]).unwrap_err();
-        assert!(e.contains("expected an Arrow result"), "{e}");
+        assert!(
+            matches!(&e, TaskError::Corrupt(m) if m.contains("expected an Arrow result")),
+            "{e}"
+        );
         let corrupt = Data {
-            format: daskrs_proto::DataFormat::Arrow,
+            format: daskrs_core::DataFormat::Arrow,
             bytes: vec![0xffu8; 16].into(),
         };
         let e = run("sum", "", &[corrupt]).unwrap_err();
-        assert!(e.contains("corrupt Arrow IPC"), "{e}");
+        assert!(
+            matches!(&e, TaskError::Corrupt(m) if m.contains("corrupt Arrow IPC")),
+            "{e}"
+        );
         let big = run("literal", &format!(r#"{{"values": [{}]}}"#, i64::MAX), &[]).unwrap();
         let e = run("sum", "", &[big.clone(), big]).unwrap_err();
-        assert!(e.contains("overflow"), "{e}");
+        assert!(
+            matches!(&e, TaskError::Failed(m) if m.contains("overflow")),
+            "{e}"
+        );
         assert_eq!(
             run("fail", r#"{"message": "nope"}"#, &[]).unwrap_err(),
-            "nope"
+            TaskError::Failed("nope".into())
         );
         let e = run(
             "div",
@@ -380,7 +395,10 @@ mod tests {
             ],
         )
         .unwrap_err();
-        assert!(e.to_lowercase().contains("divide by zero"), "{e}");
+        assert!(
+            matches!(&e, TaskError::Failed(m) if m.to_lowercase().contains("divide by zero")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -3,29 +3,35 @@
 //! peers, and reconnects with backoff when it loses the scheduler.
 //!
 //! It never talks to clients and never decides placement; task kinds come
-//! from a [`kinds::Registry`] so other crates can add theirs.
+//! from a [`kinds::Registry`] so other crates can add theirs. It must not
+//! depend on the scheduler or the client.
 
 pub mod data;
+mod execute;
 pub mod http;
 pub mod kinds;
 pub mod metrics;
 pub mod peer;
 pub mod pool;
-pub mod runtime;
+mod release;
+pub mod session;
 pub mod store;
+mod tasks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use daskrs_engine::Error as TaskError;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::kinds::Registry;
 use crate::metrics::Metrics;
-use crate::runtime::{Channels, SessionEnd, Shared};
+use crate::session::{SessionEnd, Shared};
 use crate::store::Store;
+use daskrs_proto::net::Channels;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -49,6 +55,8 @@ pub struct WorkerConfig {
     /// threshold, not only the results it manages. Off when several workers
     /// share one process (`daskrs local`).
     pub pause_on_process_memory: bool,
+    /// Once listening, the peer and HTTP ports are written here (JSON).
+    pub port_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +75,11 @@ pub enum Error {
     Threads(std::io::Error),
     #[error("peer data server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("cannot write the port file {path}: {source}")]
+    PortFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Runs a worker until `shutdown` turns true (then hands off its results and
@@ -74,6 +87,16 @@ pub enum Error {
 pub async fn run(
     config: WorkerConfig,
     registry: Registry,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    run_with(config, registry, Arc::new(store::FileWriter), shutdown).await
+}
+
+/// Like [`run`], with spilled results written through `spill`.
+pub async fn run_with(
+    config: WorkerConfig,
+    registry: Registry,
+    spill: Arc<dyn store::SpillWriter>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     std::fs::create_dir_all(&config.local_dir).map_err(|source| Error::LocalDir {
@@ -114,7 +137,11 @@ pub async fn run(
         name: name.clone(),
         ..config
     };
-    let store = Arc::new(Store::new(config.memory_limit, spill_dir.path()));
+    let store = Arc::new(Store::with_writer(
+        config.memory_limit,
+        spill_dir.path(),
+        spill,
+    ));
     let metrics = Arc::new(Metrics::new(&name));
     let (ready, ready_rx) = watch::channel(false);
     let pool = pool::Pool::new(config.nthreads as usize, &name).map_err(Error::Threads)?;
@@ -150,13 +177,21 @@ pub async fn run(
         Some(addr) => Some(http::serve(addr, metrics.clone(), ready_rx, stop_rx.clone()).await?),
         None => None,
     };
+    if let Some(path) = &config.port_file {
+        let mut ports = vec![("peer", bound.port())];
+        ports.extend(http.as_ref().map(|(_, a)| ("http", a.port())));
+        daskrs_proto::net::write_port_file(path, &ports).map_err(|source| Error::PortFile {
+            path: path.clone(),
+            source,
+        })?;
+    }
 
     let mut backoff = Duration::from_millis(100);
     loop {
         if *shutdown.borrow() {
             break;
         }
-        match runtime::session(&shared, shutdown.clone()).await {
+        match session::session(&shared, shutdown.clone()).await {
             SessionEnd::Closed => break,
             SessionEnd::Lost(reason) => {
                 if *shutdown.borrow() {
@@ -177,7 +212,7 @@ pub async fn run(
     }
     let _ = stop_servers.send(true);
     let _ = peer.await;
-    if let Some(h) = http {
+    if let Some((h, _)) = http {
         let _ = h.await;
     }
     tracing::info!(%name, "worker stopped");

@@ -11,6 +11,7 @@ use futures::Stream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
+use crate::TaskError;
 use crate::store::Store;
 
 pub struct PeerService {
@@ -46,11 +47,11 @@ impl PeerData for PeerService {
 
 /// Fetches a result from the first of `addresses` that has it.
 pub async fn fetch_from(
-    pool: &crate::runtime::Channels,
+    pool: &daskrs_proto::net::Channels,
     id: u64,
     part: Option<u32>,
     addresses: &[String],
-) -> Result<crate::data::Data, String> {
+) -> Result<crate::data::Data, TaskError> {
     let mut errors = Vec::new();
     for addr in addresses {
         match fetch_one(pool, id, part, addr).await {
@@ -59,9 +60,9 @@ pub async fn fetch_from(
         }
     }
     if errors.is_empty() {
-        return Err(format!("no worker holds result {id}"));
+        return Err(TaskError::PeerGone(format!("no worker holds result {id}")));
     }
-    Err(errors.join("; "))
+    Err(TaskError::PeerGone(errors.join("; ")))
 }
 
 /// A peer that sends nothing for this long is taken as gone: a frozen
@@ -70,12 +71,12 @@ pub async fn fetch_from(
 const STALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn fetch_one(
-    pool: &crate::runtime::Channels,
+    pool: &daskrs_proto::net::Channels,
     id: u64,
     part: Option<u32>,
     addr: &str,
 ) -> Result<crate::data::Data, String> {
-    let channel = pool.get(addr)?;
+    let channel = pool.get(addr).map_err(|e| e.to_string())?;
     let mut client =
         daskrs_proto::limits!(daskrs_proto::peer_data_client::PeerDataClient::new(channel));
     let stream = tokio::time::timeout(

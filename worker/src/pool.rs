@@ -1,6 +1,6 @@
 //! The worker's task threads: `nthreads` OS threads taking jobs from one queue.
 //!
-//! Tasks are handed over ahead of time (see `runtime::PREFETCH_PER_THREAD`),
+//! Tasks are handed over ahead of time (see `session::PREFETCH_PER_THREAD`),
 //! so a thread that finishes a short task starts the next without waiting
 //! for the session to hear about the first.
 

@@ -1,13 +1,18 @@
 //! Where a worker keeps results: in memory up to a target share of its
 //! memory limit, beyond that spilled to local disk, least recently used first.
+//!
+//! The lock guards maps and counters only: a spill writes its file with the
+//! lock released, so the session, which reads the store on every message
+//! and heartbeat, never waits for the disk. A result being written stays
+//! readable from memory until its file is complete.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use daskrs_proto::DataFormat;
+use daskrs_core::DataFormat;
 
 use crate::data::Data;
 
@@ -36,6 +41,14 @@ struct InMemory {
     used: u64,
 }
 
+/// A result whose file is being written; `token` tells this spill from a
+/// later one of the same task, should the result be replaced meanwhile.
+struct Spilling {
+    data: Data,
+    used: u64,
+    token: u64,
+}
+
 struct OnDisk {
     format: DataFormat,
     len: u64,
@@ -45,11 +58,15 @@ struct OnDisk {
 #[derive(Default)]
 struct Inner {
     memory: HashMap<u64, InMemory>,
+    spilling: HashMap<u64, Spilling>,
     disk: HashMap<u64, OnDisk>,
     /// Last use -> task, oldest first.
     lru: BTreeMap<u64, u64>,
     clock: u64,
+    /// Bytes in `memory` and `spilling`: both are still in memory.
     memory_bytes: u64,
+    /// Bytes in `spilling`.
+    spilling_bytes: u64,
     disk_bytes: u64,
     spilled_total: u64,
     /// Bumped by `clear`: a task started before it must not store its result after.
@@ -58,18 +75,40 @@ struct Inner {
     claimed: HashSet<u64>,
 }
 
+/// Writes a spilled result's file. The store's one way to the disk, so a
+/// test can hold a spill where it likes.
+pub trait SpillWriter: Send + Sync {
+    fn write(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()>;
+}
+
+/// Plain files in the spill directory.
+pub struct FileWriter;
+
+impl SpillWriter for FileWriter {
+    fn write(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        fs::File::create(path).and_then(|mut f| f.write_all(bytes))
+    }
+}
+
 pub struct Store {
     limit: u64,
     dir: PathBuf,
+    writer: Arc<dyn SpillWriter>,
     inner: Mutex<Inner>,
 }
 
 impl Store {
     /// `dir` must exist and belong to this store alone.
     pub fn new(limit: u64, dir: &Path) -> Store {
+        Store::with_writer(limit, dir, Arc::new(FileWriter))
+    }
+
+    /// A store whose spills go through `writer`.
+    pub fn with_writer(limit: u64, dir: &Path, writer: Arc<dyn SpillWriter>) -> Store {
         Store {
             limit,
             dir: dir.to_path_buf(),
+            writer,
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -96,48 +135,98 @@ impl Store {
     /// Like `put`, but drops the result when the store was cleared since
     /// `generation`; true when it was kept.
     pub fn put_in(&self, generation: u64, id: u64, data: Data) -> Result<bool, StoreError> {
-        let mut g = self.lock();
-        if g.generation != generation {
-            return Ok(false);
-        }
-        remove_locked(&mut g, id);
-        g.clock += 1;
-        let used = g.clock;
-        g.memory_bytes += data.len();
-        g.lru.insert(used, id);
-        g.memory.insert(id, InMemory { data, used });
+        let victims = {
+            let mut g = self.lock();
+            if g.generation != generation {
+                return Ok(false);
+            }
+            remove_locked(&mut g, id);
+            g.clock += 1;
+            let used = g.clock;
+            g.memory_bytes += data.len();
+            g.lru.insert(used, id);
+            g.memory.insert(id, InMemory { data, used });
+            self.pick_victims(&mut g)
+        };
+        self.spill(victims)?;
+        Ok(true)
+    }
+
+    /// Moves results from memory to `spilling`, least recently used first,
+    /// until what is not on its way to disk fits the target.
+    fn pick_victims(&self, g: &mut Inner) -> Vec<(u64, u64, Data)> {
         let target = (self.limit as f64 * TARGET_FRACTION) as u64;
-        while g.memory_bytes > target {
+        let mut victims = Vec::new();
+        while g.memory_bytes - g.spilling_bytes > target {
             let Some((_, victim)) = g.lru.pop_first() else {
                 break;
             };
             let entry = g.memory.remove(&victim).expect("lru and memory agree");
-            let path = self.dir.join(format!("{victim}.bin"));
-            let write = fs::File::create(&path).and_then(|mut f| f.write_all(&entry.data.bytes));
-            if let Err(source) = write {
-                // Keep it in memory rather than lose it.
-                g.lru.insert(entry.used, victim);
-                g.memory.insert(victim, entry);
-                return Err(StoreError::Spill {
-                    id: victim,
-                    path,
-                    source,
-                });
-            }
-            let len = entry.data.len();
-            g.memory_bytes -= len;
-            g.disk_bytes += len;
-            g.spilled_total += len;
-            g.disk.insert(
+            g.clock += 1;
+            let token = g.clock;
+            g.spilling_bytes += entry.data.len();
+            victims.push((victim, token, entry.data.clone()));
+            g.spilling.insert(
                 victim,
-                OnDisk {
-                    format: entry.data.format,
-                    len,
-                    path,
+                Spilling {
+                    data: entry.data,
+                    used: entry.used,
+                    token,
                 },
             );
         }
-        Ok(true)
+        victims
+    }
+
+    /// Writes the victims' files without the lock, then records each as on
+    /// disk, unless it was removed or replaced meanwhile. A write that fails
+    /// keeps its result in memory rather than lose it.
+    fn spill(&self, victims: Vec<(u64, u64, Data)>) -> Result<(), StoreError> {
+        let mut first_error = None;
+        for (id, token, data) in victims {
+            let path = self.dir.join(format!("{id}-{token}.bin"));
+            let write = self.writer.write(&path, &data.bytes);
+            let mut g = self.lock();
+            let current = g.spilling.get(&id).is_some_and(|s| s.token == token);
+            if !current {
+                // Removed, replaced or cleared while it was written.
+                drop(g);
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            let entry = g.spilling.remove(&id).expect("checked above");
+            let len = entry.data.len();
+            g.spilling_bytes -= len;
+            match write {
+                Ok(()) => {
+                    g.memory_bytes -= len;
+                    g.disk_bytes += len;
+                    g.spilled_total += len;
+                    g.disk.insert(
+                        id,
+                        OnDisk {
+                            format: entry.data.format,
+                            len,
+                            path,
+                        },
+                    );
+                }
+                Err(source) => {
+                    g.lru.insert(entry.used, id);
+                    g.memory.insert(
+                        id,
+                        InMemory {
+                            data: entry.data,
+                            used: entry.used,
+                        },
+                    );
+                    drop(g);
+                    let _ = fs::remove_file(&path);
+                    first_error.get_or_insert(StoreError::Spill { id, path, source });
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// A result, read back from disk when it was spilled.
@@ -151,6 +240,9 @@ impl Store {
             e.used = now;
             inner.lru.insert(now, id);
             return Ok(Some(e.data.clone()));
+        }
+        if let Some(s) = inner.spilling.get(&id) {
+            return Ok(Some(s.data.clone()));
         }
         let Some(d) = inner.disk.get(&id) else {
             return Ok(None);
@@ -181,7 +273,7 @@ impl Store {
 
     pub fn contains(&self, id: u64) -> bool {
         let g = self.lock();
-        g.memory.contains_key(&id) || g.disk.contains_key(&id)
+        g.memory.contains_key(&id) || g.spilling.contains_key(&id) || g.disk.contains_key(&id)
     }
 
     pub fn remove(&self, id: u64) {
@@ -191,7 +283,13 @@ impl Store {
     /// Drops every result, as after losing the scheduler.
     pub fn clear(&self) {
         let mut g = self.lock();
-        let ids: Vec<u64> = g.memory.keys().chain(g.disk.keys()).copied().collect();
+        let ids: Vec<u64> = g
+            .memory
+            .keys()
+            .chain(g.spilling.keys())
+            .chain(g.disk.keys())
+            .copied()
+            .collect();
         for id in ids {
             remove_locked(&mut g, id);
         }
@@ -212,7 +310,7 @@ impl Store {
 
     pub fn len(&self) -> usize {
         let g = self.lock();
-        g.memory.len() + g.disk.len()
+        g.memory.len() + g.spilling.len() + g.disk.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -231,6 +329,11 @@ fn remove_locked(g: &mut Inner, id: u64) {
         g.lru.remove(&e.used);
         g.memory_bytes -= e.data.len();
     }
+    if let Some(s) = g.spilling.remove(&id) {
+        // Its writer finds it gone and removes the file.
+        g.memory_bytes -= s.data.len();
+        g.spilling_bytes -= s.data.len();
+    }
     if let Some(d) = g.disk.remove(&id) {
         g.disk_bytes -= d.len;
         // Already gone is fine: the file is ours alone.
@@ -246,6 +349,10 @@ mod tests {
         Data::opaque(vec![fill; n])
     }
 
+    fn spill_files(dir: &Path) -> usize {
+        fs::read_dir(dir).unwrap().count()
+    }
+
     #[test]
     fn spills_least_recently_used_and_reads_back() {
         let dir = tempfile::tempdir().unwrap();
@@ -257,10 +364,10 @@ mod tests {
         // 750 > 600: the least recently used (2) goes to disk.
         assert_eq!(store.memory_bytes(), 500);
         assert_eq!(store.spilled_bytes(), 250);
-        assert!(dir.path().join("2.bin").exists());
+        assert_eq!(spill_files(dir.path()), 1);
         assert_eq!(store.get(2).unwrap().unwrap(), blob(250, 2));
         store.remove(2);
-        assert!(!dir.path().join("2.bin").exists());
+        assert_eq!(spill_files(dir.path()), 0);
         assert_eq!(store.spilled_bytes(), 0);
         assert_eq!(store.len(), 2);
         let before = store.generation();
@@ -311,5 +418,79 @@ mod tests {
         assert!(e.to_string().contains("cannot spill result 1"), "{e}");
         assert_eq!(store.get(1).unwrap().unwrap().len(), 500);
         assert!(store.over_pause());
+    }
+
+    /// Holds every spill until told to go on.
+    struct Gate {
+        entered: std::sync::mpsc::Sender<()>,
+        go: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl SpillWriter for Gate {
+        fn write(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+            let _ = self.entered.send(());
+            let _ = self.go.lock().unwrap().recv();
+            FileWriter.write(path, bytes)
+        }
+    }
+
+    type Signal = std::sync::mpsc::Receiver<()>;
+
+    /// A store whose spills each wait for a send on the returned sender,
+    /// after saying on the returned receiver that they started.
+    fn gated(limit: u64, dir: &Path) -> (Arc<Store>, Signal, std::sync::mpsc::Sender<()>) {
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        let gate = Arc::new(Gate {
+            entered: entered_tx,
+            go: Mutex::new(go_rx),
+        });
+        (Arc::new(Store::with_writer(limit, dir, gate)), entered, go)
+    }
+
+    #[test]
+    fn reads_do_not_wait_for_a_spill_being_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, entered, go) = gated(1000, dir.path());
+        store.put(1, blob(450, 1)).unwrap();
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || store.put(2, blob(450, 2)))
+        };
+        entered.recv().unwrap();
+        // Result 1 is being written; everything a heartbeat or a task reads
+        // answers meanwhile, from memory.
+        assert_eq!(store.memory_bytes(), 900);
+        assert_eq!(store.spilled_bytes(), 0);
+        assert_eq!(store.len(), 2);
+        assert!(store.contains(1) && store.contains(2));
+        assert!(store.over_pause());
+        assert_eq!(store.get(1).unwrap().unwrap(), blob(450, 1));
+        // What is not on its way to disk fits: this put spills nothing.
+        store.put(3, blob(10, 3)).unwrap();
+        go.send(()).unwrap();
+        writer.join().unwrap().unwrap();
+        assert_eq!(store.memory_bytes(), 460);
+        assert_eq!(store.spilled_bytes(), 450);
+        assert_eq!(store.get(1).unwrap().unwrap(), blob(450, 1));
+        assert_eq!(spill_files(dir.path()), 1);
+    }
+
+    #[test]
+    fn a_result_removed_while_it_spills_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, entered, go) = gated(100, dir.path());
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || store.put(1, blob(500, 1)))
+        };
+        entered.recv().unwrap();
+        store.remove(1);
+        assert!(!store.contains(1));
+        assert_eq!(store.memory_bytes(), 0);
+        go.send(()).unwrap();
+        writer.join().unwrap().unwrap();
+        assert_eq!((store.memory_bytes(), store.spilled_bytes()), (0, 0));
+        assert_eq!(spill_files(dir.path()), 0);
     }
 }

@@ -123,6 +123,10 @@ pub struct SchedulerArgs {
     /// Seconds between worker heartbeats.
     #[arg(long, env = "DASKRS_HEARTBEAT", default_value_t = 1.0)]
     pub heartbeat: f64,
+    /// Once listening, write the ports this got (JSON) to this file: for
+    /// whoever starts it with port 0.
+    #[arg(long, env = "DASKRS_PORT_FILE")]
+    pub port_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -158,6 +162,10 @@ pub struct WorkerArgs {
     /// it holds) passes 80% of the memory limit.
     #[arg(long, env = "DASKRS_PAUSE_ON_PROCESS_MEMORY", default_value_t = true, action = clap::ArgAction::Set)]
     pub pause_on_process_memory: bool,
+    /// Once listening, write the ports this got (JSON) to this file: for
+    /// whoever starts it with port 0.
+    #[arg(long, env = "DASKRS_PORT_FILE")]
+    pub port_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -179,6 +187,10 @@ pub struct LocalArgs {
     pub http_port: u16,
     #[arg(long)]
     pub local_dir: Option<PathBuf>,
+    /// Once listening, write the ports this got (JSON) to this file: for
+    /// whoever starts it with port 0.
+    #[arg(long)]
+    pub port_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -30,6 +30,15 @@ fn seconds(name: &str, v: f64) -> Result<Duration, Failure> {
         })
 }
 
+fn announce(path: &std::path::Path, ports: &[(&str, u16)]) -> Result<(), Failure> {
+    daskrs_proto::net::write_port_file(path, ports).map_err(|e| {
+        Failure::new(
+            3,
+            format!("cannot write the port file {}: {e}", path.display()),
+        )
+    })
+}
+
 pub async fn scheduler(a: SchedulerArgs) -> Result<(), Failure> {
     let config = SchedulerConfig {
         listen: addr(&a.host, a.port)?,
@@ -46,6 +55,11 @@ pub async fn scheduler(a: SchedulerArgs) -> Result<(), Failure> {
         "scheduler listening on {} (HTTP {:?})",
         s.grpc_addr, s.http_addr
     );
+    if let Some(path) = &a.port_file {
+        let mut ports = vec![("grpc", s.grpc_addr.port())];
+        ports.extend(s.http_addr.map(|h| ("http", h.port())));
+        announce(path, &ports)?;
+    }
     s.wait().await.map_err(|e| Failure::new(3, e.to_string()))
 }
 
@@ -68,6 +82,7 @@ pub async fn worker(a: WorkerArgs) -> Result<(), Failure> {
         contact_address: a.contact_address,
         shutdown_timeout: seconds("--shutdown-timeout", a.shutdown_timeout)?,
         pause_on_process_memory: a.pause_on_process_memory,
+        port_file: a.port_file,
     };
     tracing::info!(?config, "configuration");
     let s3 = daskrs_engine::S3Access::load(&a.s3.settings()).await;
@@ -107,6 +122,11 @@ pub async fn local(a: LocalArgs) -> Result<(), Failure> {
         ByteSize(memory_limit),
         cluster.http_addr.map(|a| a.to_string()).unwrap_or_default(),
     );
+    if let Some(path) = &a.port_file {
+        let mut ports = vec![("grpc", cluster.scheduler_addr.port())];
+        ports.extend(cluster.http_addr.map(|h| ("http", h.port())));
+        announce(path, &ports)?;
+    }
     eprintln!("press Ctrl-C to stop");
     let mut stop = shutdown_signal();
     let _ = stop.wait_for(|s| *s).await;

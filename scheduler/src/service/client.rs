@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use daskrs_core::TaskState;
+use daskrs_core::{TaskSpec, TaskState};
 use daskrs_proto::scheduler_server::Scheduler;
 use daskrs_proto::{
     CancelRequest, CancelResponse, ClusterInfoRequest, ClusterInfoResponse, DataChunk,
@@ -41,17 +41,48 @@ impl Scheduler for ClientService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("stream closed before the submit message"))?;
-        let Some(run_request::Msg::Submit(sub)) = first.msg else {
-            return Err(Status::invalid_argument(
-                "the first message of Run must be `submit`",
-            ));
-        };
-        let submission = Submission {
-            name: sub.name,
-            tasks: sub.tasks.into_iter().map(Into::into).collect(),
-            outputs: sub.outputs,
-        };
         let (tx, rx) = mpsc::unbounded_channel();
+        let submission = match first.msg {
+            Some(run_request::Msg::Submit(sub)) => {
+                let tasks = sub
+                    .tasks
+                    .into_iter()
+                    .map(TaskSpec::try_from)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                Submission {
+                    name: sub.name,
+                    tasks,
+                    outputs: sub.outputs,
+                }
+            }
+            Some(run_request::Msg::Sql(s)) => match self.plan(&s.sql).await? {
+                daskrs_engine::Planned::Local(bytes) => {
+                    let answer = RunEvent {
+                        event: Some(run_event::Event::Local(bytes.to_vec())),
+                    };
+                    return Ok(Response::new(Box::pin(futures::stream::iter([Ok(answer)]))));
+                }
+                daskrs_engine::Planned::Query(q) => {
+                    let _ = tx.send(Ok(RunEvent {
+                        event: Some(run_event::Event::Planned(daskrs_proto::SqlPlanned {
+                            outputs: q.outputs.clone(),
+                            stages: q.stages as u32,
+                        })),
+                    }));
+                    Submission {
+                        name: daskrs_core::graph::query_name(&s.sql),
+                        tasks: q.tasks,
+                        outputs: q.outputs,
+                    }
+                }
+            },
+            None => {
+                return Err(Status::invalid_argument(
+                    "the first message of Run must be `submit` or `sql`",
+                ));
+            }
+        };
         let graph_id = self.core.with(|i| {
             let (graph_id, count) = i
                 .state
@@ -95,7 +126,11 @@ impl Scheduler for ClientService {
             })?;
         let mut errors = Vec::new();
         for addr in &addrs {
-            let channel = self.core.channels.get(addr)?;
+            let channel = self
+                .core
+                .channels
+                .get(addr)
+                .map_err(|e| Status::internal(e.to_string()))?;
             let mut peer =
                 daskrs_proto::limits!(daskrs_proto::peer_data_client::PeerDataClient::new(channel));
             match peer
@@ -165,6 +200,26 @@ impl Scheduler for ClientService {
 
     async fn sql(&self, req: Request<SqlRequest>) -> Result<Response<SqlResponse>, Status> {
         let sql = req.into_inner().sql;
+        let planned = self.plan(&sql).await?;
+        let result = match planned {
+            daskrs_engine::Planned::Local(bytes) => sql_response::Result::Local(bytes.to_vec()),
+            daskrs_engine::Planned::Query(q) => sql_response::Result::Query(SqlQuery {
+                tasks: q.tasks.into_iter().map(Into::into).collect(),
+                outputs: q.outputs,
+                explain: q.explain,
+                stages: q.stages as u32,
+            }),
+        };
+        Ok(Response::new(SqlResponse {
+            result: Some(result),
+        }))
+    }
+}
+
+impl ClientService {
+    /// Plans SQL with the scheduler's catalog and S3 access. A query needs
+    /// workers to run on.
+    async fn plan(&self, sql: &str) -> Result<daskrs_engine::Planned, Status> {
         let threads: usize = self.core.with(|i| {
             i.state
                 .workers
@@ -177,6 +232,7 @@ impl Scheduler for ClientService {
         // Reading a corrupt file can panic inside a reader library: planning
         // runs as its own task so that becomes an error for this request only.
         let planner = self.planner.clone();
+        let sql = sql.to_string();
         let planned = tokio::spawn(async move { planner.plan(&sql, threads.max(1)).await })
             .await
             .map_err(|e| {
@@ -193,32 +249,29 @@ impl Scheduler for ClientService {
                     "planning failed while reading the query's files (a corrupt file?): {why}"
                 ))
             })?
-            .map_err(Status::invalid_argument)?;
-        let result = match planned {
-            daskrs_engine::Planned::Local(bytes) => sql_response::Result::Local(bytes.to_vec()),
-            daskrs_engine::Planned::Query(q) => {
-                if threads == 0 {
-                    return Err(Status::unavailable(
-                        "no workers are attached to run the query",
-                    ));
+            .map_err(|e| match e {
+                // What the statement names is the client's to fix.
+                daskrs_engine::Error::BadSql(_)
+                | daskrs_engine::Error::Storage(_)
+                | daskrs_engine::Error::Corrupt(_) => Status::invalid_argument(e.to_string()),
+                daskrs_engine::Error::PeerGone(_) | daskrs_engine::Error::Failed(_) => {
+                    Status::internal(e.to_string())
                 }
-                tracing::info!(
-                    stages = q.stages,
-                    tasks = q.tasks.len(),
-                    plan_ms = started.elapsed().as_millis() as u64,
-                    "planned a query"
-                );
-                sql_response::Result::Query(SqlQuery {
-                    tasks: q.tasks.into_iter().map(Into::into).collect(),
-                    outputs: q.outputs,
-                    explain: q.explain,
-                    stages: q.stages as u32,
-                })
+            })?;
+        if let daskrs_engine::Planned::Query(q) = &planned {
+            if threads == 0 {
+                return Err(Status::unavailable(
+                    "no workers are attached to run the query",
+                ));
             }
-        };
-        Ok(Response::new(SqlResponse {
-            result: Some(result),
-        }))
+            tracing::info!(
+                stages = q.stages,
+                tasks = q.tasks.len(),
+                plan_ms = started.elapsed().as_millis() as u64,
+                "planned a query"
+            );
+        }
+        Ok(planned)
     }
 }
 

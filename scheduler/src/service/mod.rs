@@ -29,26 +29,8 @@ pub struct Core {
     inner: Mutex<Inner>,
     pub metrics: Metrics,
     pub heartbeat_interval: Duration,
-    pub channels: Channels,
-}
-
-/// Channels to workers' peer data services, for gathering results.
-#[derive(Default)]
-pub struct Channels {
-    inner: Mutex<HashMap<String, tonic::transport::Channel>>,
-}
-
-impl Channels {
-    pub fn get(&self, addr: &str) -> Result<tonic::transport::Channel, Status> {
-        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = m.get(addr) {
-            return Ok(c.clone());
-        }
-        let c =
-            daskrs_proto::net::connect_lazy(addr).map_err(|e| Status::internal(e.to_string()))?;
-        m.insert(addr.to_string(), c.clone());
-        Ok(c)
-    }
+    /// Channels to workers' peer data services, for gathering results.
+    pub channels: daskrs_proto::net::Channels,
 }
 
 impl Core {
@@ -61,7 +43,7 @@ impl Core {
             }),
             metrics: Metrics::new(),
             heartbeat_interval,
-            channels: Channels::default(),
+            channels: daskrs_proto::net::Channels::default(),
         })
     }
 
@@ -99,24 +81,7 @@ fn flush(inner: &mut Inner) {
                 frees.entry(w).or_default().push(id);
                 continue;
             }
-            ToWorker::Compute(c) => Down::Compute(daskrs_proto::ComputeTask {
-                task_id: c.task,
-                key: c.key.to_string(),
-                kind: c.kind.to_string(),
-                payload: c.payload,
-                inputs: c.inputs,
-                input_parts: c.parts,
-                locations: c
-                    .locations
-                    .into_iter()
-                    .map(|(task_id, addresses, nbytes)| daskrs_proto::InputLocation {
-                        task_id,
-                        addresses,
-                        nbytes,
-                    })
-                    .collect(),
-                priority: c.priority,
-            }),
+            ToWorker::Compute(c) => Down::Compute(c.into()),
             ToWorker::Steal(id) => Down::Steal(daskrs_proto::StealRequest { task_id: id }),
             ToWorker::FetchReplica { task, addresses } => {
                 Down::FetchReplica(daskrs_proto::FetchReplica {
@@ -168,7 +133,7 @@ fn to_run_event(graph_id: GraphId, ev: GraphEvent) -> RunEvent {
                     .map(|o| daskrs_proto::OutputInfo {
                         key: o.key,
                         nbytes: o.nbytes,
-                        format: o.format,
+                        format: daskrs_proto::convert::format_number(o.format),
                     })
                     .collect(),
             })

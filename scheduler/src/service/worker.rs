@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Core;
-use crate::state::{Registration, WorkerId};
+use crate::state::{Finished, Registration, RemoveReason, WorkerId, WorkerReport};
 
 pub struct WorkerService {
     pub core: Arc<Core>,
@@ -85,12 +85,12 @@ impl WorkerControl for WorkerService {
             let reason = loop {
                 match inbound.message().await {
                     Ok(Some(batch)) => core.with(|i| apply(&core, i, id, batch)),
-                    Ok(None) => break "connection closed".to_string(),
-                    Err(s) => break format!("connection lost: {}", s.message()),
+                    Ok(None) => break RemoveReason::Disconnected("connection closed".into()),
+                    Err(s) => break RemoveReason::Disconnected(s.message().to_string()),
                 }
             };
             core.with(|i| {
-                i.state.remove_worker(id, &reason);
+                i.state.remove_worker(id, reason);
                 i.workers.remove(&id);
             });
         });
@@ -125,22 +125,34 @@ fn apply(core: &Core, i: &mut super::Inner, worker: WorkerId, batch: WorkerBatch
             }
             Up::Finished(f) => {
                 core.metrics.task_duration.observe(f.duration);
+                let format = match daskrs_proto::convert::data_format(f.format) {
+                    Ok(format) => format,
+                    Err(e) => {
+                        // The task ran but its result cannot be read: as good as failed.
+                        state.task_erred(worker, f.task_id, e.to_string(), vec![]);
+                        continue;
+                    }
+                };
                 state.task_finished(
                     worker,
-                    f.task_id,
-                    f.nbytes,
-                    f.format,
-                    f.duration,
-                    f.transfer_bytes,
+                    Finished {
+                        task: f.task_id,
+                        nbytes: f.nbytes,
+                        format,
+                        duration: f.duration,
+                        transfer_bytes: f.transfer_bytes,
+                    },
                 );
             }
             Up::Erred(e) => state.task_erred(worker, e.task_id, e.error, e.missing_inputs),
             Up::Heartbeat(h) => state.heartbeat(
                 worker,
-                h.memory_bytes,
-                h.spilled_bytes,
-                h.paused,
-                h.executed,
+                WorkerReport {
+                    memory_bytes: h.memory_bytes,
+                    spilled_bytes: h.spilled_bytes,
+                    paused: h.paused,
+                    executed: h.executed,
+                },
             ),
             Up::StealResponse(s) => state.steal_response(worker, s.task_id, s.stolen),
             Up::ReplicaAdded(r) => state.replica_added(worker, r.task_id, r.nbytes),

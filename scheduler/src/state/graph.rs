@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use daskrs_core::{GraphError, TaskSpec, TaskState, kinds};
+use daskrs_core::{DataFormat, GraphError, Input, Priority, TaskSpec, TaskState, kinds};
 
 use super::task::{GraphId, Task, TaskId};
 use super::{State, ToWorker};
@@ -30,7 +30,7 @@ pub struct Graph {
 pub struct OutputInfo {
     pub key: String,
     pub nbytes: u64,
-    pub format: i32,
+    pub format: DataFormat,
 }
 
 /// What a client asks to run.
@@ -145,8 +145,14 @@ impl State {
                 graph: graph_id,
                 kind,
                 payload: spec.payload,
-                inputs: inputs[i].iter().map(|&d| ids[d as usize]).collect(),
-                parts: spec.parts.iter().map(|p| p.map_or(-1, i64::from)).collect(),
+                inputs: inputs[i]
+                    .iter()
+                    .enumerate()
+                    .map(|(n, &d)| Input {
+                        task: ids[d as usize],
+                        piece: spec.parts.get(n).copied().flatten(),
+                    })
+                    .collect(),
                 deps: deps[i].iter().map(|&d| ids[d as usize]).collect(),
                 dependents: my_dependents,
                 state: TaskState::Released,
@@ -156,12 +162,12 @@ impl State {
                 done: false,
                 who_has: Vec::new(),
                 nbytes: 0,
-                format: 0,
+                format: DataFormat::Opaque,
                 processing_on: None,
                 estimate: 0.0,
                 retries_left: spec.retries,
                 suspicious: 0,
-                priority: (-(spec.priority as i64), graph_id, order[i]),
+                priority: Priority::new(spec.priority, graph_id, order[i]),
                 steal_pending: false,
                 replica_pending: None,
             };

@@ -8,7 +8,9 @@
 //! dropped from every worker as soon as `refs` (unfinished dependents, plus
 //! the client while it wants the result) reaches zero.
 
+mod adaptive;
 mod graph;
+mod outbox;
 mod placement;
 mod retire;
 mod task;
@@ -21,12 +23,13 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use daskrs_core::TaskState;
+use daskrs_core::{DataFormat, TaskState};
 
+pub use daskrs_core::Priority;
 pub use graph::{Graph, LocateError, OutputInfo, Submission};
-pub use placement::Registration;
-pub use task::{GraphId, Priority, Task, TaskId, WorkerId};
-pub use worker::{WorkerState, WorkerStatus};
+pub use outbox::{GraphEvent, Outbox, ToWorker};
+pub use task::{GraphId, Task, TaskId, WorkerId};
+pub use worker::{Registration, RemoveReason, WorkerReport, WorkerState, WorkerStatus};
 
 /// Expected run time of a task kind never seen before, as Dask assumes.
 const DEFAULT_ESTIMATE: f64 = 0.5;
@@ -41,66 +44,17 @@ pub const MAX_SUSPICIOUS: u32 = 3;
 /// Tasks expected to run shorter than this are not worth stealing.
 const MIN_STEAL_SECONDS: f64 = 0.005;
 
-/// A message the state machine wants sent to a worker.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ToWorker {
-    Compute(Compute),
-    Free(TaskId),
-    Steal(TaskId),
-    FetchReplica {
-        task: TaskId,
-        addresses: Vec<String>,
-    },
-    Close {
-        reason: String,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Compute {
+/// What a worker reports about a task it finished.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Finished {
     pub task: TaskId,
-    pub key: Arc<str>,
-    pub kind: Arc<str>,
-    pub payload: bytes::Bytes,
-    pub inputs: Vec<TaskId>,
-    pub parts: Vec<i64>,
-    /// Where each distinct input the worker lacks is held: (task, addresses, bytes).
-    pub locations: Vec<(TaskId, Vec<String>, u64)>,
-    pub priority: i64,
-}
-
-/// A message the state machine wants sent to the client running a graph.
-#[derive(Debug, Clone, PartialEq)]
-pub enum GraphEvent {
-    Progress {
-        total: u64,
-        done: u64,
-        processing: u64,
-        erred: u64,
-    },
-    Finished {
-        outputs: Vec<OutputInfo>,
-    },
-    Failed {
-        key: String,
-        worker: String,
-        error: String,
-        lost_outputs: Vec<String>,
-    },
-}
-
-#[derive(Debug, Default)]
-pub struct Outbox {
-    pub to_workers: Vec<(WorkerId, ToWorker)>,
-    pub to_clients: Vec<(GraphId, GraphEvent)>,
-    /// Workers removed by the state machine, whose streams should close.
-    pub closed_workers: Vec<WorkerId>,
-}
-
-impl Outbox {
-    pub fn is_empty(&self) -> bool {
-        self.to_workers.is_empty() && self.to_clients.is_empty() && self.closed_workers.is_empty()
-    }
+    /// Size of the result it keeps.
+    pub nbytes: u64,
+    pub format: DataFormat,
+    /// Seconds the task ran, fetching excluded.
+    pub duration: f64,
+    /// Bytes of inputs it fetched from peers for the task.
+    pub transfer_bytes: u64,
 }
 
 /// Settings of the state machine.
@@ -290,15 +244,14 @@ impl State {
     }
 
     /// A worker finished a task it was given.
-    pub fn task_finished(
-        &mut self,
-        worker: WorkerId,
-        id: TaskId,
-        nbytes: u64,
-        format: i32,
-        duration: f64,
-        transfer_bytes: u64,
-    ) {
+    pub fn task_finished(&mut self, worker: WorkerId, done: Finished) {
+        let Finished {
+            task: id,
+            nbytes,
+            format,
+            duration,
+            transfer_bytes,
+        } = done;
         if !self.take_from_processing(worker, id) {
             // Cancelled, stolen or forgotten meanwhile: the worker must not keep it.
             self.outbox.to_workers.push((worker, ToWorker::Free(id)));
@@ -568,41 +521,10 @@ impl State {
                 ttl_s = ttl.as_secs_f64(),
                 "worker missed its heartbeats"
             );
-            self.remove_worker(w, "missed heartbeats");
+            self.remove_worker(w, RemoveReason::MissedHeartbeats);
         }
         self.advance_retirements();
         self.report_progress();
         self.schedule();
-    }
-}
-
-impl State {
-    /// Workers the current work would want: the queued and running work's
-    /// expected seconds spread so each thread has about `target_seconds`,
-    /// never more than there are tasks to run, and none when idle.
-    pub fn desired_workers(&self, target_seconds: f64) -> usize {
-        let queued = self.count(TaskState::Queued) + self.count(TaskState::Waiting);
-        let processing = self.count(TaskState::Processing);
-        if queued + processing == 0 {
-            return 0;
-        }
-        let threads_per_worker = if self.workers.is_empty() {
-            1.0
-        } else {
-            self.workers
-                .values()
-                .map(|w| w.nthreads as f64)
-                .sum::<f64>()
-                / self.workers.len() as f64
-        };
-        let mut work: f64 = self.workers.values().map(|w| w.occupancy).sum();
-        for t in self.tasks.values() {
-            if matches!(t.state, TaskState::Queued | TaskState::Waiting) {
-                work += self.estimate(&t.kind);
-            }
-        }
-        let by_work = (work / (target_seconds * threads_per_worker)).ceil() as usize;
-        let by_tasks = ((queued + processing) as f64 / threads_per_worker).ceil() as usize;
-        by_work.clamp(1, by_tasks.max(1))
     }
 }

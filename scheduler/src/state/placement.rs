@@ -1,149 +1,15 @@
-//! Worker membership and placement: which worker runs which queued task,
-//! stealing for idle workers, and what happens when a worker is lost.
+//! Placement: which worker runs which queued task, and stealing for idle
+//! workers.
 
-use std::collections::HashSet;
-use std::time::Instant;
-
-use daskrs_core::TaskState;
+use daskrs_core::{Assignment, Location, TaskState};
 
 use super::task::{TaskId, WorkerId};
-use super::worker::{WorkerState, WorkerStatus};
+use super::worker::WorkerState;
 use super::{
-    Compute, MAX_SUSPICIOUS, MAX_WINDOW_PER_THREAD, MIN_STEAL_SECONDS, PIPELINE_SECONDS, State,
-    ToWorker,
+    MAX_WINDOW_PER_THREAD, MIN_STEAL_SECONDS, PIPELINE_SECONDS, Priority, State, ToWorker,
 };
 
-/// What a worker says about itself when it registers.
-#[derive(Debug, Clone)]
-pub struct Registration {
-    pub name: String,
-    pub address: String,
-    pub nthreads: u32,
-    pub memory_limit: u64,
-    pub kinds: Vec<String>,
-}
-
 impl State {
-    pub fn add_worker(&mut self, reg: Registration, now: Instant) -> WorkerId {
-        let id = self.next_worker;
-        self.next_worker += 1;
-        let name = if reg.name.is_empty() {
-            reg.address.clone()
-        } else {
-            reg.name
-        };
-        tracing::info!(worker = id, %name, address = %reg.address, nthreads = reg.nthreads, "worker joined");
-        self.workers.insert(
-            id,
-            WorkerState {
-                id,
-                name,
-                address: reg.address,
-                nthreads: reg.nthreads.max(1),
-                memory_limit: reg.memory_limit,
-                kinds: reg.kinds,
-                status: WorkerStatus::Running,
-                processing: HashSet::new(),
-                occupancy: 0.0,
-                has_what: HashSet::new(),
-                nbytes: 0,
-                last_seen: now,
-                memory_bytes: 0,
-                spilled_bytes: 0,
-                executed: 0,
-            },
-        );
-        self.schedule();
-        id
-    }
-
-    pub fn seen(&mut self, worker: WorkerId, now: Instant) {
-        if let Some(w) = self.workers.get_mut(&worker) {
-            w.last_seen = now;
-        }
-    }
-
-    pub fn heartbeat(
-        &mut self,
-        worker: WorkerId,
-        memory: u64,
-        spilled: u64,
-        paused: bool,
-        executed: u64,
-    ) {
-        let Some(w) = self.workers.get_mut(&worker) else {
-            return;
-        };
-        w.memory_bytes = memory;
-        w.spilled_bytes = spilled;
-        w.executed = executed;
-        let was = w.status;
-        w.status = match (w.status, paused) {
-            (WorkerStatus::Retiring, _) => WorkerStatus::Retiring,
-            (_, true) => WorkerStatus::Paused,
-            (_, false) => WorkerStatus::Running,
-        };
-        if was != w.status {
-            tracing::info!(worker = %w.name, status = w.status.as_str(), memory, "worker status changed");
-            if w.status == WorkerStatus::Running {
-                self.schedule();
-            }
-        }
-    }
-
-    /// Forgets a worker: its running tasks go back to the queue and results
-    /// only it held are computed again where still needed.
-    pub fn remove_worker(&mut self, worker: WorkerId, reason: &str) {
-        let Some(w) = self.workers.remove(&worker) else {
-            return;
-        };
-        if reason == "retired" {
-            tracing::info!(worker = %w.name, address = %w.address, "worker retired");
-        } else {
-            tracing::warn!(worker = %w.name, address = %w.address, reason, processing = w.processing.len(), results = w.has_what.len(), "worker lost");
-            self.totals.workers_lost += 1;
-        }
-        self.outbox.closed_workers.push(worker);
-        // Results first, so that re-queued tasks see which inputs are gone.
-        let mut lost = Vec::new();
-        for id in w.has_what {
-            let Some(t) = self.tasks.get_mut(&id) else {
-                continue;
-            };
-            t.who_has.retain(|&h| h != worker);
-            if t.who_has.is_empty() && t.state == TaskState::Memory {
-                lost.push(id);
-            }
-        }
-        // Lost results are handled in priority order so recomputation follows the graph's order.
-        lost.sort_by_key(|id| self.tasks[id].priority);
-        for id in lost {
-            self.result_lost(id);
-        }
-        for id in w.processing {
-            let Some(t) = self.tasks.get_mut(&id) else {
-                continue;
-            };
-            if t.state != TaskState::Processing || t.processing_on != Some(worker) {
-                continue;
-            }
-            t.processing_on = None;
-            t.steal_pending = false;
-            t.suspicious += 1;
-            if t.suspicious >= MAX_SUSPICIOUS {
-                let error = format!(
-                    "{} workers died while running this task (last: {}, {reason}); it may be what kills them",
-                    t.suspicious, w.name
-                );
-                self.fail_task(id, w.name.clone(), error);
-                continue;
-            }
-            self.set_state(id, TaskState::Released);
-            self.need(id);
-        }
-        self.schedule();
-    }
-
     fn can_take(w: &WorkerState) -> bool {
         if !w.accepts_tasks() {
             return false;
@@ -240,22 +106,25 @@ impl State {
             if dt.who_has.contains(&worker) {
                 continue;
             }
-            let addrs = dt
+            let addresses = dt
                 .who_has
                 .iter()
                 .filter_map(|h| self.workers.get(h).map(|w| w.address.clone()))
                 .collect();
-            locations.push((*d, addrs, dt.nbytes));
+            locations.push(Location {
+                task: *d,
+                addresses,
+                nbytes: dt.nbytes,
+            });
         }
-        let compute = Compute {
+        let compute = Assignment {
             task: id,
             key: t.key.clone(),
             kind: t.kind.clone(),
             payload: t.payload.clone(),
             inputs: t.inputs.clone(),
-            parts: t.parts.clone(),
             locations,
-            priority: (t.priority.1 as i64) << 32 | t.priority.2 as i64,
+            priority: t.priority,
         };
         self.outbox
             .to_workers
@@ -296,7 +165,7 @@ impl State {
             }
             let mut spare = v.processing.len() - v.nthreads as usize;
             // The last in the worker's order run last: those are the ones to take.
-            let mut cands: Vec<(super::Priority, TaskId)> = v
+            let mut cands: Vec<(Priority, TaskId)> = v
                 .processing
                 .iter()
                 .filter_map(|id| self.tasks.get(id).map(|t| (t, *id)))

@@ -3,7 +3,7 @@
 
 use super::task::WorkerId;
 use super::worker::WorkerStatus;
-use super::{State, ToWorker};
+use super::{RemoveReason, State, ToWorker};
 
 impl State {
     /// Picks `count` workers to retire: idle ones first, then those holding
@@ -72,7 +72,7 @@ impl State {
                         reason: "retired".into(),
                     },
                 ));
-                self.remove_worker(id, "retired");
+                self.remove_worker(id, RemoveReason::Retired);
                 continue;
             }
             targets.sort_unstable();

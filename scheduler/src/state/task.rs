@@ -3,15 +3,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use daskrs_core::TaskState;
+use daskrs_core::{DataFormat, Input, Priority, TaskState};
 
 pub type TaskId = u64;
 pub type WorkerId = u64;
 pub type GraphId = u64;
-
-/// Lower runs first: the user's priority (negated), then the graph's
-/// submission order, then the task's position in its graph's depth-first order.
-pub type Priority = (i64, u64, u32);
 
 #[derive(Debug)]
 pub struct Task {
@@ -20,9 +16,7 @@ pub struct Task {
     pub kind: Arc<str>,
     pub payload: Bytes,
     /// Inputs in order, with repeats, as the task kind sees them.
-    pub inputs: Vec<TaskId>,
-    /// Parallel to `inputs`: the piece of each to take (-1: all); empty for whole results.
-    pub parts: Vec<i64>,
+    pub inputs: Vec<Input>,
     /// Distinct dependencies.
     pub deps: Vec<TaskId>,
     pub dependents: Vec<TaskId>,
@@ -38,7 +32,8 @@ pub struct Task {
     pub done: bool,
     pub who_has: Vec<WorkerId>,
     pub nbytes: u64,
-    pub format: i32,
+    /// How the result is laid out; meaningful once it is done.
+    pub format: DataFormat,
     pub processing_on: Option<WorkerId>,
     /// Expected run time in seconds, counted in the worker's occupancy.
     pub estimate: f64,

@@ -4,16 +4,27 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use daskrs_core::{TaskSpec, TaskState};
+use daskrs_core::{Assignment, DataFormat, TaskSpec, TaskState};
 use proptest::prelude::*;
 
 use super::*;
+
+/// What the simulated workers report for a task that ran `duration` seconds.
+fn finished(task: TaskId, duration: f64) -> Finished {
+    Finished {
+        task,
+        nbytes: 8,
+        format: DataFormat::Arrow,
+        duration,
+        transfer_bytes: 0,
+    }
+}
 
 /// A simulated cluster: each worker's held values and its task queue.
 struct Sim {
     state: State,
     held: HashMap<WorkerId, HashMap<TaskId, u64>>,
-    queued: HashMap<WorkerId, Vec<Compute>>,
+    queued: HashMap<WorkerId, Vec<Assignment>>,
     addr: HashMap<String, WorkerId>,
     events: Vec<(GraphId, GraphEvent)>,
     next_name: u32,
@@ -132,17 +143,15 @@ impl Sim {
         let mut values = Vec::new();
         let mut missing = Vec::new();
         for input in &c.inputs {
+            let input = &input.task;
             let local = self.held[&w].get(input).copied();
             let remote = || {
-                c.locations
-                    .iter()
-                    .find(|(t, _, _)| t == input)
-                    .and_then(|(_, addrs, _)| {
-                        addrs
-                            .iter()
-                            .filter_map(|a| self.addr.get(a))
-                            .find_map(|src| self.held.get(src).and_then(|h| h.get(input)).copied())
-                    })
+                c.locations.iter().find(|l| l.task == *input).and_then(|l| {
+                    l.addresses
+                        .iter()
+                        .filter_map(|a| self.addr.get(a))
+                        .find_map(|src| self.held.get(src).and_then(|h| h.get(input)).copied())
+                })
             };
             match local.or_else(remote) {
                 Some(v) => values.push(v),
@@ -159,7 +168,7 @@ impl Sim {
                 .get_mut(&w)
                 .unwrap()
                 .insert(c.task, value_of(&c.key, &values));
-            self.state.task_finished(w, c.task, 8, 1, 0.001, 0);
+            self.state.task_finished(w, finished(c.task, 0.001));
         }
         self.pump();
         true
@@ -174,7 +183,8 @@ impl Sim {
         let w = ws[which % ws.len()];
         self.held.remove(&w);
         self.queued.remove(&w);
-        self.state.remove_worker(w, "killed");
+        self.state
+            .remove_worker(w, RemoveReason::Disconnected("killed".into()));
         self.pump();
     }
 
@@ -360,10 +370,16 @@ fn stale_or_confused_worker_messages_change_nothing() {
     let other = *sim.held.keys().find(|&&x| x != runner).unwrap();
     // From a worker that does not run d, or about tasks that do not exist: ignored.
     sim.state.task_erred(other, d, "x".into(), vec![a]);
-    sim.state.task_finished(other, 999_999, 8, 1, 0.1, 0);
+    sim.state.task_finished(other, finished(999_999, 0.1));
     sim.state.steal_response(other, d, true);
     sim.state.replica_added(other, 424_242, 8);
-    sim.state.heartbeat(777, 0, 0, true, 0);
+    sim.state.heartbeat(
+        777,
+        WorkerReport {
+            paused: true,
+            ..WorkerReport::default()
+        },
+    );
     sim.pump();
     assert_eq!(sim.state.tasks[&d].state, TaskState::Processing);
     // `a` is wanted and held, but is not an input of d: a report that it is
@@ -403,7 +419,8 @@ fn task_that_keeps_killing_workers_errs() {
             .expect("processing");
         sim.held.remove(&w);
         sim.queued.remove(&w);
-        sim.state.remove_worker(w, "killed");
+        sim.state
+            .remove_worker(w, RemoveReason::Disconnected("killed".into()));
         sim.pump();
     }
     assert!(sim.events.iter().any(|(id, e)| *id == g

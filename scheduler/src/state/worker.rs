@@ -1,9 +1,14 @@
-//! A worker as the scheduler tracks it.
+//! A worker as the scheduler tracks it, and membership: workers joining,
+//! reporting, and leaving (retired or lost).
 
 use std::collections::HashSet;
+use std::fmt;
 use std::time::Instant;
 
+use daskrs_core::TaskState;
+
 use super::task::{TaskId, WorkerId};
+use super::{MAX_SUSPICIOUS, State};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerStatus {
@@ -47,8 +52,179 @@ pub struct WorkerState {
     pub executed: u64,
 }
 
+/// Why a worker leaves the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoveReason {
+    /// It handed off its results and was closed: not a loss.
+    Retired,
+    /// It sent nothing for longer than the worker TTL.
+    MissedHeartbeats,
+    /// Its stream ended or failed, with what the transport said.
+    Disconnected(String),
+}
+
+impl RemoveReason {
+    pub fn is_loss(&self) -> bool {
+        !matches!(self, RemoveReason::Retired)
+    }
+}
+
+impl fmt::Display for RemoveReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RemoveReason::Retired => f.write_str("retired"),
+            RemoveReason::MissedHeartbeats => f.write_str("missed heartbeats"),
+            RemoveReason::Disconnected(why) => write!(f, "disconnected: {why}"),
+        }
+    }
+}
+
+/// What a worker reports about itself in a heartbeat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerReport {
+    /// Bytes of results it keeps in memory.
+    pub memory_bytes: u64,
+    /// Bytes of results it spilled to disk.
+    pub spilled_bytes: u64,
+    /// Over its memory pause threshold.
+    pub paused: bool,
+    /// Tasks it ran since it started.
+    pub executed: u64,
+}
+
 impl WorkerState {
     pub fn accepts_tasks(&self) -> bool {
         self.status == WorkerStatus::Running
+    }
+}
+
+/// What a worker says about itself when it registers.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub name: String,
+    pub address: String,
+    pub nthreads: u32,
+    pub memory_limit: u64,
+    pub kinds: Vec<String>,
+}
+
+impl State {
+    pub fn add_worker(&mut self, reg: Registration, now: Instant) -> WorkerId {
+        let id = self.next_worker;
+        self.next_worker += 1;
+        let name = if reg.name.is_empty() {
+            reg.address.clone()
+        } else {
+            reg.name
+        };
+        tracing::info!(worker = id, %name, address = %reg.address, nthreads = reg.nthreads, "worker joined");
+        self.workers.insert(
+            id,
+            WorkerState {
+                id,
+                name,
+                address: reg.address,
+                nthreads: reg.nthreads.max(1),
+                memory_limit: reg.memory_limit,
+                kinds: reg.kinds,
+                status: WorkerStatus::Running,
+                processing: HashSet::new(),
+                occupancy: 0.0,
+                has_what: HashSet::new(),
+                nbytes: 0,
+                last_seen: now,
+                memory_bytes: 0,
+                spilled_bytes: 0,
+                executed: 0,
+            },
+        );
+        self.schedule();
+        id
+    }
+
+    pub fn seen(&mut self, worker: WorkerId, now: Instant) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.last_seen = now;
+        }
+    }
+
+    pub fn heartbeat(&mut self, worker: WorkerId, report: WorkerReport) {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        let WorkerReport {
+            memory_bytes: memory,
+            spilled_bytes,
+            paused,
+            executed,
+        } = report;
+        w.memory_bytes = memory;
+        w.spilled_bytes = spilled_bytes;
+        w.executed = executed;
+        let was = w.status;
+        w.status = match (w.status, paused) {
+            (WorkerStatus::Retiring, _) => WorkerStatus::Retiring,
+            (_, true) => WorkerStatus::Paused,
+            (_, false) => WorkerStatus::Running,
+        };
+        if was != w.status {
+            tracing::info!(worker = %w.name, status = w.status.as_str(), memory, "worker status changed");
+            if w.status == WorkerStatus::Running {
+                self.schedule();
+            }
+        }
+    }
+
+    /// Forgets a worker: its running tasks go back to the queue and results
+    /// only it held are computed again where still needed.
+    pub fn remove_worker(&mut self, worker: WorkerId, reason: RemoveReason) {
+        let Some(w) = self.workers.remove(&worker) else {
+            return;
+        };
+        if reason.is_loss() {
+            tracing::warn!(worker = %w.name, address = %w.address, %reason, processing = w.processing.len(), results = w.has_what.len(), "worker lost");
+            self.totals.workers_lost += 1;
+        } else {
+            tracing::info!(worker = %w.name, address = %w.address, "worker retired");
+        }
+        self.outbox.closed_workers.push(worker);
+        // Results first, so that re-queued tasks see which inputs are gone.
+        let mut lost = Vec::new();
+        for id in w.has_what {
+            let Some(t) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            t.who_has.retain(|&h| h != worker);
+            if t.who_has.is_empty() && t.state == TaskState::Memory {
+                lost.push(id);
+            }
+        }
+        // Lost results are handled in priority order so recomputation follows the graph's order.
+        lost.sort_by_key(|id| self.tasks[id].priority);
+        for id in lost {
+            self.result_lost(id);
+        }
+        for id in w.processing {
+            let Some(t) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            if t.state != TaskState::Processing || t.processing_on != Some(worker) {
+                continue;
+            }
+            t.processing_on = None;
+            t.steal_pending = false;
+            t.suspicious += 1;
+            if t.suspicious >= MAX_SUSPICIOUS {
+                let error = format!(
+                    "{} workers died while running this task (last: {}, {reason}); it may be what kills them",
+                    t.suspicious, w.name
+                );
+                self.fail_task(id, w.name.clone(), error);
+                continue;
+            }
+            self.set_state(id, TaskState::Released);
+            self.need(id);
+        }
+        self.schedule();
     }
 }

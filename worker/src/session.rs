@@ -1,0 +1,425 @@
+//! The worker's session with the scheduler: one long-lived stream;
+//! assignments come down, completions, failures and heartbeats go up in
+//! batches. Everything here runs on one task that owns the session's state;
+//! fetches and task runs report back to it through a channel, and nothing
+//! here waits for the disk (the store spills outside its lock).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use daskrs_core::{Assignment, Input};
+use daskrs_proto::WorkerBatch;
+use daskrs_proto::net::Channels;
+use daskrs_proto::scheduler_message::Msg as Down;
+use daskrs_proto::worker_message::Msg as Up;
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::data::Data;
+use crate::execute::{Ran, run_task};
+use crate::kinds::Registry;
+use crate::metrics::Metrics;
+use crate::peer::fetch_from;
+use crate::release::{Releases, release};
+use crate::store::Store;
+use crate::tasks::{Admitted, AfterFetch, Freed, Tasks};
+use crate::{TaskError, WorkerConfig};
+
+/// How a session with the scheduler ended.
+pub enum SessionEnd {
+    /// The scheduler told this worker to close, or it was shut down.
+    Closed,
+    /// The connection was lost; the worker reconnects and starts clean.
+    Lost(String),
+}
+
+enum Event {
+    Fetched {
+        task: u64,
+        input: Input,
+        result: Result<Data, TaskError>,
+    },
+    Done {
+        task: u64,
+        ran: Ran,
+    },
+    Replica {
+        task: u64,
+        result: Result<u64, String>,
+    },
+}
+
+/// Tasks handed to the thread pool per thread: one running, one waiting.
+pub const PREFETCH_PER_THREAD: usize = 2;
+
+pub struct Shared {
+    pub config: WorkerConfig,
+    pub pool: crate::pool::Pool,
+    pub registry: Registry,
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub channels: Channels,
+    /// The peer address other workers reach this one at.
+    pub address: String,
+    pub ready: watch::Sender<bool>,
+}
+
+/// One session: registers, then serves the scheduler until the stream ends.
+pub async fn session(shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> SessionEnd {
+    let cfg = &shared.config;
+    let channel = match daskrs_proto::net::connect(&cfg.scheduler).await {
+        Ok(c) => c,
+        Err(e) => return SessionEnd::Lost(e.to_string()),
+    };
+    let mut client = daskrs_proto::limits!(
+        daskrs_proto::worker_control_client::WorkerControlClient::new(channel)
+    );
+    let (up_tx, up_rx) = mpsc::unbounded_channel::<WorkerBatch>();
+    let register = Up::Register(daskrs_proto::Register {
+        name: cfg.name.clone(),
+        address: shared.address.clone(),
+        nthreads: cfg.nthreads,
+        memory_limit: cfg.memory_limit,
+        kinds: shared.registry.names(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    });
+    let _ = up_tx.send(daskrs_proto::worker_batch(vec![register]));
+    let mut inbound = match client
+        .attach(tokio_stream::wrappers::UnboundedReceiverStream::new(up_rx))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            return SessionEnd::Lost(format!("scheduler refused the worker: {}", s.message()));
+        }
+    };
+    // The welcome opens the first batch; tasks the scheduler assigned at
+    // registration may follow it in the same batch.
+    let (heartbeat_every, first_batch) = match inbound.next().await {
+        Some(Ok(batch)) => {
+            let mut msgs = batch.messages.into_iter().filter_map(|m| m.msg);
+            match msgs.next() {
+                Some(Down::Welcome(w)) => {
+                    tracing::info!(worker_id = w.worker_id, scheduler = %cfg.scheduler, "registered with the scheduler");
+                    let every = Duration::from_millis(w.heartbeat_interval_ms.max(50));
+                    (every, msgs.collect::<Vec<_>>())
+                }
+                _ => return SessionEnd::Lost("scheduler did not answer the registration".into()),
+            }
+        }
+        Some(Err(s)) => return SessionEnd::Lost(s.message().to_string()),
+        None => return SessionEnd::Lost("scheduler closed the stream".into()),
+    };
+    shared.metrics.connected.set(1);
+    let _ = shared.ready.send(true);
+
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
+    let mut s = Session {
+        shared: shared.clone(),
+        tasks: Tasks::default(),
+        out: Vec::new(),
+        ev_tx,
+        paused: false,
+        process_over_pause: false,
+        executed: 0,
+        retiring: false,
+        releases: Releases::default(),
+    };
+    let mut heartbeat = tokio::time::interval(heartbeat_every);
+    let mut retire_deadline: Option<Instant> = None;
+    let mut closed = false;
+    for m in first_batch {
+        closed |= s.handle(m);
+    }
+    let end = loop {
+        if closed {
+            break SessionEnd::Closed;
+        }
+        s.dispatch();
+        if !s.out.is_empty() {
+            let batch = daskrs_proto::worker_batch(std::mem::take(&mut s.out));
+            if up_tx.send(batch).is_err() {
+                break SessionEnd::Lost("stream to the scheduler closed".into());
+            }
+        }
+        tokio::select! {
+            msg = inbound.next() => match msg {
+                Some(Ok(batch)) => {
+                    for m in batch.messages.into_iter().filter_map(|m| m.msg) {
+                        closed |= s.handle(m);
+                    }
+                }
+                Some(Err(status)) => break SessionEnd::Lost(status.message().to_string()),
+                None => break SessionEnd::Lost("scheduler closed the stream".into()),
+            },
+            Some(ev) = ev_rx.recv() => {
+                s.event(ev);
+                while let Ok(ev) = ev_rx.try_recv() {
+                    s.event(ev);
+                }
+            }
+            _ = heartbeat.tick() => {
+                s.heartbeat();
+                if retire_deadline.is_some_and(|d| Instant::now() > d) {
+                    tracing::warn!("hand-off did not finish in time; closing anyway");
+                    break SessionEnd::Closed;
+                }
+            }
+            changed = shutdown.changed(), if !s.retiring => {
+                if changed.is_err() || *shutdown.borrow() {
+                    // Drain: ask to hand off results first; the scheduler closes us.
+                    s.retiring = true;
+                    s.out.push(Up::RetireMe(daskrs_proto::RetireMe { reason: "shutting down".into() }));
+                    retire_deadline = Some(Instant::now() + cfg.shutdown_timeout);
+                }
+            }
+        }
+    };
+    // Results that hold uploads are not let go of when the session is lost:
+    // a commit running elsewhere may be completing those uploads. What no
+    // commit completes is left to the bucket's lifecycle rule.
+    shared.metrics.connected.set(0);
+    let _ = shared.ready.send(false);
+    end
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    tasks: Tasks,
+    out: Vec<Up>,
+    ev_tx: mpsc::UnboundedSender<Event>,
+    paused: bool,
+    /// The process's resident memory was over the pause threshold at the
+    /// last heartbeat (read then, not on every dispatch).
+    process_over_pause: bool,
+    executed: u64,
+    retiring: bool,
+    releases: Releases,
+}
+
+impl Session {
+    /// Handles one message from the scheduler; true when told to close.
+    fn handle(&mut self, msg: Down) -> bool {
+        match msg {
+            Down::Welcome(_) => {}
+            Down::Compute(c) => {
+                let (id, key) = (c.task_id, c.key.clone());
+                match Assignment::try_from(c) {
+                    Ok(a) => self.compute(a),
+                    Err(e) => self.out.push(Up::Erred(daskrs_proto::TaskErred {
+                        task_id: id,
+                        error: format!("task {key:?} arrived malformed: {e}"),
+                        missing_inputs: vec![],
+                    })),
+                }
+            }
+            Down::Free(f) => {
+                for id in f.task_ids {
+                    // A running task may store its result yet: its end
+                    // drops that, and lets go of what it holds.
+                    if self.tasks.free(id) == Freed::Forgotten {
+                        self.releases.drop_result(&self.shared.store, id);
+                    }
+                }
+            }
+            Down::Steal(r) => {
+                let stolen = self.tasks.steal(r.task_id);
+                self.out
+                    .push(Up::StealResponse(daskrs_proto::StealResponse {
+                        task_id: r.task_id,
+                        stolen,
+                    }));
+            }
+            Down::FetchReplica(r) => self.fetch_replica(r.task_id, r.addresses),
+            Down::Close(c) => {
+                tracing::info!(reason = %c.reason, "scheduler closed this worker");
+                return true;
+            }
+        }
+        false
+    }
+
+    fn compute(&mut self, a: Assignment) {
+        let id = a.task;
+        let store = self.shared.store.clone();
+        match self.tasks.assign(a, |input| store.contains(input)) {
+            Admitted::Ready => {}
+            Admitted::Missing(missing) => self.report_missing(id, missing),
+            Admitted::Fetch(fetches) => {
+                for (input, addresses) in fetches {
+                    let shared = self.shared.clone();
+                    let tx = self.ev_tx.clone();
+                    tokio::spawn(async move {
+                        let result =
+                            fetch_from(&shared.channels, input.task, input.piece, &addresses).await;
+                        let _ = tx.send(Event::Fetched {
+                            task: id,
+                            input,
+                            result,
+                        });
+                    });
+                }
+            }
+        }
+    }
+
+    /// Copies a result another worker holds here, for a retiring worker's hand-off.
+    fn fetch_replica(&self, task: u64, addresses: Vec<String>) {
+        let shared = self.shared.clone();
+        let tx = self.ev_tx.clone();
+        tokio::spawn(async move {
+            let result = match fetch_from(&shared.channels, task, None, &addresses).await {
+                Ok(d) => {
+                    let n = d.len();
+                    shared.metrics.transfer_bytes.inc_by(n);
+                    let store = shared.store.clone();
+                    tokio::task::spawn_blocking(move || store.put(task, d))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                        .map(|_| n)
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = tx.send(Event::Replica { task, result });
+        });
+    }
+
+    fn report_missing(&mut self, id: u64, missing: Vec<u64>) {
+        self.out.push(Up::Erred(daskrs_proto::TaskErred {
+            task_id: id,
+            error: format!("inputs {missing:?} could not be fetched"),
+            missing_inputs: missing,
+        }));
+    }
+
+    fn event(&mut self, ev: Event) {
+        match ev {
+            Event::Fetched {
+                task,
+                input,
+                result,
+            } => {
+                if let Ok(d) = &result {
+                    self.shared.metrics.transfer_bytes.inc_by(d.len());
+                }
+                if let AfterFetch::Missing(missing) = self.tasks.fetched(task, input, result) {
+                    self.report_missing(task, missing);
+                }
+            }
+            Event::Done { task, ran } => self.done(task, ran),
+            Event::Replica { task, result } => match result {
+                Ok(nbytes) => self.out.push(Up::ReplicaAdded(daskrs_proto::ReplicaAdded {
+                    task_id: task,
+                    nbytes,
+                })),
+                Err(error) => self
+                    .out
+                    .push(Up::ReplicaFailed(daskrs_proto::ReplicaFailed {
+                        task_id: task,
+                        error,
+                    })),
+            },
+        }
+    }
+
+    fn done(&mut self, task: u64, ran: Ran) {
+        let Ran {
+            result,
+            duration,
+            external,
+        } = ran;
+        let Some(ended) = self.tasks.ended(task) else {
+            return;
+        };
+        let store = &self.shared.store;
+        if ended.cancelled {
+            if let Some(kind) = external {
+                release(store, task, kind);
+            }
+            store.remove(task);
+            return;
+        }
+        if let Some(kind) = external {
+            self.releases.hold(task, kind);
+        }
+        self.shared.metrics.task_duration.observe(duration);
+        match result {
+            Ok((nbytes, format)) => {
+                self.executed += 1;
+                self.shared.metrics.tasks_executed.inc();
+                self.out.push(Up::Finished(daskrs_proto::TaskFinished {
+                    task_id: task,
+                    nbytes,
+                    format: daskrs_proto::convert::format_number(format),
+                    duration,
+                    transfer_bytes: ended.transfer_bytes,
+                }));
+            }
+            Err(error) => {
+                tracing::debug!(task = %ended.key, %error, "task failed");
+                self.shared.metrics.tasks_failed.inc();
+                self.out.push(Up::Erred(daskrs_proto::TaskErred {
+                    task_id: task,
+                    error: error.to_string(),
+                    missing_inputs: vec![],
+                }));
+            }
+        }
+    }
+
+    /// Starts ready tasks on free threads, best first, unless paused.
+    fn dispatch(&mut self) {
+        let paused = self.shared.store.over_pause() || self.process_over_pause;
+        if paused != self.paused {
+            self.paused = paused;
+            tracing::info!(
+                paused,
+                memory = self.shared.store.memory_bytes(),
+                "memory pause changed"
+            );
+            self.heartbeat();
+        }
+        let limit = self.shared.config.nthreads as usize * PREFETCH_PER_THREAD;
+        while !self.paused && self.tasks.running() < limit {
+            let Some(started) = self.tasks.start_next() else {
+                break;
+            };
+            let shared = self.shared.clone();
+            let tx = self.ev_tx.clone();
+            let generation = shared.store.generation();
+            self.shared.pool.submit(move || {
+                let a = started.assignment;
+                let ran = run_task(&shared, generation, &a, started.fetched);
+                let _ = tx.send(Event::Done { task: a.task, ran });
+            });
+        }
+    }
+
+    fn heartbeat(&mut self) {
+        if self.shared.config.pause_on_process_memory {
+            let limit = self.shared.config.memory_limit as f64 * crate::store::PAUSE_FRACTION;
+            self.process_over_pause = resident_bytes().is_some_and(|rss| rss as f64 > limit);
+        }
+        let store = &self.shared.store;
+        let m = &self.shared.metrics;
+        let (memory, spilled) = (store.memory_bytes(), store.spilled_bytes());
+        m.memory_bytes.set(memory as i64);
+        m.spilled_bytes.set(spilled as i64);
+        m.held_results.set(store.len() as i64);
+        m.paused.set(i64::from(self.paused));
+        self.out.push(Up::Heartbeat(daskrs_proto::Heartbeat {
+            memory_bytes: memory,
+            spilled_bytes: spilled,
+            paused: self.paused,
+            executed: self.executed,
+        }));
+    }
+}
+
+/// This process's resident memory, from /proc (Linux).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
