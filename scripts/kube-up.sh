@@ -22,13 +22,8 @@ for c in etcd kube-apiserver kube-controller-manager; do
 done
 rm -f "$DIR"/*.pid # stale, from a run that was not shut down
 
-free_port() { # a random loopback port nobody answers on
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 40000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-  done
-}
+# shellcheck source=scripts/ports.sh
+source "$(dirname "$0")/ports.sh"
 start() { # name args...: run detached in its own session, pid in DIR/name.pid
   local name=$1; shift
   # shellcheck disable=SC2016 # $$, $0, $@ belong to the inner bash
@@ -68,7 +63,7 @@ if [[ ! -f $DIR/tokens.csv ]]; then # token,user,uid,"groups"
 fi
 token() { awk -F, -v u="$1" '$2 == u { print $1 }' "$DIR/tokens.csv"; }
 
-ETCD_PORT=$(free_port); PEER_PORT=$(free_port); API_PORT=$(free_port)
+reserve_port ETCD_PORT; reserve_port PEER_PORT; reserve_port API_PORT
 # --unsafe-no-fsync: test data need not survive a power cut, and fsync is slow.
 start etcd --name=test --data-dir="$DIR/etcd" \
   --listen-client-urls="http://127.0.0.1:$ETCD_PORT" --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \

@@ -20,11 +20,18 @@ if [[ -f $dir/pid && -f $dir/endpoint ]] && kill -0 "$(<"$dir/pid")" 2>/dev/null
   exit 0
 fi
 
-# Free loopback port: $PORT if set, else one the kernel picks (tiny race until minio binds it).
-# The plain bind also checks $PORT is free: minio listens with SO_REUSEPORT, so a second
-# minio on a busy port would start "fine" and share the port with the first one.
-port=$(python3 -c 'import socket, sys; s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); print(s.getsockname()[1])' "${PORT:-0}" 2>/dev/null) \
-  || { log "error: port ${PORT:-?} on 127.0.0.1 is in use"; exit 1; }
+# A loopback port: $PORT if set, else one reserved below the ephemeral range
+# (see ports.sh). The plain bind checks $PORT is free: minio listens with
+# SO_REUSEPORT, so a second minio on a busy port would start "fine" and share
+# the port with the first one.
+if [[ -n ${PORT:-} ]]; then
+  port=$(python3 -c 'import socket, sys; s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); print(s.getsockname()[1])' "$PORT" 2>/dev/null) \
+    || { log "error: port $PORT on 127.0.0.1 is in use"; exit 1; }
+else
+  # shellcheck source=scripts/ports.sh
+  source "$(dirname "$0")/ports.sh"
+  reserve_port port
+fi
 endpoint="http://127.0.0.1:$port"
 
 # MINIO_BROWSER=off: no web console (and no console port). MINIO_UPDATE=off: never check for updates.

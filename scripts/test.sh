@@ -21,7 +21,14 @@ echo "== Chromium for the dashboard test"
 scripts/install-chromium.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== the client library alone links no scheduler, worker or DataFusion"
+linked=$(cargo tree -p daskrs-client --no-default-features -e normal --prefix none --locked)
+if grep -E '^(daskrs-(scheduler|worker|engine)|datafusion) ' <<<"$linked"; then
+  echo "error: daskrs-client without its features links the crates above" >&2
+  exit 1
+fi
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
-cargo test --workspace --locked
+# Every test binary runs even when one fails, so one red test hides no other.
+cargo test --workspace --locked --no-fail-fast

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use daskrs_bench::{Proc, free_port};
+use daskrs_bench::{Proc, start_scheduler};
 use daskrs_client::{Client, Graph};
 use daskrs_core::TaskSpec;
 
@@ -143,23 +143,7 @@ async fn measure(
 async fn main() {
     let args = Args::parse();
     let dir = tempfile::tempdir().unwrap();
-    let (port, http) = (free_port(), free_port());
-    let scheduler = Proc(
-        Command::new(&args.daskrs)
-            .args([
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--http-port",
-                &http.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("the daskrs binary starts"),
-    );
-    let address = format!("127.0.0.1:{port}");
+    let (scheduler, address) = start_scheduler(&args.daskrs, dir.path());
     let mut workers = Vec::new();
     for i in 0..2 {
         workers.push(Proc(

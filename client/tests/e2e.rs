@@ -255,14 +255,14 @@ async fn helm_install_apply_query_scale_and_delete_a_cluster() {
     )
     .await;
 
-    let metrics_port = harness::free_port();
-    // On this machine the metrics move to a free loopback port; every other
-    // argument is the Deployment's.
+    // On this machine the operator listens on a loopback address of its own,
+    // at the chart's port; every other argument is the Deployment's.
+    let metrics = SocketAddr::from((agent.allocate_address(), 8080));
     let args: Vec<String> = args
         .into_iter()
         .map(|a| {
             if a.starts_with("--metrics-addr=") {
-                format!("--metrics-addr=127.0.0.1:{metrics_port}")
+                format!("--metrics-addr={metrics}")
             } else {
                 a
             }
@@ -285,7 +285,6 @@ async fn helm_install_apply_query_scale_and_delete_a_cluster() {
         .env("http_proxy", &proxy);
     let operator = Process::start(cmd, plane.dir.join("operator.log"));
     let diag = || diagnostics(&plane, &agent, &operator);
-    let metrics = SocketAddr::from(([127, 0, 0, 1], metrics_port));
     wait_for("the operator to lead", WAIT, &diag, || async {
         if let Some(status) = operator.exited() {
             panic!("the operator exited ({status}):\n{}", operator.log());
@@ -689,7 +688,8 @@ async fn service_names_resolve_to_an_address_that_forwards_to_a_ready_pod() {
         }
     });
     let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
-    let service_port = harness::free_port();
+    // The Service has a loopback address of its own: any port is free there.
+    let service_port = 8000;
     let service = Service {
         metadata: ObjectMeta {
             name: Some("web".into()),

@@ -465,12 +465,10 @@ impl tonic::codec::Decoder for RawCodec {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn worker_serves_health_readiness_and_metrics() {
-    let mut cluster = Cluster::start(0, &[], &[]);
-    let port = harness::free_port();
-    cluster.add_worker(&["--http-port", &port.to_string()]);
+    let mut cluster = Cluster::start(1, &[], &[]);
+    let port = cluster.worker_http_port(0);
     let client = cluster.client(1).await;
     check_slow_sum(&client, 4, 10, 0).await;
-    harness::wait_port(port);
     assert_eq!(
         harness::http(port, "GET", "/health", ""),
         (200, "ok\n".into())
@@ -505,32 +503,25 @@ async fn worker_serves_health_readiness_and_metrics() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn local_cluster_serves_clients_and_stops_on_sigterm() {
-    let port = harness::free_port();
-    let http_port = harness::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let port_file = dir.path().join("local.ports");
     let mut local = harness::Proc {
         child: std::process::Command::new(harness::BIN)
-            .args([
-                "local",
-                "--workers",
-                "2",
-                "--port",
-                &port.to_string(),
-                "--http-port",
-                &http_port.to_string(),
-            ])
+            .args(["local", "--workers", "2", "--port", "0", "--http-port", "0"])
+            .arg("--port-file")
+            .arg(&port_file)
             .env("DASKRS_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap(),
     };
-    harness::wait_port(port);
+    let port = harness::read_ports(&port_file, &mut local)["grpc"];
     let address = format!("127.0.0.1:{port}");
     let client = daskrs_client::Client::connect(&address).await.unwrap();
     client
         .wait_for_workers(2, Duration::from_secs(20))
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("g.json");
     std::fs::write(&file, r#"{"tasks": [{"key": "n", "kind": "range", "args": {"start": 1, "stop": 11}}, {"key": "s", "kind": "sum", "deps": ["n"]}]}"#).unwrap();
     let out = submit(&address, &file, &[]);

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use daskrs_bench::{Proc, free_port};
+use daskrs_bench::{Proc, start_scheduler};
 use daskrs_client::Client;
 use daskrs_engine::{compare, tpch};
 
@@ -230,20 +230,8 @@ async fn main() {
         a.queries.clone()
     };
 
-    let port = free_port();
-    let scheduler = spawn(
-        &a.daskrs,
-        &[
-            "scheduler".into(),
-            "--host".into(),
-            "127.0.0.1".into(),
-            "--port".into(),
-            port.to_string(),
-            "--http-port".into(),
-            free_port().to_string(),
-        ],
-    );
-    let address = format!("127.0.0.1:{port}");
+    let run_dir = tempfile::tempdir().expect("a temporary directory");
+    let (scheduler, address) = start_scheduler(&a.daskrs, run_dir.path());
     let mut workers = Vec::new();
     for i in 0..a.workers {
         workers.push(spawn(

@@ -11,9 +11,10 @@ pub mod pod;
 pub mod pod_env;
 pub mod s3;
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,12 +22,62 @@ use daskrs_client::Client;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_daskrs");
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback port below the kernel's ephemeral range, so nothing that binds
+/// port 0 can be handed it, locked for as long as this lives so that no
+/// other test (nor `scripts/ports.sh`, which takes the same locks) picks it.
+pub struct ReservedPort {
+    pub port: u16,
+    _lock: std::fs::File,
+}
+
+impl ReservedPort {
+    pub fn new() -> ReservedPort {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+        let lo: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(lo > 2048, "the ephemeral port range starts at {lo}");
+        let first = if lo > 12048 { lo - 10000 } else { 1024 };
+        let dir = Path::new("/tmp/daskrs-ports");
+        std::fs::create_dir_all(dir).unwrap();
+        let seed = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            std::process::id(),
+        );
+        let span = u64::from(lo - first);
+        for i in 0..span {
+            let port = first + ((seed + i) % span) as u16;
+            let lock = std::fs::File::create(dir.join(format!("{port}.lock"))).unwrap();
+            if lock.try_lock().is_ok() && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return ReservedPort { port, _lock: lock };
+            }
+        }
+        panic!("no free port in {first}..{lo}");
+    }
+}
+
+/// The ports a server started with `--port-file PATH` (and port 0) got:
+/// waits for the file it writes once it listens, failing at once if the
+/// process exits first.
+pub fn read_ports(path: &Path, proc: &mut Proc) -> HashMap<String, u16> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            return serde_json::from_str(&text).unwrap_or_else(|e| {
+                panic!("port file {} is not JSON ({e}): {text}", path.display())
+            });
+        }
+        if let Some(status) = proc.child.try_wait().unwrap() {
+            panic!(
+                "the server exited ({status}) before writing {}",
+                path.display()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no port file {} after 30 s",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A child process killed on drop.
@@ -70,6 +121,7 @@ impl Drop for Proc {
 
 pub struct Cluster {
     pub port: u16,
+    _reserved: ReservedPort,
     pub http_port: u16,
     pub scheduler: Option<Proc>,
     pub workers: Vec<Proc>,
@@ -98,9 +150,12 @@ impl Cluster {
         worker_args: &[&str],
         env: &[(String, String)],
     ) -> Cluster {
+        let reserved = ReservedPort::new();
         let mut c = Cluster {
-            port: free_port(),
-            http_port: free_port(),
+            port: reserved.port,
+            _reserved: reserved,
+            // Chosen by the scheduler each time it starts.
+            http_port: 0,
             scheduler: None,
             workers: Vec::new(),
             worker_names: Vec::new(),
@@ -119,7 +174,12 @@ impl Cluster {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Starts the scheduler, its gRPC on the cluster's reserved port (a
+    /// restarted scheduler must be where the workers look for it), its
+    /// HTTP on a port of its choosing.
     pub fn start_scheduler(&mut self) {
+        let port_file = self.dir.path().join("scheduler.ports");
+        let _ = std::fs::remove_file(&port_file);
         let child = quiet(Command::new(BIN).arg("scheduler"))
             .args([
                 "--host",
@@ -127,14 +187,29 @@ impl Cluster {
                 "--port",
                 &self.port.to_string(),
                 "--http-port",
-                &self.http_port.to_string(),
+                "0",
             ])
+            .arg("--port-file")
+            .arg(&port_file)
             .args(&self.scheduler_args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .spawn()
             .unwrap();
-        self.scheduler = Some(Proc { child });
-        wait_port(self.port);
+        let mut proc = Proc { child };
+        let ports = read_ports(&port_file, &mut proc);
+        assert_eq!(ports["grpc"], self.port);
+        self.http_port = ports["http"];
+        self.scheduler = Some(proc);
+    }
+
+    fn worker_port_file(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("w{i}.ports"))
+    }
+
+    /// Worker `i`'s HTTP port (`/health`, `/ready`, `/metrics`).
+    pub fn worker_http_port(&mut self, i: usize) -> u16 {
+        let path = self.worker_port_file(i);
+        read_ports(&path, &mut self.workers[i])["http"]
     }
 
     pub fn add_worker(&mut self, args: &[&str]) -> usize {
@@ -157,6 +232,8 @@ impl Cluster {
             })
             .arg("--local-dir")
             .arg(self.dir.path())
+            .arg("--port-file")
+            .arg(self.worker_port_file(i))
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .spawn()

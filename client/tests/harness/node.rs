@@ -88,6 +88,13 @@ impl NodeAgent {
         self.proxy
     }
 
+    /// A loopback address of its own, as a pod would have, for a process of
+    /// the cluster that runs outside the node (the operator): it can listen
+    /// on its usual ports there.
+    pub fn allocate_address(&self) -> std::net::Ipv4Addr {
+        self.shared.net.allocate_pod_ip()
+    }
+
     /// What went through the HTTP proxy to the cluster's Services.
     pub fn proxied(&self) -> Vec<super::net::Proxied> {
         self.shared.net.proxied()
