@@ -15,6 +15,16 @@ use serde::{Deserialize, Serialize};
 
 pub const GROUP: &str = "daskrs.dev";
 
+// CPU and memory in `resources` (what workers are sized by) are checked
+// when the manifest is applied, as `kubectl apply` is where a typo should
+// surface. Only those two keys: a rule over every key of a map without
+// `maxProperties` costs more than the API server's CEL budget allows, so
+// the operator checks the other keys before it makes any pod.
+const QUANTITIES_IN_LIMITS: &str = "!has(self.limits) || ['cpu', 'memory'].all(k, !(k in self.limits) || type(self.limits[k]) == int || isQuantity(self.limits[k]))";
+const QUANTITIES_IN_REQUESTS: &str = "!has(self.requests) || ['cpu', 'memory'].all(k, !(k in self.requests) || type(self.requests[k]) == int || isQuantity(self.requests[k]))";
+const QUANTITIES_MESSAGE: &str =
+    "cpu and memory must be Kubernetes quantities such as 500m, 2, 4Gi or 4G (4GB and 4Gb are not)";
+
 /// A daskrs cluster: one scheduler and a set of workers.
 // Each `printcolumn(...)` repeats the same keys, which the lint mistakes for
 // duplicated attributes.
@@ -145,6 +155,10 @@ pub struct PodOverrides {
 )]
 pub struct SchedulerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(
+        validation = Rule::new(QUANTITIES_IN_LIMITS).field_path(".limits").message(QUANTITIES_MESSAGE),
+        validation = Rule::new(QUANTITIES_IN_REQUESTS).field_path(".requests").message(QUANTITIES_MESSAGE)
+    )]
     pub resources: Option<ResourceRequirements>,
     #[serde(default)]
     pub service: ServiceSpec,
@@ -199,8 +213,13 @@ pub struct WorkerSpec {
     /// Memory the worker manages before spilling and pausing. Defaults to
     /// the memory limit (or request) of `resources`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("type(self) == int || isQuantity(self)").message("must be a Kubernetes quantity such as 4Gi or 4G (4GB and 4Gb are not)"))]
     pub memory_limit: Option<Quantity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(
+        validation = Rule::new(QUANTITIES_IN_LIMITS).field_path(".limits").message(QUANTITIES_MESSAGE),
+        validation = Rule::new(QUANTITIES_IN_REQUESTS).field_path(".requests").message(QUANTITIES_MESSAGE)
+    )]
     pub resources: Option<ResourceRequirements>,
     #[serde(flatten)]
     pub pod: PodOverrides,
@@ -299,17 +318,6 @@ pub enum Phase {
     Running,
     Scaling,
     Failed,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Pending => "Pending",
-            Phase::Running => "Running",
-            Phase::Scaling => "Scaling",
-            Phase::Failed => "Failed",
-        }
-    }
 }
 
 /// The CRD as YAML, as `crds/daskcluster.yaml` holds it.

@@ -31,10 +31,6 @@ impl LeaderLease {
         }
     }
 
-    pub fn identity(&self) -> &str {
-        &self.identity
-    }
-
     pub fn duration(&self) -> Duration {
         self.duration
     }

@@ -1,5 +1,8 @@
 //! The daskrs Kubernetes operator: `DaskCluster` resources reconciled into a
 //! scheduler Deployment and Service and worker pods.
+//!
+//! It must not depend on the runtime crates (core, proto, scheduler, worker,
+//! engine, client) or DataFusion: it talks to the scheduler over HTTP.
 
 pub mod builders;
 pub mod controller;

@@ -1,20 +1,13 @@
 //! Kubernetes resource quantities (`500m`, `2`, `4Gi`, `1.5e9`) as numbers.
+//! The grammar is Kubernetes' own, so what this refuses a pod would refuse
+//! too; `4GB` and `4Gb` are the usual mistakes.
 
-use std::fmt;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a Kubernetes quantity (such as 500m, 2, 4Gi or 4G)")]
 pub struct QuantityError(String);
 
-impl fmt::Display for QuantityError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} is not a Kubernetes quantity", self.0)
-    }
-}
-
-impl std::error::Error for QuantityError {}
-
-/// The quantity as a real number of base units (bytes, cores).
-fn value(q: &str) -> Result<f64, QuantityError> {
+/// The quantity as a non-negative real number of base units (bytes, cores).
+pub fn value(q: &str) -> Result<f64, QuantityError> {
     let err = || QuantityError(q.to_string());
     let t = q.trim();
     let split = t
@@ -24,6 +17,8 @@ fn value(q: &str) -> Result<f64, QuantityError> {
     let num: f64 = num.parse().map_err(|_| err())?;
     let mult = match suffix {
         "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
         "m" => 1e-3,
         "k" => 1e3,
         "M" => 1e6,
@@ -73,24 +68,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn memory_quantities() {
+    fn memory_quantities_read_binary_and_decimal_suffixes_and_refuse_4gb() {
         assert_eq!(bytes("4Gi"), Ok(4 << 30));
         assert_eq!(bytes("512Mi"), Ok(512 << 20));
         assert_eq!(bytes("1G"), Ok(1_000_000_000));
         assert_eq!(bytes("1.5e9"), Ok(1_500_000_000));
         assert_eq!(bytes("1000"), Ok(1000));
         assert!(bytes("4GB").is_err());
+        assert!(bytes("4Gb").is_err());
         assert!(bytes("lots").is_err());
         assert!(bytes("").is_err());
         assert!(bytes("-1Gi").is_err());
     }
 
     #[test]
-    fn cpu_quantities() {
+    fn cpu_quantities_round_up_to_millicores() {
         assert_eq!(cpu_millis("500m"), Ok(500));
         assert_eq!(cpu_millis("2"), Ok(2000));
         assert_eq!(cpu_millis("1.5"), Ok(1500));
         assert_eq!(cpu_millis("0.1"), Ok(100));
+        assert_eq!(cpu_millis("100u"), Ok(1));
         assert!(cpu_millis("two").is_err());
     }
 }

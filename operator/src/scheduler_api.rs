@@ -10,7 +10,6 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 pub struct Adaptive {
     pub desired_workers: u64,
-    pub current_workers: u64,
     pub tasks_waiting: u64,
     pub tasks_processing: u64,
     pub idle_seconds: f64,

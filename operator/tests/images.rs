@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use daskrs_operator::builders::{Defaults, worker_pod};
+use daskrs_operator::builders::{Defaults, WorkerSizing, worker_pod};
 use daskrs_operator::crd::DaskCluster;
 
 /// The lines of the Dockerfile stage `name`, continuation lines joined.
@@ -27,7 +27,7 @@ fn stage(dockerfile: &str, name: &str) -> Vec<String> {
 }
 
 #[test]
-fn images_match_what_the_pods_run() {
+fn the_images_run_as_the_user_and_entrypoint_the_pods_expect() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).expect("Dockerfile");
 
@@ -39,6 +39,10 @@ fn images_match_what_the_pods_run() {
         &cluster,
         &Defaults {
             image: "daskrs:test".into(),
+        },
+        &WorkerSizing {
+            threads: 1,
+            memory_limit: None,
         },
     );
     let spec = pod.spec.expect("pod spec");

@@ -213,6 +213,151 @@ async fn the_crd_is_served_and_rejects_invalid_manifests() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn kubectl_apply_refuses_cpu_and_memory_kubernetes_cannot_read_naming_the_field() {
+    let plane = control_plane();
+    let client = plane.client().await;
+    let ns = harness::namespace(&client, "cel").await;
+    let bad = [
+        (
+            "spec:\n  worker: {replicas: 1, memoryLimit: 4Gb}\n",
+            "spec.worker.memoryLimit",
+        ),
+        (
+            "spec:\n  worker:\n    replicas: 1\n    resources: {limits: {cpu: two}}\n",
+            "spec.worker.resources.limits",
+        ),
+        (
+            "spec:\n  worker:\n    replicas: 1\n    resources: {requests: {memory: 4GB}}\n",
+            "spec.worker.resources.requests",
+        ),
+        (
+            "spec:\n  scheduler: {resources: {limits: {memory: 1Gb}}}\n  worker: {replicas: 1}\n",
+            "spec.scheduler.resources.limits",
+        ),
+    ];
+    for (spec, field) in bad {
+        let yaml = format!(
+            "apiVersion: daskrs.dev/v1alpha1\nkind: DaskCluster\nmetadata: {{name: bad}}\n{spec}"
+        );
+        let out = apply(plane, &ns, &yaml);
+        assert!(!out.status.success(), "accepted: {spec}");
+        let err = stderr(&out);
+        assert!(
+            err.contains(field) && err.contains("Kubernetes quantit"),
+            "the error does not name {field}: {err}"
+        );
+    }
+    // Plain numbers are quantities too, and so is every suffix Kubernetes reads.
+    must_apply(
+        plane,
+        &ns,
+        "apiVersion: daskrs.dev/v1alpha1\nkind: DaskCluster\nmetadata: {name: good}\nspec:\n  scheduler: {resources: {requests: {cpu: 250m, memory: 512Mi}}}\n  worker:\n    replicas: 1\n    memoryLimit: 4294967296\n    resources: {limits: {cpu: 2, memory: 4G}, requests: {cpu: \"1.5\", memory: 1e9}}\n",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spec_the_crd_lets_through_but_no_pod_could_use_is_reported_and_waits_for_an_edit() {
+    let plane = control_plane();
+    let client = plane.client().await;
+    let ns = harness::namespace(&client, "invalid").await;
+    let (_stub, url) = SchedulerStub::start().await;
+    let _op = Operator::start(plane, &ns, "op", &url);
+    let manifest = |name: &str, worker: &str, extra: &str| {
+        format!(
+            "apiVersion: daskrs.dev/v1alpha1\nkind: DaskCluster\nmetadata: {{name: {name}}}\nspec:\n  worker:\n    replicas: 2\n{worker}{extra}"
+        )
+    };
+    // The CRD's rules look at cpu and memory only, and its pattern cannot
+    // tell a duration longer than any clock.
+    let cases = [
+        (
+            "gpu",
+            manifest(
+                "gpu",
+                "    resources: {limits: {nvidia.com/gpu: one}}\n",
+                "",
+            ),
+            "spec.worker.resources.limits[nvidia.com/gpu]",
+        ),
+        (
+            "forever",
+            manifest("forever", "", "  idleTimeout: 99999999999999999999h\n"),
+            "spec.idleTimeout",
+        ),
+    ];
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    for (name, yaml, field) in &cases {
+        must_apply(plane, &ns, yaml);
+        let c = wait_status(&client, &ns, name, "a SpecValid=False condition", |c| {
+            c.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "SpecValid" && c.status == "False")
+            })
+        })
+        .await;
+        let s = c.status.unwrap();
+        let cond = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "SpecValid")
+            .unwrap();
+        assert_eq!(cond.reason, "InvalidSpec");
+        assert!(
+            cond.message.contains(field),
+            "{field} not named: {}",
+            cond.message
+        );
+        assert_eq!(s.phase, Some(Phase::Failed));
+        assert_eq!(s.observed_generation, c.metadata.generation);
+        wait_for(
+            &format!("an InvalidSpec event naming {field}"),
+            WAIT,
+            || async {
+                let out = plane.kubectl(&[
+                    "get",
+                    "events.v1.events.k8s.io",
+                    "-n",
+                    &ns,
+                    "--field-selector",
+                    "reason=InvalidSpec",
+                    "-o",
+                    "jsonpath={.items[*].note}",
+                ]);
+                stdout(&out).contains(field).then_some(())
+            },
+        )
+        .await;
+        // The condition is written by the pass that would have made them.
+        assert!(workers(&client, &ns, name).await.is_empty(), "pods made");
+        assert!(
+            deployments
+                .get_opt(&format!("{name}-scheduler"))
+                .await
+                .expect("get Deployment")
+                .is_none(),
+            "a scheduler applied for an invalid spec"
+        );
+    }
+
+    // Fixed, the cluster is made and the condition clears.
+    must_apply(
+        plane,
+        &ns,
+        &manifest("gpu", "    resources: {limits: {nvidia.com/gpu: 1}}\n", ""),
+    );
+    wait_workers(&client, &ns, "gpu", 2).await;
+    wait_status(&client, &ns, "gpu", "SpecValid=True", |c| {
+        c.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "SpecValid" && c.status == "True")
+        })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_cluster_becomes_a_scheduler_and_workers_and_deletion_cascades() {
     let plane = control_plane();
     let client = plane.client().await;

@@ -12,8 +12,8 @@ use kube::runtime::events::Reporter;
 use kube::{Client, Resource};
 use serde_json::{Value, json};
 
-use daskrs_operator::builders::{self, Defaults};
-use daskrs_operator::crd::{DaskCluster, DaskClusterSpec, WorkerSpec};
+use daskrs_operator::builders::{self, Defaults, WorkerSizing};
+use daskrs_operator::crd::{DaskCluster, DaskClusterSpec, DaskClusterStatus, WorkerSpec};
 use daskrs_operator::metrics::Metrics;
 use daskrs_operator::reconcile::{Context, Error, Settings, error_policy, reconcile};
 use daskrs_operator::scheduler_api::{Adaptive, ApiError, SchedulerApi};
@@ -65,6 +65,7 @@ struct World {
 struct Seen {
     method: String,
     path: String,
+    content_type: String,
     body: Value,
 }
 
@@ -167,7 +168,7 @@ async fn pass(
     c: DaskCluster,
     world: World,
     scheduler: Arc<FakeScheduler>,
-) -> (Result<(), Error>, Vec<Seen>, Arc<Context>) {
+) -> (Result<Action, Error>, Vec<Seen>, Arc<Context>) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
@@ -176,10 +177,21 @@ async fn pass(
         while let Some((req, send)) = handle.next_request().await {
             let method = req.method().to_string();
             let path = req.uri().to_string();
+            let content_type = req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
             let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let (code, reply) = answer(&world, &method, &path, &body, &mut made);
-            log.lock().unwrap().push(Seen { method, path, body });
+            log.lock().unwrap().push(Seen {
+                method,
+                path,
+                content_type,
+                body,
+            });
             send.send_response(
                 Response::builder()
                     .status(StatusCode::from_u16(code).unwrap())
@@ -208,8 +220,7 @@ async fn pass(
     ));
     let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(c), ctx.clone()))
         .await
-        .expect("a pass finishes")
-        .map(|_| ());
+        .expect("a pass finishes");
     server.abort();
     let seen = seen.lock().unwrap().clone();
     (result, seen, ctx)
@@ -226,15 +237,15 @@ async fn a_new_cluster_applies_its_scheduler_creates_its_workers_and_writes_stat
     let (result, seen, _) = pass(cluster(2), World::default(), Arc::default()).await;
     result.expect("the pass succeeds");
     let r = requests(&seen);
+    assert_eq!(r[0], "GET /api/v1/namespaces/data/pods");
     assert_eq!(
-        r[0],
+        r[1],
         "PATCH /api/v1/namespaces/data/services/demo-scheduler"
     );
     assert_eq!(
-        r[1],
+        r[2],
         "PATCH /apis/apps/v1/namespaces/data/deployments/demo-scheduler"
     );
-    assert_eq!(r[2], "GET /api/v1/namespaces/data/pods");
     assert_eq!(
         r.iter()
             .filter(|x| *x == "POST /api/v1/namespaces/data/pods")
@@ -251,19 +262,24 @@ async fn a_new_cluster_applies_its_scheduler_creates_its_workers_and_writes_stat
         "PATCH /apis/daskrs.dev/v1alpha1/namespaces/data/daskclusters/demo/status"
     );
 
-    // Server-side apply, one field manager, forced.
+    // The scheduler and the status: server-side apply, one field manager,
+    // forced.
+    for applied in [&seen[1], &seen[2], seen.last().unwrap()] {
+        assert!(
+            applied.path.contains("fieldManager=daskrs-operator")
+                && applied.path.contains("force=true")
+                && applied.content_type == "application/apply-patch+yaml",
+            "{} ({})",
+            applied.path,
+            applied.content_type
+        );
+    }
     assert!(
-        seen[0].path.contains("fieldManager=daskrs-operator")
-            && seen[0].path.contains("force=true"),
-        "{}",
-        seen[0].path
-    );
-    assert!(
-        seen[2]
+        seen[0]
             .path
             .contains("labelSelector=daskrs.dev%2Fcluster%3Ddemo%2Cdaskrs.dev%2Frole%3Dworker"),
         "{}",
-        seen[2].path
+        seen[0].path
     );
     let created = seen
         .iter()
@@ -274,7 +290,10 @@ async fn a_new_cluster_applies_its_scheduler_creates_its_workers_and_writes_stat
         created.body["metadata"]["ownerReferences"][0]["uid"],
         "uid-1"
     );
-    let status = &seen.last().unwrap().body["status"];
+    let applied = &seen.last().unwrap().body;
+    assert_eq!(applied["apiVersion"], "daskrs.dev/v1alpha1");
+    assert_eq!(applied["kind"], "DaskCluster");
+    let status = &applied["status"];
     assert_eq!(status["replicas"], 2);
     assert_eq!(status["readyReplicas"], 0);
     assert_eq!(status["phase"], "Pending");
@@ -284,11 +303,17 @@ async fn a_new_cluster_applies_its_scheduler_creates_its_workers_and_writes_stat
 #[tokio::test]
 async fn scale_down_deletes_unready_pods_first_then_what_the_scheduler_retires() {
     let c = cluster(1);
+    // What validation resolves for a cluster without resources.
+    let sizing = WorkerSizing {
+        threads: 1,
+        memory_limit: None,
+    };
     let template = builders::worker_pod(
         &c,
         &Defaults {
             image: "daskrs:test".into(),
         },
+        &sizing,
     );
     let hash = builders::pod_template_hash(&template).unwrap().to_string();
     let world = World {
@@ -384,4 +409,111 @@ async fn api_errors_fail_the_pass_and_back_off_exponentially() {
         .map(|s| Action::requeue(Duration::from_secs(s)))
         .into();
     assert_eq!(actions, expected);
+}
+
+/// The Events a pass published: (reason, note).
+fn events(seen: &[Seen]) -> Vec<(String, String)> {
+    seen.iter()
+        .filter(|s| s.method == "POST" && s.path.contains("/events"))
+        .map(|s| {
+            (
+                s.body["reason"].as_str().unwrap_or_default().to_string(),
+                s.body["note"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn with_memory_limit(mut c: DaskCluster, limit: &str) -> DaskCluster {
+    c.spec.worker.memory_limit = Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+        limit.into(),
+    ));
+    c
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_reported_in_status_and_an_event_and_waits_for_an_edit() {
+    let c = with_memory_limit(cluster(2), "4Gb");
+    let (result, seen, _) = pass(c, World::default(), Arc::default()).await;
+    let action = result.expect("an invalid spec is not an error to retry");
+    assert_eq!(action, Action::await_change());
+    assert_eq!(
+        requests(&seen),
+        vec![
+            "GET /api/v1/namespaces/data/pods",
+            "PATCH /apis/daskrs.dev/v1alpha1/namespaces/data/daskclusters/demo/status",
+            "POST /apis/events.k8s.io/v1/namespaces/data/events",
+        ],
+        "nothing applied, no pod made"
+    );
+    let status_patch = &seen[1];
+    assert!(
+        status_patch.path.contains("fieldManager=daskrs-operator")
+            && status_patch.content_type == "application/apply-patch+yaml",
+        "{}",
+        status_patch.path
+    );
+    let status = &status_patch.body["status"];
+    assert_eq!(status["phase"], "Failed");
+    let condition = &status["conditions"][0];
+    assert_eq!(condition["type"], "SpecValid");
+    assert_eq!(condition["status"], "False");
+    assert_eq!(condition["reason"], "InvalidSpec");
+    let message = condition["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.worker.memoryLimit") && message.contains("4Gb"),
+        "{message}"
+    );
+    let events = events(&seen);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].0, "InvalidSpec");
+    assert!(
+        events[0].1.contains("spec.worker.memoryLimit"),
+        "{:?}",
+        events[0]
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_already_reported_for_this_generation_is_not_reported_again() {
+    let c = with_memory_limit(cluster(2), "4Gb");
+    let (_, first, _) = pass(c.clone(), World::default(), Arc::default()).await;
+    let written: DaskClusterStatus =
+        serde_json::from_value(first[1].body["status"].clone()).expect("a status");
+    let mut reported = c;
+    reported.status = Some(written);
+    let (result, seen, _) = pass(reported, World::default(), Arc::default()).await;
+    assert_eq!(result.expect("the pass succeeds"), Action::await_change());
+    assert_eq!(
+        requests(&seen),
+        vec!["GET /api/v1/namespaces/data/pods"],
+        "no status rewrite and no second Event"
+    );
+}
+
+#[tokio::test]
+async fn a_fixed_spec_is_acted_on_and_marked_valid() {
+    let c = with_memory_limit(cluster(2), "4Gb");
+    let (_, first, _) = pass(c.clone(), World::default(), Arc::default()).await;
+    let mut fixed = with_memory_limit(c, "4Gi");
+    fixed.status = serde_json::from_value(first[1].body["status"].clone()).ok();
+    fixed.meta_mut().generation = Some(2);
+    let (result, seen, _) = pass(fixed, World::default(), Arc::default()).await;
+    result.expect("the pass succeeds");
+    let created = seen
+        .iter()
+        .find(|s| s.method == "POST" && s.path.contains("/pods"))
+        .expect("worker pods made");
+    let env = created.body["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "DASKRS_MEMORY_LIMIT" && e["value"] == "4294967296"),
+        "{env:?}"
+    );
+    let status = &seen.last().unwrap().body["status"];
+    assert_eq!(status["conditions"][0]["type"], "SpecValid");
+    assert_eq!(status["conditions"][0]["status"], "True");
+    assert_eq!(status["observedGeneration"], 2);
 }

@@ -1,0 +1,301 @@
+//! Apply: make the world look like what build asked for. The scheduler
+//! Deployment and Service are server-side applied with one field manager,
+//! so spec edits always land and repeated passes are no-ops. Worker pods
+//! are made and removed one by one, as the scaling decision says; a busy
+//! worker is never deleted unretired, and if the scheduler cannot be
+//! reached, deletion's SIGTERM makes the worker hand off by itself within
+//! the pod's grace period.
+
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+
+use super::build::Desired;
+use super::events::publish;
+use super::read::{self, ObservedPod, SchedulerState};
+use super::scale::{self, Scaling, WorkerPod, Workers};
+use super::validate::Valid;
+use super::{Context, Error, key, lock};
+use crate::builders::MANAGER;
+use crate::crd::DaskCluster;
+
+/// Pods created or deleted at once.
+const API_CONCURRENCY: usize = 32;
+
+/// What the pass did, for the status.
+pub struct Applied {
+    pub scheduler: SchedulerState,
+    /// The worker pods after this pass's creations and removals.
+    pub workers: Workers,
+    pub target: usize,
+    pub created: usize,
+    pub removed: usize,
+}
+
+pub async fn apply(
+    ctx: &Context,
+    cluster: &DaskCluster,
+    ns: &str,
+    valid: &Valid,
+    desired: &Desired,
+    observed: &[ObservedPod],
+) -> Result<Applied, Error> {
+    let scheduler = apply_scheduler(ctx, ns, desired).await?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let mut workers = Workers::classify(observed, &desired.template_hash);
+    remove_ended(ctx, cluster, &pods, &mut workers).await?;
+
+    let target = decide_target(ctx, cluster, valid, &workers, &scheduler).await;
+
+    // Create: as many current-template pods as the target asks for.
+    let fresh = workers.count(None, Some(true));
+    let mut created = 0;
+    if fresh < target {
+        let made = create_pods(cluster, &pods, &desired.worker, target - fresh).await?;
+        created = made.len();
+        ctx.metrics.pods_created(created);
+        let stale = workers.count(None, Some(false));
+        let message = if stale > 0 {
+            format!("created {created} worker pods to replace {stale} made from an older template")
+        } else {
+            format!("created {created} worker pods (target {target})")
+        };
+        publish(
+            ctx,
+            cluster,
+            EventType::Normal,
+            "ScalingUp",
+            "Create",
+            message,
+        )
+        .await;
+        workers.live.extend(made.into_iter().map(|name| WorkerPod {
+            name,
+            ready: false,
+            fresh: true,
+        }));
+    }
+
+    // Remove: what is beyond the target, in the order that loses least.
+    let removed = scale_down(ctx, cluster, &pods, &workers, target).await?;
+    workers.live.retain(|p| !removed.contains(&p.name));
+    Ok(Applied {
+        scheduler,
+        workers,
+        target,
+        created,
+        removed: removed.len(),
+    })
+}
+
+async fn apply_scheduler(
+    ctx: &Context,
+    ns: &str,
+    desired: &Desired,
+) -> Result<SchedulerState, Error> {
+    let params = PatchParams::apply(MANAGER).force();
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let name = desired.service.name_any();
+    services
+        .patch(&name, &params, &Patch::Apply(&desired.service))
+        .await
+        .map_err(|source| Error::Kube {
+            action: "applying the scheduler Service",
+            object: format!("{ns}/{name}"),
+            source,
+        })?;
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let name = desired.deployment.name_any();
+    let deployment = deployments
+        .patch(&name, &params, &Patch::Apply(&desired.deployment))
+        .await
+        .map_err(|source| Error::Kube {
+            action: "applying the scheduler Deployment",
+            object: format!("{ns}/{name}"),
+            source,
+        })?;
+    Ok(read::scheduler_state(&deployment))
+}
+
+/// Ended pods go: a retired worker's pod has finished its job, a failed
+/// one is replaced like any missing worker.
+async fn remove_ended(
+    ctx: &Context,
+    cluster: &DaskCluster,
+    pods: &Api<Pod>,
+    workers: &mut Workers,
+) -> Result<(), Error> {
+    for pod in std::mem::take(&mut workers.ended) {
+        delete_pod(cluster, pods, &pod.name).await?;
+        ctx.metrics.pods_deleted(1);
+        if let Some(reason) = pod.failure {
+            publish(
+                ctx,
+                cluster,
+                EventType::Warning,
+                "WorkerFailed",
+                "Replace",
+                format!("worker pod {} failed ({reason}); replacing it", pod.name),
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
+/// The scaling decision, with the scheduler's answer when it counts and
+/// the cluster's `low_since` carried from pass to pass.
+async fn decide_target(
+    ctx: &Context,
+    cluster: &DaskCluster,
+    valid: &Valid,
+    workers: &Workers,
+    scheduler: &SchedulerState,
+) -> usize {
+    let autoscaling = cluster.spec.autoscaling.as_ref();
+    let asks = scale::asks_scheduler(autoscaling, valid.idle_timeout);
+    let adaptive = if asks && scheduler.ready {
+        read::adaptive(ctx, cluster).await
+    } else {
+        None
+    };
+    let k = key(cluster);
+    let low_since = lock(&ctx.low_since).get(&k).copied();
+    let decision = scale::target(&Scaling {
+        replicas: cluster.spec.worker.replicas,
+        autoscaling,
+        idle_timeout: valid.idle_timeout,
+        current: workers.live.len(),
+        first_pass: cluster.status.is_none(),
+        adaptive: adaptive.as_ref(),
+        low_since,
+        now: Instant::now(),
+        scale_down_delay: ctx.settings.scale_down_delay,
+    });
+    let mut low = lock(&ctx.low_since);
+    match decision.low_since {
+        Some(since) => low.insert(k, since),
+        None => low.remove(&k),
+    };
+    decision.workers
+}
+
+/// Creates `n` pods from `template`; the names the API server gave them.
+async fn create_pods(
+    cluster: &DaskCluster,
+    pods: &Api<Pod>,
+    template: &Pod,
+    n: usize,
+) -> Result<Vec<String>, Error> {
+    let pp = PostParams {
+        field_manager: Some(MANAGER.into()),
+        ..PostParams::default()
+    };
+    futures::stream::iter(0..n)
+        .map(|_| async { pods.create(&pp, template).await.map(|p| p.name_any()) })
+        .buffer_unordered(API_CONCURRENCY)
+        .try_collect()
+        .await
+        .map_err(|source| Error::Kube {
+            action: "creating a worker pod of",
+            object: key(cluster),
+            source,
+        })
+}
+
+async fn delete_pod(cluster: &DaskCluster, pods: &Api<Pod>, name: &str) -> Result<(), Error> {
+    match pods.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(source) => Err(Error::Kube {
+            action: "deleting the worker pod",
+            object: format!("{}/{name}", cluster.namespace().unwrap_or_default()),
+            source,
+        }),
+    }
+}
+
+/// Removes the pods beyond the target. Returns the names removed.
+async fn scale_down(
+    ctx: &Context,
+    cluster: &DaskCluster,
+    pods: &Api<Pod>,
+    workers: &Workers,
+    target: usize,
+) -> Result<Vec<String>, Error> {
+    let plan = scale::removal(workers, target);
+    let mut delete = plan.delete;
+    let base = ctx.scheduler_base(cluster);
+    if plan.retire_count > 0 {
+        match ctx.scheduler.retire(&base, &[], plan.retire_count).await {
+            Ok(chosen) => {
+                let (ours, rest) = scale::retired(workers, chosen, plan.retire_count);
+                retired_event(ctx, cluster, &ours).await;
+                delete.extend(rest);
+                delete.extend(ours);
+            }
+            Err(e) => {
+                scheduler_unreachable(ctx, cluster, &e.to_string()).await;
+                delete.extend(scale::unretired(workers, plan.retire_count));
+            }
+        }
+    }
+    if !plan.retire_named.is_empty() {
+        match ctx.scheduler.retire(&base, &plan.retire_named, 0).await {
+            Ok(done) => retired_event(ctx, cluster, &done).await,
+            Err(e) => scheduler_unreachable(ctx, cluster, &e.to_string()).await,
+        }
+        delete.extend(plan.retire_named);
+    }
+    if delete.is_empty() {
+        return Ok(delete);
+    }
+    futures::stream::iter(delete.clone())
+        .map(|n| async move { delete_pod(cluster, pods, &n).await })
+        .buffer_unordered(API_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    ctx.metrics.pods_deleted(delete.len());
+    publish(
+        ctx,
+        cluster,
+        EventType::Normal,
+        "ScalingDown",
+        "Delete",
+        format!("deleted {} worker pods (target {target})", delete.len()),
+    )
+    .await;
+    Ok(delete)
+}
+
+async fn retired_event(ctx: &Context, cluster: &DaskCluster, names: &[String]) {
+    if names.is_empty() {
+        return;
+    }
+    publish(
+        ctx,
+        cluster,
+        EventType::Normal,
+        "WorkersRetired",
+        "Retire",
+        format!("the scheduler retired {}", names.join(", ")),
+    )
+    .await;
+}
+
+async fn scheduler_unreachable(ctx: &Context, cluster: &DaskCluster, error: &str) {
+    publish(
+        ctx,
+        cluster,
+        EventType::Warning,
+        "RetireFailed",
+        "Retire",
+        format!("{error}; deleting the pods, each worker hands off its results on SIGTERM"),
+    )
+    .await;
+}
