@@ -5,8 +5,10 @@
 # ephemeral range, so no process that binds port 0 (our own servers and
 # workers, every client socket) can be handed it, and holds a lock on it so
 # no other script of ours picks it while this shell or any server it starts
-# lives: the lock's file descriptor is inherited by those servers and
-# released with the last of them.
+# lives: the lock's file descriptor is inherited by those servers (every
+# server a script starts inherits every port the script reserved) and is
+# released with the last of them. The locks are per user, as in the tests'
+# harness (client/tests/harness/mod.rs), which takes the same ones.
 
 reserve_port() {
   local var=$1 lo _hi p fd
@@ -16,9 +18,11 @@ reserve_port() {
     return 1
   fi
   local first=$((lo > 12048 ? lo - 10000 : 1024))
-  mkdir -p /tmp/daskrs-ports
+  local dir="/tmp/daskrs-ports-$(id -u)"
+  mkdir -p -m 700 "$dir"
   for p in $(shuf -i "$first-$((lo - 1))" -n 500); do
-    exec {fd}>"/tmp/daskrs-ports/$p.lock"
+    # Opened without truncating; a lock file that cannot be opened is skipped.
+    exec {fd}>>"$dir/$p.lock" 2>/dev/null || continue
     if flock -n "$fd" && python3 -c 'import socket, sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' "$p" 2>/dev/null; then
       printf -v "$var" %s "$p"
       return 0

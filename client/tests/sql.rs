@@ -401,6 +401,21 @@ async fn bad_sql_and_bad_files_are_clear_errors() {
 }
 
 #[test]
+fn a_query_with_no_workers_attached_says_so() {
+    let cluster = Cluster::start(0, &[], &[]);
+    let out = Command::new(BIN)
+        .args(["sql", "--scheduler", &cluster.address(), "select 1 + 1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("no workers are attached") && !stderr.contains("lost"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn sql_command_prints_saves_and_explains() {
     let cluster = Cluster::start(2, &[], &[]);
     let data = cluster.dir.path().join("tpch");

@@ -89,7 +89,10 @@ fn kind_of(e: &DataFusionError) -> Kind {
             ArrowError::IpcError(_)
             | ArrowError::ParseError(_)
             | ArrowError::ParquetError(_)
+            | ArrowError::CsvError(_)
+            | ArrowError::JsonError(_)
             | ArrowError::InvalidArgumentError(_) => Kind::Corrupt,
+            ArrowError::IoError(..) => Kind::Storage,
             ArrowError::ExternalError(inner) => match inner.downcast_ref::<object_store::Error>() {
                 Some(o) => object_store_kind(o),
                 None => Kind::Failed,

@@ -217,12 +217,12 @@ fn values_that_cannot_work_are_refused_with_a_reason() {
 
 /// Arguments of the installed Deployment, for a local run: the metrics
 /// address moved to a free loopback port.
-fn local_args(deploy: &Value, metrics_port: u16) -> Vec<String> {
+fn local_args(deploy: &Value, metrics: std::net::SocketAddr) -> Vec<String> {
     args_of(deploy)
         .into_iter()
         .map(|a| {
             if a.starts_with("--metrics-addr=") {
-                format!("--metrics-addr=127.0.0.1:{metrics_port}")
+                format!("--metrics-addr={metrics}")
             } else {
                 a
             }
@@ -294,14 +294,14 @@ async fn helm_install_runs_the_operator_with_the_charts_account_and_the_examples
     let token = plane.kubectl(&["create", "token", &name, "-n", &ops, "--duration=1h"]);
     assert!(token.status.success(), "{}", stderr(&token));
     let kubeconfig = plane.kubeconfig_with_token(&name, stdout(&token).trim());
-    let port = harness::free_port();
+    let metrics = harness::metrics_address();
     let op = Operator::start_args(
         plane,
         &kubeconfig,
-        &local_args(&deploy, port),
+        &local_args(&deploy, metrics),
         &release,
         &format!("{release}-0"),
-        port,
+        metrics,
     );
     assert!(op.wait_leader(WAIT).await, "no leader: {}", op.log());
 

@@ -63,27 +63,22 @@ pub fn run_task(
     let (n, format) = (data.len(), data.format);
     let external = kind.filter(|k| k.holds_external(&a.payload));
     let copy = external.as_ref().map(|_| data.clone());
-    match shared.store.put_in(generation, a.task, data) {
-        Ok(true) => Ran {
+    if shared.store.put_in(generation, a.task, data) {
+        return Ran {
             result: Ok((n, format)),
             duration,
             external,
-        },
-        kept => {
-            // Not kept (the store was cleared for a new session, or failed):
-            // nobody will ever commit what it holds, so let go of it here.
-            if let (Some(kind), Some(data)) = (&external, &copy) {
-                kind.release(data);
-            }
-            match kept {
-                Ok(_) => Ran {
-                    result: Ok((n, format)),
-                    duration,
-                    external: None,
-                },
-                Err(e) => failed(TaskError::Failed(e.to_string())),
-            }
-        }
+        };
+    }
+    // Not kept (the store was cleared for a new session): nobody will ever
+    // commit what it holds, so let go of it here.
+    if let (Some(kind), Some(data)) = (&external, &copy) {
+        kind.release(data);
+    }
+    Ran {
+        result: Ok((n, format)),
+        duration,
+        external: None,
     }
 }
 

@@ -45,7 +45,8 @@ impl PeerData for PeerService {
     }
 }
 
-/// Fetches a result from the first of `addresses` that has it.
+/// Fetches a result from the first of `addresses` that has it. Fails as
+/// corrupt data if a holder sent bytes that do not decode, else as a lost peer.
 pub async fn fetch_from(
     pool: &daskrs_proto::net::Channels,
     id: u64,
@@ -53,16 +54,25 @@ pub async fn fetch_from(
     addresses: &[String],
 ) -> Result<crate::data::Data, TaskError> {
     let mut errors = Vec::new();
+    let mut corrupt = false;
     for addr in addresses {
         match fetch_one(pool, id, part, addr).await {
             Ok(d) => return Ok(d),
-            Err(e) => errors.push(format!("{addr}: {e}")),
+            Err(e) => {
+                corrupt |= matches!(e, TaskError::Corrupt(_));
+                errors.push(format!("{addr}: {e}"));
+            }
         }
     }
     if errors.is_empty() {
         return Err(TaskError::PeerGone(format!("no worker holds result {id}")));
     }
-    Err(TaskError::PeerGone(errors.join("; ")))
+    let message = errors.join("; ");
+    Err(if corrupt {
+        TaskError::Corrupt(message)
+    } else {
+        TaskError::PeerGone(message)
+    })
 }
 
 /// A peer that sends nothing for this long is taken as gone: a frozen
@@ -75,8 +85,9 @@ async fn fetch_one(
     id: u64,
     part: Option<u32>,
     addr: &str,
-) -> Result<crate::data::Data, String> {
-    let channel = pool.get(addr).map_err(|e| e.to_string())?;
+) -> Result<crate::data::Data, TaskError> {
+    let gone = |m: String| TaskError::PeerGone(m);
+    let channel = pool.get(addr).map_err(|e| gone(e.to_string()))?;
     let mut client =
         daskrs_proto::limits!(daskrs_proto::peer_data_client::PeerDataClient::new(channel));
     let stream = tokio::time::timeout(
@@ -84,8 +95,8 @@ async fn fetch_one(
         client.fetch(FetchRequest { task_id: id, part }),
     )
     .await
-    .map_err(|_| format!("no answer within {STALL_TIMEOUT:?}"))?
-    .map_err(|s| s.message().to_string())?
+    .map_err(|_| gone(format!("no answer within {STALL_TIMEOUT:?}")))?
+    .map_err(|s| gone(s.message().to_string()))?
     .into_inner();
     let stream = Box::pin(stream.timeout(STALL_TIMEOUT).map(|item| {
         item.unwrap_or_else(|_| {
@@ -94,6 +105,9 @@ async fn fetch_one(
             )))
         })
     }));
-    let (format, bytes) = chunks::assemble(stream).await.map_err(|e| e.to_string())?;
+    let (format, bytes) = chunks::assemble(stream).await.map_err(|e| match e {
+        chunks::AssembleError::Format(_) => TaskError::Corrupt(e.to_string()),
+        _ => gone(e.to_string()),
+    })?;
     Ok(crate::data::Data { format, bytes })
 }

@@ -21,28 +21,30 @@ impl Releases {
     }
 
     /// Drops `task`'s result from the store, letting go of what it holds
-    /// first unless somebody read it.
+    /// unless somebody read it.
     pub fn drop_result(&mut self, store: &Arc<Store>, task: u64) {
-        if let Some(kind) = self.holders.remove(&task) {
-            release(store, task, kind);
+        match self.holders.remove(&task) {
+            Some(kind) => release(store, task, kind),
+            None => store.remove(task),
         }
-        store.remove(task);
     }
 }
 
-/// Hands a dropped result to its kind to let go of what it holds, on a
-/// blocking thread; call before removing it from the store.
+/// Takes a dropped result out of the store and, on a blocking thread (it
+/// may have to be read back from disk), hands it to its kind to let go of
+/// what it holds. A result that a task or a peer read is theirs: it is
+/// only discarded.
 pub fn release(store: &Arc<Store>, task: u64, kind: Arc<dyn TaskKind>) {
-    if store.is_claimed(task) {
+    let Some((taken, claimed)) = store.take_claimed(task) else {
         return;
-    }
-    let data = match store.get(task) {
-        Ok(Some(d)) => d,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::warn!(task, error = %e, "cannot read a result to release it");
-            return;
-        }
     };
-    tokio::task::spawn_blocking(move || kind.release(&data));
+    tokio::task::spawn_blocking(move || {
+        if !claimed {
+            match taken.read(task) {
+                Ok(data) => kind.release(&data),
+                Err(e) => tracing::warn!(task, error = %e, "cannot read a result to release it"),
+            }
+        }
+        taken.discard();
+    });
 }

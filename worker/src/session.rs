@@ -1,8 +1,9 @@
 //! The worker's session with the scheduler: one long-lived stream;
 //! assignments come down, completions, failures and heartbeats go up in
 //! batches. Everything here runs on one task that owns the session's state;
-//! fetches and task runs report back to it through a channel, and nothing
-//! here waits for the disk (the store spills outside its lock).
+//! fetches and task runs report back to it through a channel. Nothing here
+//! waits for the disk: the store spills and unlinks outside its lock, and
+//! spilled results are read on blocking threads.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -244,6 +245,7 @@ impl Session {
         let store = self.shared.store.clone();
         match self.tasks.assign(a, |input| store.contains(input)) {
             Admitted::Ready => {}
+            Admitted::Known => tracing::warn!(task = id, "ignoring a second assignment of a task"),
             Admitted::Missing(missing) => self.report_missing(id, missing),
             Admitted::Fetch(fetches) => {
                 for (input, addresses) in fetches {
@@ -276,7 +278,6 @@ impl Session {
                     tokio::task::spawn_blocking(move || store.put(task, d))
                         .await
                         .map_err(|e| e.to_string())
-                        .and_then(|r| r.map_err(|e| e.to_string()))
                         .map(|_| n)
                 }
                 Err(e) => Err(e.to_string()),
@@ -300,12 +301,13 @@ impl Session {
                 input,
                 result,
             } => {
-                if let Ok(d) = &result {
-                    self.shared.metrics.transfer_bytes.inc_by(d.len());
+                let n = result.as_ref().map_or(0, Data::len);
+                match self.tasks.fetched(task, input, result) {
+                    AfterFetch::Gone => return,
+                    AfterFetch::Missing(missing) => self.report_missing(task, missing),
+                    AfterFetch::Waiting | AfterFetch::Ready => {}
                 }
-                if let AfterFetch::Missing(missing) = self.tasks.fetched(task, input, result) {
-                    self.report_missing(task, missing);
-                }
+                self.shared.metrics.transfer_bytes.inc_by(n);
             }
             Event::Done { task, ran } => self.done(task, ran),
             Event::Replica { task, result } => match result {
@@ -334,10 +336,10 @@ impl Session {
         };
         let store = &self.shared.store;
         if ended.cancelled {
-            if let Some(kind) = external {
-                release(store, task, kind);
+            match external {
+                Some(kind) => release(store, task, kind),
+                None => store.remove(task),
             }
-            store.remove(task);
             return;
         }
         if let Some(kind) = external {

@@ -36,12 +36,17 @@ pub enum Admitted {
     /// The scheduler named no holder for these inputs, and this worker has
     /// none of them: the task cannot run here.
     Missing(Vec<u64>),
+    /// The task is here already (waiting, queued or running): the copy is
+    /// dropped, so one task never counts twice.
+    Known,
 }
 
 /// What a fetch that ended changed.
 #[derive(Debug, PartialEq)]
 pub enum AfterFetch {
-    /// Other inputs are still on their way (or the task is gone).
+    /// The task is no longer here: what was fetched is dropped.
+    Gone,
+    /// Other inputs are still on their way.
     Waiting,
     /// The last input arrived: the task is queued to run.
     Ready,
@@ -83,6 +88,9 @@ impl Tasks {
     /// Takes a new assignment; `held` says whether this worker has a result.
     pub fn assign(&mut self, assignment: Assignment, held: impl Fn(u64) -> bool) -> Admitted {
         let id = assignment.task;
+        if self.tasks.contains_key(&id) {
+            return Admitted::Known;
+        }
         let mut distinct: Vec<Input> = assignment.inputs.clone();
         distinct.sort_unstable();
         distinct.dedup();
@@ -124,6 +132,7 @@ impl Tasks {
     }
 
     /// A fetch for `task` ended, with the input or the reason it failed.
+    /// `Gone` when the task was freed or stolen meanwhile.
     pub fn fetched(
         &mut self,
         task: u64,
@@ -131,7 +140,7 @@ impl Tasks {
         result: Result<Data, TaskError>,
     ) -> AfterFetch {
         let Some(t) = self.tasks.get_mut(&task) else {
-            return AfterFetch::Waiting;
+            return AfterFetch::Gone;
         };
         t.pending_fetches -= 1;
         match result {
@@ -344,5 +353,28 @@ mod tests {
         assert!(t.start_next().is_none(), "2 was freed and 3 stolen");
         assert!(t.ended(1).expect("it ran").cancelled);
         assert!(t.ended(1).is_none(), "ends once");
+        assert_eq!(
+            t.fetched(
+                2,
+                Input {
+                    task: 9,
+                    piece: None
+                },
+                Ok(Data::empty())
+            ),
+            AfterFetch::Gone
+        );
+    }
+
+    #[test]
+    fn a_task_assigned_twice_runs_and_counts_once() {
+        let mut t = Tasks::default();
+        let a = task(1, Priority::default(), &[], &[]);
+        assert_eq!(t.assign(a.clone(), |_| false), Admitted::Ready);
+        assert!(t.start_next().is_some());
+        assert_eq!(t.assign(a, |_| false), Admitted::Known);
+        assert!(t.start_next().is_none());
+        assert!(t.ended(1).is_some());
+        assert_eq!(t.running(), 0);
     }
 }

@@ -36,8 +36,7 @@ impl ReservedPort {
         let lo: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
         assert!(lo > 2048, "the ephemeral port range starts at {lo}");
         let first = if lo > 12048 { lo - 10000 } else { 1024 };
-        let dir = Path::new("/tmp/daskrs-ports");
-        std::fs::create_dir_all(dir).unwrap();
+        let dir = ports_dir();
         let seed = std::hash::BuildHasher::hash_one(
             &std::collections::hash_map::RandomState::new(),
             std::process::id(),
@@ -45,13 +44,29 @@ impl ReservedPort {
         let span = u64::from(lo - first);
         for i in 0..span {
             let port = first + ((seed + i) % span) as u16;
-            let lock = std::fs::File::create(dir.join(format!("{port}.lock"))).unwrap();
+            let Ok(lock) = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(dir.join(format!("{port}.lock")))
+            else {
+                continue;
+            };
             if lock.try_lock().is_ok() && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
                 return ReservedPort { port, _lock: lock };
             }
         }
         panic!("no free port in {first}..{lo}");
     }
+}
+
+/// Where this user's port locks live, shared with `scripts/ports.sh`.
+fn ports_dir() -> PathBuf {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let uid = std::fs::metadata("/proc/self").unwrap().uid();
+    let dir = PathBuf::from(format!("/tmp/daskrs-ports-{uid}"));
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    dir
 }
 
 /// The ports a server started with `--port-file PATH` (and port 0) got:
@@ -121,7 +136,6 @@ impl Drop for Proc {
 
 pub struct Cluster {
     pub port: u16,
-    _reserved: ReservedPort,
     pub http_port: u16,
     pub scheduler: Option<Proc>,
     pub workers: Vec<Proc>,
@@ -130,6 +144,9 @@ pub struct Cluster {
     scheduler_args: Vec<String>,
     /// Environment for every process of the cluster (S3 credentials).
     env: Vec<(String, String)>,
+    /// Dropped last (fields drop in order): the port stays this cluster's
+    /// until its processes are gone.
+    _reserved: ReservedPort,
 }
 
 fn quiet(cmd: &mut Command) -> &mut Command {

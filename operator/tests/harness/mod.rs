@@ -112,12 +112,16 @@ where
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+/// Where an operator of this test process serves its metrics: a loopback
+/// address of its own at the chart's port, as a pod would have. Nothing
+/// else binds these addresses (the test node's pods have 127.100-199.*), so
+/// no port is picked and given up.
+pub fn metrics_address() -> SocketAddr {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    assert!(n < 254 * 254, "out of loopback addresses for operators");
+    let ip = std::net::Ipv4Addr::new(127, 201, (n / 254) as u8, (n % 254 + 1) as u8);
+    SocketAddr::from((ip, 8080))
 }
 
 /// The operator binary as its own process, watching one namespace.
@@ -146,14 +150,14 @@ impl Operator {
         identity: &str,
         scheduler_url: &str,
     ) -> Self {
-        let port = free_port();
+        let metrics = metrics_address();
         let args = [
             "--namespace",
             namespace,
             "--lease-namespace",
             namespace,
             "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
+            &metrics.to_string(),
             "--scheduler-url",
             scheduler_url,
             "--default-image",
@@ -167,18 +171,18 @@ impl Operator {
         ]
         .map(String::from);
         let name = format!("{namespace}-{identity}");
-        Self::start_args(plane, kubeconfig, &args, &name, identity, port)
+        Self::start_args(plane, kubeconfig, &args, &name, identity, metrics)
     }
 
     /// Runs the operator with these arguments, as the pod `identity` whose
-    /// metrics listen on loopback port `port` (the arguments say so too).
+    /// metrics listen at `metrics` (the arguments say so too).
     pub fn start_args(
         plane: &ControlPlane,
         kubeconfig: &Path,
         args: &[String],
         name: &str,
         identity: &str,
-        port: u16,
+        metrics: SocketAddr,
     ) -> Self {
         let log = plane.dir.join(format!("operator-{name}.log"));
         let file = std::fs::File::create(&log).expect("operator log");
@@ -192,7 +196,7 @@ impl Operator {
             .expect("start daskrs-operator");
         Operator {
             child: Some(child),
-            metrics: SocketAddr::from(([127, 0, 0, 1], port)),
+            metrics,
             identity: identity.into(),
             log,
         }

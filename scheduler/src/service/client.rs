@@ -250,17 +250,18 @@ impl ClientService {
                 ))
             })?
             .map_err(|e| match e {
-                // What the statement names is the client's to fix.
+                // Planning reads only the statement and the files it names:
+                // whatever fails is the client's to fix.
                 daskrs_engine::Error::BadSql(_)
                 | daskrs_engine::Error::Storage(_)
-                | daskrs_engine::Error::Corrupt(_) => Status::invalid_argument(e.to_string()),
-                daskrs_engine::Error::PeerGone(_) | daskrs_engine::Error::Failed(_) => {
-                    Status::internal(e.to_string())
-                }
+                | daskrs_engine::Error::Corrupt(_)
+                | daskrs_engine::Error::Failed(_) => Status::invalid_argument(e.to_string()),
+                daskrs_engine::Error::PeerGone(_) => Status::internal(e.to_string()),
             })?;
         if let daskrs_engine::Planned::Query(q) = &planned {
             if threads == 0 {
-                return Err(Status::unavailable(
+                // Not `unavailable`: the scheduler is there, the cluster is empty.
+                return Err(Status::failed_precondition(
                     "no workers are attached to run the query",
                 ));
             }
