@@ -4,7 +4,9 @@
 # tests run a real MinIO server, and the operator tests a real
 # kube-apiserver, etcd and kube-controller-manager with the real kubectl,
 # all built once from the Go module proxy into ~/.cache/daskrs/bin; the
-# dashboard test renders the page in Debian's Chromium (apt, once).
+# dashboard test renders the page in Debian's Chromium (apt, once); the
+# Python package is tested with pytest in two environments made from PyPI
+# under ~/.cache/daskrs (the newest releases, and the oldest supported).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,14 +23,36 @@ echo "== Chromium for the dashboard test"
 scripts/install-chromium.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== the client library alone links no scheduler, worker or DataFusion"
-linked=$(cargo tree -p daskrs-client --no-default-features -e normal --prefix none --locked)
-if grep -E '^(daskrs-(scheduler|worker|engine)|datafusion) ' <<<"$linked"; then
-  echo "error: daskrs-client without its features links the crates above" >&2
-  exit 1
-fi
+echo "== Python environments"
+python_newest=$(scripts/python-env.sh newest)
+python_oldest=$(scripts/python-env.sh oldest)
+echo "== the client library and the Python extension link no scheduler, worker or DataFusion"
+for crate in "daskrs-client --no-default-features" daskrs-python; do
+  # shellcheck disable=SC2086
+  linked=$(cargo tree -p $crate -e normal --prefix none --locked)
+  if grep -E '^(daskrs-(scheduler|worker|engine)|datafusion) ' <<<"$linked"; then
+    echo "error: $crate links the crates above" >&2
+    exit 1
+  fi
+done
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 # Every test binary runs even when one fails, so one red test hides no other.
-cargo test --workspace --locked --no-fail-fast
+# The Python extension is tested by pytest below.
+status=0
+cargo test --workspace --exclude daskrs-python --locked --no-fail-fast || status=$?
+echo "== Python package: wheel"
+cargo build -p daskrs-client --bin daskrs --locked
+wheels="$CARGO_TARGET_DIR/wheels"
+rm -rf "$wheels"
+"$python_newest" -m maturin build --manifest-path python/Cargo.toml --interpreter "$python_newest" --locked --out "$wheels" --quiet
+wheel=$(ls "$wheels"/daskrs-*.whl)
+echo "$(basename "$wheel"): $(du -h "$wheel" | cut -f1)"
+export DASKRS_BIN="$CARGO_TARGET_DIR/debug/daskrs"
+for python in "$python_newest" "$python_oldest"; do
+  echo "== pytest on $("$python" -c 'import sys, dask; print("Python", sys.version.split()[0], "dask", dask.__version__)')"
+  "$python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$wheel"
+  "$python" -m pytest -q -p no:cacheprovider python/tests || status=$?
+done
+exit "$status"

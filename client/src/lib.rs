@@ -28,13 +28,8 @@ pub enum Error {
     Connect(String),
     #[error("graph rejected: {0}")]
     Rejected(String),
-    #[error("task {key:?} failed on worker {worker:?}: {error}")]
-    Failed {
-        key: String,
-        worker: String,
-        error: String,
-        lost_outputs: Vec<String>,
-    },
+    #[error("task {:?} failed on worker {:?}: {}", .0.key, .0.worker, .0.error)]
+    Failed(Box<TaskFailure>),
     #[error("lost the scheduler: {0}")]
     Lost(String),
     #[error("cannot gather {key:?}: {message}")]
@@ -48,11 +43,24 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Rejected(_) => 2,
-            Error::Failed { .. } => 1,
+            Error::Failed(_) => 1,
             Error::Connect(_) | Error::Lost(_) => 3,
             Error::Gather { .. } | Error::Status(_) => 4,
         }
     }
+}
+
+/// A task that failed for good, and what its graph lost by it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskFailure {
+    pub key: String,
+    pub worker: String,
+    pub error: String,
+    /// What the task's user code raised, serialized (pickled, for Python
+    /// tasks); empty for the runtime's own errors.
+    pub exception: Bytes,
+    /// The outputs that can no longer be computed because of it.
+    pub lost_outputs: Vec<String>,
 }
 
 /// A graph to run.
@@ -190,12 +198,13 @@ impl Client {
                     }));
                 }
                 Some(run_event::Event::Failed(f)) => {
-                    return Err(Error::Failed {
+                    return Err(Error::Failed(Box::new(TaskFailure {
                         key: f.key,
                         worker: f.worker,
                         error: f.error,
+                        exception: f.exception.into(),
                         lost_outputs: f.lost_outputs,
-                    });
+                    })));
                 }
                 None => {}
             }

@@ -78,27 +78,11 @@ impl Client {
     /// Runs `sql` on the cluster and gathers its answer. The scheduler plans
     /// and starts it in the same call.
     pub async fn sql(&self, sql: &str, progress: impl FnMut(Progress)) -> Result<Answer, Error> {
-        let msg = run_request::Msg::Sql(daskrs_proto::SubmitSql {
-            sql: sql.to_string(),
-        });
-        let finished = match self.start(msg, progress).await? {
-            Ran::Local(bytes) => {
-                let (schema, batches) = read_ipc("the scheduler's answer", &bytes)?;
-                return Ok(Answer {
-                    schema,
-                    batches,
-                    stages: 0,
-                    tasks: 0,
-                });
-            }
-            Ran::Graph(finished) => finished,
-        };
-        let planned = finished.planned.clone().unwrap_or_default();
+        let streams = self.sql_streams(sql, progress).await?;
         let mut schema = None;
         let mut batches = Vec::new();
-        for key in &planned.outputs {
-            let out = self.gather(&finished, key).await?;
-            let (s, b) = read_ipc(key, &out.bytes)?;
+        for (key, bytes) in &streams.streams {
+            let (s, b) = read_ipc(key, bytes)?;
             schema.get_or_insert(s);
             batches.extend(b);
         }
@@ -109,10 +93,58 @@ impl Client {
         Ok(Answer {
             schema,
             batches,
+            stages: streams.stages,
+            tasks: streams.tasks,
+        })
+    }
+
+    /// Runs `sql` on the cluster and gathers its answer as the Arrow IPC
+    /// streams the final stage's tasks wrote, in order, undecoded.
+    pub async fn sql_streams(
+        &self,
+        sql: &str,
+        progress: impl FnMut(Progress),
+    ) -> Result<Streams, Error> {
+        let msg = run_request::Msg::Sql(daskrs_proto::SubmitSql {
+            sql: sql.to_string(),
+        });
+        let finished = match self.start(msg, progress).await? {
+            Ran::Local(bytes) => {
+                return Ok(Streams {
+                    streams: vec![("the scheduler's answer".to_string(), bytes)],
+                    stages: 0,
+                    tasks: 0,
+                });
+            }
+            Ran::Graph(finished) => finished,
+        };
+        let planned = finished.planned.clone().unwrap_or_default();
+        let mut streams = Vec::with_capacity(planned.outputs.len());
+        for key in &planned.outputs {
+            let out = self.gather(&finished, key).await?;
+            streams.push((key.clone(), out.bytes));
+        }
+        if streams.is_empty() {
+            return Err(Error::Gather {
+                key: String::new(),
+                message: "the query has no output".into(),
+            });
+        }
+        Ok(Streams {
+            streams,
             stages: planned.stages as usize,
             tasks: finished.tasks as usize,
         })
     }
+}
+
+/// A query's answer as it came: Arrow IPC streams, with the key of the task
+/// that wrote each.
+#[derive(Debug, Clone)]
+pub struct Streams {
+    pub streams: Vec<(String, Bytes)>,
+    pub stages: usize,
+    pub tasks: usize,
 }
 
 fn read_ipc(what: &str, bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>), Error> {

@@ -4,7 +4,7 @@ mod harness;
 
 use std::time::Duration;
 
-use daskrs_client::{Error, Graph};
+use daskrs_client::{Error, Graph, TaskFailure};
 use daskrs_core::TaskSpec;
 use harness::graphs::{check_slow_sum, int, ints, range, rooted, slow_sum, start_graph};
 use harness::{Cluster, submit};
@@ -316,18 +316,23 @@ async fn retries_and_failures_reach_the_client_with_key_and_worker() {
         )
         .await
         .unwrap_err();
-    let Error::Failed {
+    let Error::Failed(failure) = err else {
+        panic!("expected a failure, got {err}")
+    };
+    let TaskFailure {
         key,
         worker,
         error,
+        exception,
         lost_outputs,
-    } = err
-    else {
-        panic!("expected a failure, got {err}")
-    };
+    } = *failure;
     assert_eq!(key, "boom");
     assert!(worker == "w0" || worker == "w1", "{worker}");
     assert_eq!(error, "bad row 17");
+    assert!(
+        exception.is_empty(),
+        "a built-in kind's error raises nothing"
+    );
     assert_eq!(lost_outputs, vec!["after"]);
     // One task erred for good, after its retries.
     let (_, metrics) = cluster.http_get("/metrics");

@@ -126,6 +126,14 @@ pub const BUILTIN: &[(&str, Inputs, &str)] = &[
     ("noop", Inputs::Any, "does nothing, returns nothing"),
 ];
 
+/// Python tasks (a pickled task and its inputs), run by workers started
+/// with a Python interpreter.
+pub const PYTHON: &str = "python";
+
+/// Kinds that only some workers run. A graph may name them while no worker
+/// runs them: its tasks wait until one joins.
+pub const OPTIONAL: &[&str] = &[PYTHON];
+
 pub fn is_builtin(kind: &str) -> bool {
     BUILTIN.iter().any(|(name, _, _)| *name == kind)
 }

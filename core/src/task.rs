@@ -17,6 +17,9 @@ pub enum DataFormat {
     /// One Arrow IPC stream per piece of a shuffle, behind an index; readers
     /// take one piece each.
     Pieces,
+    /// A Python object: pickle protocol 5 with its out-of-band buffers, in
+    /// the frame layout of the `daskrs` package's `_serialize` module.
+    Pickle,
 }
 
 impl DataFormat {
@@ -25,6 +28,7 @@ impl DataFormat {
             DataFormat::Arrow => "arrow",
             DataFormat::Opaque => "opaque",
             DataFormat::Pieces => "pieces",
+            DataFormat::Pickle => "pickle",
         }
     }
 }

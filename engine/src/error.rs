@@ -24,6 +24,14 @@ pub enum Error {
     /// memory exhausted.
     #[error("{0}")]
     Failed(String),
+    /// User code raised: its error as text (type, message, the remote
+    /// traceback) and the exception as its language serialized it (pickled,
+    /// for Python; empty when it could not be), to raise again in the client.
+    #[error("{message}")]
+    Raised {
+        message: String,
+        exception: bytes::Bytes,
+    },
 }
 
 impl Error {
@@ -47,6 +55,21 @@ impl Error {
             Error::Corrupt(m) => Error::Corrupt(with(m)),
             Error::PeerGone(m) => Error::PeerGone(with(m)),
             Error::Failed(m) => Error::Failed(with(m)),
+            Error::Raised { message, exception } => Error::Raised {
+                message: with(message),
+                exception,
+            },
+        }
+    }
+}
+
+impl Error {
+    /// The serialized exception of an error user code raised; empty for the
+    /// others.
+    pub fn exception(&self) -> bytes::Bytes {
+        match self {
+            Error::Raised { exception, .. } => exception.clone(),
+            _ => bytes::Bytes::new(),
         }
     }
 }

@@ -20,6 +20,7 @@ impl From<DataFormat> for wire::DataFormat {
             DataFormat::Arrow => wire::DataFormat::Arrow,
             DataFormat::Opaque => wire::DataFormat::Opaque,
             DataFormat::Pieces => wire::DataFormat::Pieces,
+            DataFormat::Pickle => wire::DataFormat::Pickle,
         }
     }
 }
@@ -30,6 +31,7 @@ pub fn data_format(n: i32) -> Result<DataFormat, DecodeError> {
         Ok(wire::DataFormat::Arrow) => Ok(DataFormat::Arrow),
         Ok(wire::DataFormat::Opaque) => Ok(DataFormat::Opaque),
         Ok(wire::DataFormat::Pieces) => Ok(DataFormat::Pieces),
+        Ok(wire::DataFormat::Pickle) => Ok(DataFormat::Pickle),
         Ok(wire::DataFormat::Unspecified) | Err(_) => Err(DecodeError {
             field: "data format",
             problem: format!("{n} is not a known format"),

@@ -112,6 +112,12 @@ async fn status(AxState(core): AxState<Arc<Core>>) -> Json<serde_json::Value> {
             "held_results": w.held_results,
             "status": w.status,
             "executed": w.executed,
+            "kinds": w.kinds,
+        })).collect::<Vec<_>>(),
+        "no_worker": info.no_worker.iter().map(|k| serde_json::json!({
+            "kind": k.kind,
+            "tasks": k.tasks,
+            "reason": format!("{} tasks wait for a worker that runs {:?} tasks; none of the cluster's workers does", k.tasks, k.kind),
         })).collect::<Vec<_>>(),
         "graphs": graphs,
         "tasks": info.tasks.iter().map(|c| (c.state.clone(), c.count)).collect::<std::collections::BTreeMap<_, _>>(),

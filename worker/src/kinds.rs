@@ -82,6 +82,12 @@ impl Registry {
         self
     }
 
+    /// Adds `python`: tasks run by executor processes of that interpreter.
+    pub fn with_python(mut self, kind: crate::python::PythonKind) -> Registry {
+        self.register(crate::python::KIND, kind);
+        self
+    }
+
     pub fn register(&mut self, name: &str, kind: impl TaskKind + 'static) {
         self.kinds.insert(name.to_string(), Arc::new(kind));
     }

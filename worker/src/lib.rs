@@ -13,6 +13,7 @@ pub mod kinds;
 pub mod metrics;
 pub mod peer;
 pub mod pool;
+pub mod python;
 mod release;
 pub mod session;
 pub mod store;

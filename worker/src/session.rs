@@ -211,6 +211,7 @@ impl Session {
                         task_id: id,
                         error: format!("task {key:?} arrived malformed: {e}"),
                         missing_inputs: vec![],
+                        exception: Default::default(),
                     })),
                 }
             }
@@ -291,6 +292,7 @@ impl Session {
             task_id: id,
             error: format!("inputs {missing:?} could not be fetched"),
             missing_inputs: missing,
+            exception: Default::default(),
         }));
     }
 
@@ -365,6 +367,7 @@ impl Session {
                     task_id: task,
                     error: error.to_string(),
                     missing_inputs: vec![],
+                    exception: error.exception().to_vec(),
                 }));
             }
         }

@@ -162,6 +162,10 @@ pub struct WorkerArgs {
     /// it holds) passes 80% of the memory limit.
     #[arg(long, env = "DASKRS_PAUSE_ON_PROCESS_MEMORY", default_value_t = true, action = clap::ArgAction::Set)]
     pub pause_on_process_memory: bool,
+    /// Run Python tasks with this interpreter, which must have the `daskrs`
+    /// package; without it the worker runs no Python tasks.
+    #[arg(long, env = "DASKRS_PYTHON")]
+    pub python: Option<PathBuf>,
     /// Once listening, write the ports this got (JSON) to this file: for
     /// whoever starts it with port 0.
     #[arg(long, env = "DASKRS_PORT_FILE")]
@@ -298,12 +302,12 @@ impl From<daskrs_client::Error> for Failure {
     fn from(e: daskrs_client::Error) -> Failure {
         let code = e.exit_code() as u8;
         let mut message = e.to_string();
-        if let daskrs_client::Error::Failed { lost_outputs, .. } = &e
-            && !lost_outputs.is_empty()
+        if let daskrs_client::Error::Failed(f) = &e
+            && !f.lost_outputs.is_empty()
         {
             message.push_str(&format!(
                 " (outputs not computed: {})",
-                lost_outputs.join(", ")
+                f.lost_outputs.join(", ")
             ));
         }
         Failure { message, code }

@@ -106,6 +106,12 @@ pub async fn info(t: Target) -> Result<(), Failure> {
         .map(|s| format!("{} {}", s.count, s.state))
         .collect();
     println!("graphs: {}; tasks: {}", info.graphs, tasks.join(", "));
+    for k in &info.no_worker {
+        println!(
+            "waiting: {} tasks of kind {:?}: no worker runs them (start workers with --python for Python tasks)",
+            k.tasks, k.kind
+        );
+    }
     Ok(())
 }
 

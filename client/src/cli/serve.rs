@@ -86,7 +86,14 @@ pub async fn worker(a: WorkerArgs) -> Result<(), Failure> {
     };
     tracing::info!(?config, "configuration");
     let s3 = daskrs_engine::S3Access::load(&a.s3.settings()).await;
-    let registry = Registry::builtin().with_sql(Arc::new(daskrs_engine::Executor::new(Some(s3))));
+    let mut registry =
+        Registry::builtin().with_sql(Arc::new(daskrs_engine::Executor::new(Some(s3))));
+    if let Some(python) = a.python {
+        let kind = daskrs_worker::python::PythonKind::start(python)
+            .map_err(|e| Failure::new(2, format!("--python: {e}")))?;
+        tracing::info!(versions = %kind.versions(), "Python tasks run by executor processes");
+        registry = registry.with_python(kind);
+    }
     daskrs_worker::run(config, registry, shutdown_signal())
         .await
         .map_err(|e| Failure::new(3, e.to_string()))

@@ -9,8 +9,9 @@ use daskrs_core::{TaskSpec, TaskState};
 use daskrs_proto::scheduler_server::Scheduler;
 use daskrs_proto::{
     CancelRequest, CancelResponse, ClusterInfoRequest, ClusterInfoResponse, DataChunk,
-    GatherRequest, RetireWorkersRequest, RetireWorkersResponse, RunEvent, RunRequest, SqlQuery,
-    SqlRequest, SqlResponse, StateCount, WorkerInfo, run_event, run_request, sql_response,
+    GatherRequest, KindWait, RetireWorkersRequest, RetireWorkersResponse, RunEvent, RunRequest,
+    SqlQuery, SqlRequest, SqlResponse, StateCount, WorkerInfo, run_event, run_request,
+    sql_response,
 };
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -256,7 +257,9 @@ impl ClientService {
                 | daskrs_engine::Error::Storage(_)
                 | daskrs_engine::Error::Corrupt(_)
                 | daskrs_engine::Error::Failed(_) => Status::invalid_argument(e.to_string()),
-                daskrs_engine::Error::PeerGone(_) => Status::internal(e.to_string()),
+                daskrs_engine::Error::PeerGone(_) | daskrs_engine::Error::Raised { .. } => {
+                    Status::internal(e.to_string())
+                }
             })?;
         if let daskrs_engine::Planned::Query(q) = &planned {
             if threads == 0 {
@@ -294,6 +297,12 @@ pub fn cluster_info(core: &Core) -> ClusterInfoResponse {
             held_results: w.has_what.len() as u64,
             status: w.status.as_str().to_string(),
             executed: w.executed,
+            kinds: w
+                .kinds
+                .iter()
+                .filter(|k| !daskrs_core::kinds::is_builtin(k))
+                .cloned()
+                .collect(),
         })
         .collect();
     workers.sort_by_key(|w| w.id);
@@ -309,6 +318,14 @@ pub fn cluster_info(core: &Core) -> ClusterInfoResponse {
             .collect(),
         graphs: s.graphs.len() as u64,
         scheduler_version: env!("CARGO_PKG_VERSION").to_string(),
+        no_worker: s
+            .no_worker()
+            .into_iter()
+            .map(|(kind, tasks)| KindWait {
+                kind: kind.to_string(),
+                tasks,
+            })
+            .collect(),
     }
 }
 

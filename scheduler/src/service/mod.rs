@@ -142,6 +142,7 @@ fn to_run_event(graph_id: GraphId, ev: GraphEvent) -> RunEvent {
             key,
             worker,
             error,
+            exception,
             lost_outputs,
         } => run_event::Event::Failed(daskrs_proto::GraphFailed {
             graph_id,
@@ -149,6 +150,7 @@ fn to_run_event(graph_id: GraphId, ev: GraphEvent) -> RunEvent {
             worker,
             error,
             lost_outputs,
+            exception: exception.into(),
         }),
     };
     RunEvent { event: Some(event) }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Core;
-use crate::state::{Finished, Registration, RemoveReason, WorkerId, WorkerReport};
+use crate::state::{Finished, Registration, RemoveReason, TaskFailure, WorkerId, WorkerReport};
 
 pub struct WorkerService {
     pub core: Arc<Core>,
@@ -129,7 +129,7 @@ fn apply(core: &Core, i: &mut super::Inner, worker: WorkerId, batch: WorkerBatch
                     Ok(format) => format,
                     Err(e) => {
                         // The task ran but its result cannot be read: as good as failed.
-                        state.task_erred(worker, f.task_id, e.to_string(), vec![]);
+                        state.task_erred(worker, f.task_id, e.to_string().into(), vec![]);
                         continue;
                     }
                 };
@@ -144,7 +144,15 @@ fn apply(core: &Core, i: &mut super::Inner, worker: WorkerId, batch: WorkerBatch
                     },
                 );
             }
-            Up::Erred(e) => state.task_erred(worker, e.task_id, e.error, e.missing_inputs),
+            Up::Erred(e) => state.task_erred(
+                worker,
+                e.task_id,
+                TaskFailure {
+                    error: e.error,
+                    exception: e.exception.into(),
+                },
+                e.missing_inputs,
+            ),
             Up::Heartbeat(h) => state.heartbeat(
                 worker,
                 WorkerReport {

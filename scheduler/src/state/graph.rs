@@ -42,9 +42,11 @@ pub struct Submission {
 }
 
 impl State {
-    /// Whether some worker, or the built-in registry, knows this kind.
+    /// Whether some worker, or the built-in registry, knows this kind, or
+    /// it is one that workers joining later may run.
     pub fn kind_known(&self, kind: &str) -> bool {
         kinds::is_builtin(kind)
+            || kinds::OPTIONAL.contains(&kind)
             || self
                 .workers
                 .values()
@@ -53,6 +55,7 @@ impl State {
 
     fn known_kinds(&self) -> String {
         let mut all: Vec<&str> = kinds::BUILTIN.iter().map(|(n, _, _)| *n).collect();
+        all.extend(kinds::OPTIONAL);
         for w in self.workers.values() {
             all.extend(w.kinds.iter().map(String::as_str));
         }

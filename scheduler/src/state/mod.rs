@@ -57,6 +57,29 @@ pub struct Finished {
     pub transfer_bytes: u64,
 }
 
+/// A worker's report that a task failed: its error, and what user code
+/// raised, serialized (empty for the runtime's own errors).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskFailure {
+    pub error: String,
+    pub exception: bytes::Bytes,
+}
+
+impl From<String> for TaskFailure {
+    fn from(error: String) -> Self {
+        TaskFailure {
+            error,
+            exception: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl From<&str> for TaskFailure {
+    fn from(error: &str) -> Self {
+        error.to_string().into()
+    }
+}
+
 /// Settings of the state machine.
 #[derive(Debug, Clone)]
 pub struct StateConfig {
@@ -92,6 +115,9 @@ pub struct State {
     /// Tasks ready to run, best first. Entries whose task left the queued
     /// state are skipped when they surface.
     queue: BinaryHeap<Reverse<(Priority, TaskId)>>,
+    /// Queued tasks of a kind no worker runs, set aside until one joins
+    /// (Dask's "no-worker"); stale entries are dropped when they return.
+    no_worker: Vec<Reverse<(Priority, TaskId)>>,
     /// Tasks with a steal request out; stale entries are dropped lazily.
     stealing: Vec<TaskId>,
     /// The worker that took the last task without dependencies, per graph:
@@ -117,6 +143,7 @@ impl State {
             graphs: HashMap::new(),
             workers: HashMap::new(),
             queue: BinaryHeap::new(),
+            no_worker: Vec::new(),
             stealing: Vec::new(),
             last_root: None,
             counts: [0; TaskState::ALL.len()],
@@ -335,9 +362,10 @@ impl State {
         &mut self,
         worker: WorkerId,
         id: TaskId,
-        error: String,
+        error: TaskFailure,
         missing: Vec<TaskId>,
     ) {
+        let TaskFailure { error, exception } = error;
         if !self.take_from_processing(worker, id) {
             return;
         }
@@ -364,13 +392,13 @@ impl State {
                 .get(&worker)
                 .map(|w| w.name.clone())
                 .unwrap_or_default();
-            self.fail_task(id, worker_name, error);
+            self.fail_task(id, worker_name, error, exception);
         }
         self.schedule();
     }
 
     /// The task errs for good: its graph fails with this task's own error.
-    fn fail_task(&mut self, id: TaskId, worker: String, error: String) {
+    fn fail_task(&mut self, id: TaskId, worker: String, error: String, exception: bytes::Bytes) {
         self.set_state(id, TaskState::Erred);
         self.totals.tasks_erred += 1;
         let t = &self.tasks[&id];
@@ -384,6 +412,7 @@ impl State {
                 key,
                 worker,
                 error,
+                exception,
                 lost_outputs,
             },
         ));

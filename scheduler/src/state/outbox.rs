@@ -38,6 +38,8 @@ pub enum GraphEvent {
         key: String,
         worker: String,
         error: String,
+        /// What user code raised, serialized; empty for other errors.
+        exception: bytes::Bytes,
         lost_outputs: Vec<String>,
     },
 }

@@ -1,15 +1,32 @@
 //! Placement: which worker runs which queued task, and stealing for idle
 //! workers.
 
+use std::cmp::Reverse;
+use std::sync::Arc;
+
 use daskrs_core::{Assignment, Location, TaskState};
 
 use super::task::{TaskId, WorkerId};
-use super::worker::WorkerState;
+use super::worker::{WorkerState, WorkerStatus};
 use super::{
     MAX_WINDOW_PER_THREAD, MIN_STEAL_SECONDS, PIPELINE_SECONDS, Priority, State, ToWorker,
 };
 
 impl State {
+    /// Whether the worker runs tasks of this kind: the built-in kinds run
+    /// everywhere, the others where the worker said so when it registered.
+    pub(super) fn runs(w: &WorkerState, kind: &str) -> bool {
+        daskrs_core::kinds::is_builtin(kind) || w.kinds.iter().any(|k| k == kind)
+    }
+
+    /// Whether some worker that is not leaving runs this kind (a paused
+    /// one will take tasks again).
+    pub(super) fn kind_offered(&self, kind: &str) -> bool {
+        self.workers
+            .values()
+            .any(|w| w.status != WorkerStatus::Retiring && Self::runs(w, kind))
+    }
+
     fn can_take(w: &WorkerState) -> bool {
         if !w.accepts_tasks() {
             return false;
@@ -28,13 +45,16 @@ impl State {
         if t.deps.is_empty()
             && let Some((graph, w)) = self.last_root
             && graph == t.graph
-            && self.workers.get(&w).is_some_and(Self::can_take)
+            && self
+                .workers
+                .get(&w)
+                .is_some_and(|w| Self::can_take(w) && Self::runs(w, &t.kind))
         {
             return Some(w);
         }
         let mut best: Option<(u64, f64, usize, WorkerId)> = None;
         for w in self.workers.values() {
-            if !Self::can_take(w) {
+            if !Self::can_take(w) || !Self::runs(w, &t.kind) {
                 continue;
             }
             let to_move: u64 = t
@@ -71,6 +91,13 @@ impl State {
                 .is_some_and(|t| t.state == TaskState::Queued);
             if !live {
                 self.queue.pop();
+                continue;
+            }
+            if !self.kind_offered(&self.tasks[&id].kind) {
+                // No worker runs it: it waits aside, so the tasks behind it
+                // are not held up, until a worker that does joins.
+                let entry = self.queue.pop().expect("peeked");
+                self.no_worker.push(entry);
                 continue;
             }
             let Some(worker) = self.pick_worker(id) else {
@@ -151,6 +178,10 @@ impl State {
         if wanted == 0 {
             return;
         }
+        let idle_runs = |kind: &str| {
+            idle.iter()
+                .any(|(w, _)| self.workers.get(w).is_some_and(|w| Self::runs(w, kind)))
+        };
         let mut victims: Vec<&WorkerState> = self
             .workers
             .values()
@@ -169,7 +200,9 @@ impl State {
                 .processing
                 .iter()
                 .filter_map(|id| self.tasks.get(id).map(|t| (t, *id)))
-                .filter(|(t, _)| !t.steal_pending && t.estimate >= MIN_STEAL_SECONDS)
+                .filter(|(t, _)| {
+                    !t.steal_pending && t.estimate >= MIN_STEAL_SECONDS && idle_runs(&t.kind)
+                })
                 .map(|(t, id)| (t.priority, id))
                 .collect();
             cands.sort_unstable_by(|a, b| b.cmp(a));
@@ -190,6 +223,29 @@ impl State {
             self.stealing.push(id);
             self.outbox.to_workers.push((victim, ToWorker::Steal(id)));
         }
+    }
+
+    /// Tasks set aside because no worker runs their kind go back to the
+    /// queue when a worker joins.
+    pub(super) fn requeue_no_worker(&mut self) {
+        if self.no_worker.is_empty() {
+            return;
+        }
+        let offered: Vec<_> = std::mem::take(&mut self.no_worker);
+        self.queue.extend(offered);
+    }
+
+    /// Queued tasks that wait for a worker of their kind, by kind.
+    pub fn no_worker(&self) -> Vec<(Arc<str>, u64)> {
+        let mut by_kind: std::collections::BTreeMap<Arc<str>, u64> = Default::default();
+        for Reverse((_, id)) in &self.no_worker {
+            if let Some(t) = self.tasks.get(id)
+                && t.state == TaskState::Queued
+            {
+                *by_kind.entry(t.kind.clone()).or_default() += 1;
+            }
+        }
+        by_kind.into_iter().collect()
     }
 
     /// The worker answers a steal request.

@@ -54,6 +54,11 @@ impl Sim {
     }
 
     fn add_worker(&mut self, nthreads: u32) -> WorkerId {
+        self.add_worker_with(nthreads, &[])
+    }
+
+    /// A worker that runs these kinds besides the built-in ones.
+    fn add_worker_with(&mut self, nthreads: u32, kinds: &[&str]) -> WorkerId {
         self.next_name += 1;
         let address = format!("w{}:8788", self.next_name);
         let id = self.state.add_worker(
@@ -62,7 +67,7 @@ impl Sim {
                 address: address.clone(),
                 nthreads,
                 memory_limit: 1 << 30,
-                kinds: vec![],
+                kinds: kinds.iter().map(|k| k.to_string()).collect(),
             },
             Instant::now(),
         );
@@ -339,6 +344,7 @@ fn failure_reports_key_worker_and_error_and_stops_the_graph() {
             worker,
             error,
             lost_outputs,
+            ..
         } if *id == g => Some((
             key.clone(),
             worker.clone(),
@@ -556,4 +562,66 @@ proptest! {
         prop_assert!(sim.state.tasks.is_empty());
         prop_assert!(sim.state.workers.values().all(|w| w.processing.is_empty() && w.nbytes == 0));
     }
+}
+
+#[test]
+fn python_tasks_wait_aside_for_a_worker_that_runs_them() {
+    let mut sim = Sim::new(1);
+    let plain = *sim.held.keys().next().unwrap();
+    let tasks = vec![
+        TaskSpec::new("py", "python"),
+        TaskSpec::new("after", "python").deps(["py"]),
+        TaskSpec::new("plain", "noop"),
+    ];
+    let g = submit(&mut sim, tasks, &["after", "plain"]);
+    sim.run_to_end();
+    // The built-in task ran; the Python one waits, and says for what.
+    assert_eq!(sim.held[&plain].len(), 1);
+    assert_eq!(sim.state.no_worker(), vec![(Arc::from("python"), 1)]);
+    assert!(sim.finished(g).is_none());
+
+    let py = sim.add_worker_with(1, &["python"]);
+    assert!(sim.state.no_worker().is_empty());
+    sim.run_to_end();
+    assert!(sim.finished(g).is_some());
+    // The Python tasks ran on the worker that runs Python, none elsewhere.
+    assert_eq!(sim.held[&plain].len(), 1);
+    assert_eq!(sim.held[&py].len(), 1);
+}
+
+#[test]
+fn the_last_python_worker_leaving_sets_its_tasks_aside_again() {
+    let mut sim = Sim::new(1);
+    let py = sim.add_worker_with(1, &["python"]);
+    let tasks: Vec<TaskSpec> = (0..4)
+        .map(|i| TaskSpec::new(format!("t{i}"), "python"))
+        .collect();
+    let g = submit(&mut sim, tasks, &[]);
+    sim.run_one(1, false);
+    sim.state
+        .remove_worker(py, RemoveReason::Disconnected("killed".into()));
+    sim.held.remove(&py);
+    sim.queued.remove(&py);
+    sim.pump();
+    sim.run_to_end();
+    assert_eq!(sim.state.no_worker(), vec![(Arc::from("python"), 4)]);
+    sim.add_worker_with(2, &["python"]);
+    sim.run_to_end();
+    assert!(sim.finished(g).is_some());
+    assert!(sim.state.no_worker().is_empty());
+}
+
+#[test]
+fn a_kind_no_worker_knows_is_still_refused() {
+    let mut sim = Sim::new(1);
+    let err = sim
+        .state
+        .submit(Submission {
+            name: String::new(),
+            tasks: vec![TaskSpec::new("x", "pyhton")],
+            outputs: vec![],
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown kind \"pyhton\""), "{err}");
+    assert!(err.to_string().contains("python"), "{err}");
 }

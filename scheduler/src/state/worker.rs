@@ -138,6 +138,7 @@ impl State {
                 executed: 0,
             },
         );
+        self.requeue_no_worker();
         self.schedule();
         id
     }
@@ -219,7 +220,7 @@ impl State {
                     "{} workers died while running this task (last: {}, {reason}); it may be what kills them",
                     t.suspicious, w.name
                 );
-                self.fail_task(id, w.name.clone(), error);
+                self.fail_task(id, w.name.clone(), error, bytes::Bytes::new());
                 continue;
             }
             self.set_state(id, TaskState::Released);

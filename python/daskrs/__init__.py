@@ -1,0 +1,39 @@
+"""daskrs: run Dask collections, futures and SQL on a daskrs cluster.
+
+    >>> import daskrs, dask.array as da
+    >>> client = daskrs.Client()          # a local cluster of processes
+    >>> da.ones((1000, 1000), chunks=100).sum().compute()
+    1000000.0
+"""
+
+from __future__ import annotations
+
+from daskrs._check import check_dask
+
+check_dask()
+
+from daskrs._client import Client  # noqa: E402
+from daskrs._local import LocalCluster  # noqa: E402
+from daskrs._native import __version__  # noqa: E402
+from daskrs.errors import (  # noqa: E402
+    ConnectError,
+    DaskrsError,
+    GatherError,
+    NoWorkers,
+    Rejected,
+    SchedulerLost,
+    TaskFailed,
+)
+
+__all__ = [
+    "Client",
+    "ConnectError",
+    "DaskrsError",
+    "GatherError",
+    "LocalCluster",
+    "NoWorkers",
+    "Rejected",
+    "SchedulerLost",
+    "TaskFailed",
+    "__version__",
+]

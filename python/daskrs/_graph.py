@@ -1,0 +1,82 @@
+"""Dask graphs as daskrs graphs: every node of a dask graph becomes one
+``python`` task whose payload is the pickled node and the dask keys of its
+dependencies, in the order the worker hands their results over."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from daskrs import _serialize
+
+PYTHON = "python"
+
+
+def key_name(key: Any) -> str:
+    """The daskrs key of a dask key: strings as they are, tuples such as
+    ``('sum-abc', 0, 1)`` as their repr."""
+    if isinstance(key, str):
+        return key
+    return repr(key)
+
+
+def flatten_keys(keys: Any) -> list[Any]:
+    """The dask keys of a (nested list of) keys, in order."""
+    out: list[Any] = []
+
+    def walk(k: Any) -> None:
+        if isinstance(k, list):
+            for x in k:
+                walk(x)
+        else:
+            out.append(k)
+
+    walk(keys)
+    return out
+
+
+def pack(keys: Any, values: Mapping[Any, Any]) -> Any:
+    """The nested structure of ``keys`` with each key replaced by its value."""
+    if isinstance(keys, list):
+        return [pack(k, values) for k in keys]
+    return values[keys]
+
+
+def to_tasks(dsk: Any, retries: int = 0) -> list[tuple[str, str, bytes, list[str], int, int]]:
+    """The daskrs tasks of a dask graph (legacy tuples or task-spec nodes):
+    ``(key, kind, payload, deps, priority, retries)``. Dask's own ordering
+    becomes the priority, so tasks run in the order Dask would run them."""
+    from dask._task_spec import convert_legacy_graph
+    from dask.order import order
+
+    if not isinstance(dsk, Mapping):
+        dsk = dsk.__dask_graph__()  # an expression, as dask.compute hands over
+    graph = convert_legacy_graph(dict(dsk))
+    ranks = order(graph)
+    tasks = []
+    for key, node in graph.items():
+        deps = sorted(node.dependencies, key=key_name)
+        missing = [d for d in deps if d not in graph]
+        if missing:
+            raise KeyError(
+                f"task {key_name(key)!r} depends on {key_name(missing[0])!r}, "
+                "which is not in the graph"
+            )
+        try:
+            payload = _serialize.dumps_bytes((node, deps))[1]
+        except Exception as exc:  # noqa: BLE001 - whatever pickling raises
+            raise TypeError(
+                f"task {key_name(key)!r} cannot be sent to the cluster: "
+                f"it does not pickle ({type(exc).__name__}: {exc})"
+            ) from exc
+        tasks.append(
+            (
+                key_name(key),
+                PYTHON,
+                payload,
+                [key_name(d) for d in deps],
+                -ranks.get(key, 0),
+                retries,
+            )
+        )
+    return tasks

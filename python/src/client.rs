@@ -1,0 +1,192 @@
+//! The client as Python sees it: calls that block without the GIL and
+//! answer with plain Python values (dicts, lists, bytes).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use daskrs_client::{Client, Finished, Graph};
+use daskrs_core::TaskSpec;
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::{PyBytes, PyDict, PyList};
+
+use crate::errors::to_py;
+use crate::runtime::wait;
+
+#[pyclass(module = "daskrs._native", frozen)]
+pub struct NativeClient {
+    client: Client,
+}
+
+/// One task as the Python side hands it over:
+/// `(key, kind, payload, deps, priority, retries)`.
+#[derive(FromPyObject)]
+pub struct PyTask(String, String, PyBackedBytes, Vec<String>, i32, u32);
+
+#[pymethods]
+impl NativeClient {
+    /// Connects to the scheduler at `address` (host:port).
+    #[staticmethod]
+    fn connect(py: Python<'_>, address: String) -> PyResult<NativeClient> {
+        let client =
+            wait(py, async move { Client::connect(&address).await })?.map_err(|e| to_py(py, e))?;
+        Ok(NativeClient { client })
+    }
+
+    #[getter]
+    fn address(&self) -> &str {
+        self.client.address()
+    }
+
+    /// The scheduler's view of the cluster.
+    fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let client = self.client.clone();
+        let info = wait(py, async move { client.info().await })?.map_err(|e| to_py(py, e))?;
+        let d = PyDict::new(py);
+        d.set_item("scheduler_version", info.scheduler_version)?;
+        d.set_item("graphs", info.graphs)?;
+        let workers = PyList::empty(py);
+        for w in info.workers {
+            let wd = PyDict::new(py);
+            wd.set_item("id", w.id)?;
+            wd.set_item("name", w.name)?;
+            wd.set_item("address", w.address)?;
+            wd.set_item("nthreads", w.nthreads)?;
+            wd.set_item("memory_limit", w.memory_limit)?;
+            wd.set_item("memory_bytes", w.memory_bytes)?;
+            wd.set_item("spilled_bytes", w.spilled_bytes)?;
+            wd.set_item("processing", w.processing)?;
+            wd.set_item("held_results", w.held_results)?;
+            wd.set_item("status", w.status)?;
+            wd.set_item("executed", w.executed)?;
+            wd.set_item("kinds", w.kinds)?;
+            workers.append(wd)?;
+        }
+        d.set_item("workers", workers)?;
+        let tasks = PyDict::new(py);
+        for c in info.tasks {
+            tasks.set_item(c.state, c.count)?;
+        }
+        d.set_item("tasks", tasks)?;
+        let waits = PyDict::new(py);
+        for k in info.no_worker {
+            waits.set_item(k.kind, k.tasks)?;
+        }
+        d.set_item("no_worker", waits)?;
+        Ok(d)
+    }
+
+    /// Waits until at least `n` workers are registered, at most `timeout`
+    /// seconds.
+    fn wait_for_workers(&self, py: Python<'_>, n: usize, timeout: f64) -> PyResult<()> {
+        let client = self.client.clone();
+        let timeout = std::time::Duration::try_from_secs_f64(timeout).map_err(|_| {
+            pyo3::exceptions::PyValueError::new_err(format!(
+                "timeout must be a non-negative number of seconds, not {timeout}"
+            ))
+        })?;
+        wait(py, async move { client.wait_for_workers(n, timeout).await })?
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// Runs SQL on the cluster: the answer as Arrow IPC streams, in order.
+    fn sql<'py>(&self, py: Python<'py>, sql: String) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let client = self.client.clone();
+        let answer = wait(py, async move { client.sql_streams(&sql, |_| {}).await })?
+            .map_err(|e| to_py(py, e))?;
+        Ok(answer
+            .streams
+            .iter()
+            .map(|(_, b)| PyBytes::new(py, b))
+            .collect())
+    }
+
+    /// Submits a graph and waits until its outputs are computed. The
+    /// results stay on the workers until the returned graph is released.
+    #[pyo3(signature = (tasks, outputs, name))]
+    fn run(
+        &self,
+        py: Python<'_>,
+        tasks: Vec<PyTask>,
+        outputs: Vec<String>,
+        name: String,
+    ) -> PyResult<RunningGraph> {
+        let graph = Graph {
+            name,
+            tasks: tasks
+                .into_iter()
+                .map(|PyTask(key, kind, payload, deps, priority, retries)| {
+                    TaskSpec::new(key, kind)
+                        .payload(Bytes::from_owner(payload))
+                        .deps(deps)
+                        .priority(priority)
+                        .retries(retries)
+                })
+                .collect(),
+            outputs,
+        };
+        let client = self.client.clone();
+        let finished =
+            wait(py, async move { client.run(graph, |_| {}).await })?.map_err(|e| to_py(py, e))?;
+        Ok(RunningGraph {
+            client: self.client.clone(),
+            finished: Mutex::new(Some(Arc::new(finished))),
+        })
+    }
+}
+
+/// A finished graph whose results are held on the workers.
+#[pyclass(module = "daskrs._native", frozen)]
+pub struct RunningGraph {
+    client: Client,
+    // Dropping the last `Finished` lets the scheduler release the results.
+    finished: Mutex<Option<Arc<Finished>>>,
+}
+
+#[pymethods]
+impl RunningGraph {
+    /// The graph's outputs: (key, format, nbytes).
+    fn outputs(&self) -> PyResult<Vec<(String, String, u64)>> {
+        let g = self.lock()?;
+        let f = g.as_ref().ok_or_else(released)?;
+        Ok(f.outputs
+            .iter()
+            .map(|o| {
+                let format =
+                    daskrs_proto::convert::data_format(o.format).map_or("unknown", |f| f.name());
+                (o.key.clone(), format.to_string(), o.nbytes)
+            })
+            .collect())
+    }
+
+    /// One output: its format ("pickle", "arrow", "opaque") and bytes.
+    fn gather<'py>(
+        &self,
+        py: Python<'py>,
+        key: String,
+    ) -> PyResult<(&'static str, Bound<'py, PyBytes>)> {
+        let finished = self.lock()?.clone().ok_or_else(released)?;
+        let client = self.client.clone();
+        let out = wait(py, async move { client.gather(&finished, &key).await })?
+            .map_err(|e| to_py(py, e))?;
+        Ok((out.format.name(), PyBytes::new(py, &out.bytes)))
+    }
+
+    /// Lets the scheduler drop the graph's results.
+    fn release(&self) -> PyResult<()> {
+        self.lock()?.take();
+        Ok(())
+    }
+}
+
+impl RunningGraph {
+    fn lock(&self) -> PyResult<MutexGuard<'_, Option<Arc<Finished>>>> {
+        self.finished
+            .lock()
+            .map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("a gather panicked"))
+    }
+}
+
+fn released() -> PyErr {
+    pyo3::exceptions::PyRuntimeError::new_err("the graph's results were released")
+}

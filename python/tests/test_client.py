@@ -1,0 +1,58 @@
+"""The client's life: connect, look at the cluster, close."""
+
+from __future__ import annotations
+
+import pytest
+
+import daskrs
+
+
+def test_client_connects_by_host_port_and_tcp_url(client: daskrs.Client) -> None:
+    for address in (client.address, f"tcp://{client.address}"):
+        with daskrs.Client(address, set_as_default=False) as other:
+            assert len(other.scheduler_info()["workers"]) == 2
+
+
+def test_scheduler_info_shows_workers_threads_memory_and_python(client: daskrs.Client) -> None:
+    info = client.scheduler_info()
+    workers = info["workers"]
+    assert sorted(w["name"] for w in workers) == ["local-1", "local-2"]
+    assert all(w["nthreads"] == 1 for w in workers)
+    assert all(w["memory_limit"] == 2 << 30 for w in workers)
+    assert all("python" in w["kinds"] for w in workers)
+    assert info["scheduler_version"] == daskrs.__version__
+    assert info["dashboard_link"].startswith("http://127.0.0.1:")
+
+
+def test_repr_html_names_workers_threads_memory_and_dashboard(client: daskrs.Client) -> None:
+    page = client._repr_html_()
+    assert "2 workers, 2 threads, 4.0 GiB memory" in page
+    assert "local-1" in page and "local-2" in page
+    assert f'href="{client.dashboard_link}"' in page
+
+
+def test_wait_for_workers_says_how_many_joined(client: daskrs.Client) -> None:
+    client.wait_for_workers(2, timeout=5)
+    with pytest.raises(daskrs.ConnectError, match="only 2 of 3 workers joined"):
+        client.wait_for_workers(3, timeout=0.3)
+
+
+def test_nothing_listening_is_a_connect_error() -> None:
+    with pytest.raises(daskrs.ConnectError, match="is a scheduler running there"):
+        daskrs.Client("127.0.0.1:1", set_as_default=False)
+
+
+def test_an_address_of_another_scheme_is_refused() -> None:
+    with pytest.raises(ValueError, match="daskrs speaks tcp://, not tls://"):
+        daskrs.Client("tls://127.0.0.1:8786", set_as_default=False)
+
+
+def test_a_local_cluster_stops_with_its_client() -> None:
+    c = daskrs.Client(n_workers=1, set_as_default=False)
+    assert c.cluster is not None
+    procs = c.cluster.processes
+    assert len(procs) == 2 and all(p.poll() is None for p in procs)
+    c.close()
+    assert all(p.poll() is not None for p in procs)
+    with pytest.raises(RuntimeError, match="closed"):
+        c.scheduler_info()

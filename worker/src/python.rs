@@ -1,0 +1,279 @@
+//! The `python` task kind: Python tasks run in executor processes beside the
+//! worker, never inside it, so user code that segfaults, calls `os._exit` or
+//! exhausts memory costs one executor, not the worker and the results it
+//! holds.
+//!
+//! An executor is `python -m daskrs._executor` from the interpreter the
+//! worker was given. Worker and executor speak in messages on the
+//! executor's stdin and stdout: a message is a little-endian `u32` count of
+//! frames, then each frame as a `u64` length and its bytes.
+//!
+//! - The executor opens with `hello` and a JSON object of its versions.
+//! - A task is `run`, the payload (the pickled task), a string of one format
+//!   letter per input (`p` pickle, `a` Arrow, `o` opaque), then the inputs.
+//! - The answer is `ok`, the result's format letter and its bytes; or `err`,
+//!   the error as text (type, message, remote traceback) and the exception
+//!   pickled, or empty when it cannot be pickled.
+//!
+//! An idle executor serves the next task; one that died is replaced.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use daskrs_core::DataFormat;
+
+use crate::TaskError;
+use crate::data::Data;
+use crate::kinds::TaskKind;
+
+pub use daskrs_core::kinds::PYTHON as KIND;
+
+/// Largest frame an executor may send: a result bigger than this is refused
+/// rather than allocated.
+const MAX_FRAME: u64 = 16 << 30;
+
+/// The `python` kind and its executors.
+pub struct PythonKind {
+    python: PathBuf,
+    idle: Mutex<Vec<Executor>>,
+    /// What the first executor said of itself.
+    versions: serde_json::Value,
+}
+
+impl PythonKind {
+    /// Starts one executor to check that `python` runs the daskrs package,
+    /// and keeps it for the first task.
+    pub fn start(python: PathBuf) -> Result<PythonKind, String> {
+        let (executor, versions) = Executor::spawn(&python)?;
+        Ok(PythonKind {
+            python,
+            idle: Mutex::new(vec![executor]),
+            versions,
+        })
+    }
+
+    /// The executor's versions (Python, daskrs, cloudpickle, dask).
+    pub fn versions(&self) -> &serde_json::Value {
+        &self.versions
+    }
+
+    fn take(&self) -> Result<Executor, TaskError> {
+        let idle = self.idle.lock().map(|mut v| v.pop());
+        match idle {
+            Ok(Some(e)) => Ok(e),
+            _ => Executor::spawn(&self.python)
+                .map(|(e, _)| e)
+                .map_err(TaskError::Failed),
+        }
+    }
+
+    fn put_back(&self, e: Executor) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(e);
+        }
+    }
+}
+
+impl TaskKind for PythonKind {
+    fn run(&self, payload: &[u8], inputs: &[Data]) -> Result<Data, TaskError> {
+        let mut formats = String::with_capacity(inputs.len());
+        for (i, d) in inputs.iter().enumerate() {
+            formats.push(match d.format {
+                DataFormat::Pickle => 'p',
+                DataFormat::Arrow => 'a',
+                DataFormat::Opaque => 'o',
+                DataFormat::Pieces => {
+                    return Err(TaskError::Corrupt(format!(
+                        "input {i} is a shuffle's pieces; a Python task takes one piece or a whole result"
+                    )));
+                }
+            });
+        }
+        let mut frames: Vec<&[u8]> = vec![b"run", payload, formats.as_bytes()];
+        frames.extend(inputs.iter().map(|d| d.bytes.as_ref()));
+
+        let mut executor = self.take()?;
+        let answer = executor.send(&frames).and_then(|()| executor.receive());
+        let mut answer = match answer {
+            Ok(a) => a,
+            Err(io) => return Err(TaskError::Failed(executor.died(&io))),
+        };
+        self.put_back(executor);
+        let tag = answer.first().map(|f| f.as_ref());
+        match (tag, answer.len()) {
+            (Some(b"ok"), 3) => {
+                let bytes = answer.pop().unwrap_or_default();
+                let format = match answer[1].as_ref() {
+                    b"p" => DataFormat::Pickle,
+                    b"a" => DataFormat::Arrow,
+                    b"o" => DataFormat::Opaque,
+                    other => {
+                        return Err(TaskError::Corrupt(format!(
+                            "the Python executor answered with an unknown format {:?}",
+                            String::from_utf8_lossy(other)
+                        )));
+                    }
+                };
+                Ok(Data { format, bytes })
+            }
+            (Some(b"err"), 3) => Err(TaskError::Raised {
+                message: String::from_utf8_lossy(&answer[1]).into_owned(),
+                exception: answer.pop().unwrap_or_default(),
+            }),
+            _ => Err(TaskError::Corrupt(
+                "the Python executor sent a malformed answer".into(),
+            )),
+        }
+    }
+}
+
+/// One executor process.
+struct Executor {
+    child: Child,
+    to: BufWriter<ChildStdin>,
+    from: BufReader<ChildStdout>,
+}
+
+impl Executor {
+    fn spawn(python: &PathBuf) -> Result<(Executor, serde_json::Value), String> {
+        let cannot = |e: &dyn std::fmt::Display| {
+            format!(
+                "cannot start the Python executor `{} -m daskrs._executor`: {e}",
+                python.display()
+            )
+        };
+        let mut child = Command::new(python)
+            .args(["-m", "daskrs._executor"])
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| cannot(&e))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(cannot(&"its pipes were not opened"));
+        };
+        let mut e = Executor {
+            child,
+            to: BufWriter::new(stdin),
+            from: BufReader::new(stdout),
+        };
+        let hello = match e.receive() {
+            Ok(h) => h,
+            Err(io) => return Err(cannot(&e.died(&io))),
+        };
+        match hello.as_slice() {
+            [tag, versions] if tag.as_ref() == b"hello" => {
+                let versions = serde_json::from_slice(versions)
+                    .map_err(|err| cannot(&format!("its greeting is not JSON: {err}")))?;
+                Ok((e, versions))
+            }
+            _ => Err(cannot(&"it did not greet as a daskrs executor")),
+        }
+    }
+
+    fn send(&mut self, frames: &[&[u8]]) -> std::io::Result<()> {
+        self.to.write_all(&(frames.len() as u32).to_le_bytes())?;
+        for f in frames {
+            self.to.write_all(&(f.len() as u64).to_le_bytes())?;
+            self.to.write_all(f)?;
+        }
+        self.to.flush()
+    }
+
+    fn receive(&mut self) -> std::io::Result<Vec<Bytes>> {
+        let mut n = [0u8; 4];
+        self.from.read_exact(&mut n)?;
+        let n = u32::from_le_bytes(n);
+        let mut frames = Vec::with_capacity(n.min(16) as usize);
+        for _ in 0..n {
+            let mut len = [0u8; 8];
+            self.from.read_exact(&mut len)?;
+            let len = u64::from_le_bytes(len);
+            if len > MAX_FRAME {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("a frame of {len} bytes is over the limit"),
+                ));
+            }
+            let mut buf = vec![0u8; len as usize];
+            self.from.read_exact(&mut buf)?;
+            frames.push(Bytes::from(buf));
+        }
+        Ok(frames)
+    }
+
+    /// Why the executor stopped answering, once it has exited.
+    fn died(&mut self, io: &std::io::Error) -> String {
+        if io.kind() == std::io::ErrorKind::InvalidData {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            return format!("the Python executor sent a bad message: {io}");
+        }
+        match self.child.wait() {
+            Ok(status) => format!(
+                "the Python process running the task {}",
+                describe_exit(status)
+            ),
+            Err(e) => format!("lost the Python process running the task: {io}; {e}"),
+        }
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        // It may be busy in user code: killed, not waited for.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// "was killed by signal 11 (SIGSEGV)", "exited with status 3".
+pub fn describe_exit(status: ExitStatus) -> String {
+    if let Some(sig) = status.signal() {
+        let name = match sig {
+            1 => "SIGHUP",
+            2 => "SIGINT",
+            4 => "SIGILL",
+            6 => "SIGABRT",
+            7 => "SIGBUS",
+            8 => "SIGFPE",
+            9 => "SIGKILL",
+            11 => "SIGSEGV",
+            13 => "SIGPIPE",
+            15 => "SIGTERM",
+            _ => "",
+        };
+        if name.is_empty() {
+            format!("was killed by signal {sig}")
+        } else {
+            format!("was killed by signal {sig} ({name})")
+        }
+    } else {
+        match status.code() {
+            Some(code) => format!("exited with status {code}"),
+            None => "ended".to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exits_are_described_by_signal_name_or_status() {
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(11)),
+            "was killed by signal 11 (SIGSEGV)"
+        );
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(3 << 8)),
+            "exited with status 3"
+        );
+    }
+}
