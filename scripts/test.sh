@@ -51,8 +51,13 @@ wheel=$(ls "$wheels"/daskrs-*.whl)
 echo "$(basename "$wheel"): $(du -h "$wheel" | cut -f1)"
 export DASKRS_BIN="$CARGO_TARGET_DIR/debug/daskrs"
 for python in "$python_newest" "$python_oldest"; do
-  echo "== pytest on $("$python" -c 'import sys, dask; print("Python", sys.version.split()[0], "dask", dask.__version__)')"
   "$python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$wheel"
-  "$python" -m pytest -q -p no:cacheprovider python/tests || status=$?
+done
+for python in "$python_newest" "$python_oldest"; do
+  echo "== pytest on $("$python" -c 'import sys, dask; print("Python", sys.version.split()[0], "dask", dask.__version__)')"
+  # The other environment serves as a worker of other versions.
+  other=$python_oldest
+  [ "$python" = "$python_oldest" ] && other=$python_newest
+  DASKRS_OTHER_PYTHON="$other" "$python" -m pytest -q -p no:cacheprovider python/tests || status=$?
 done
 exit "$status"

@@ -9,6 +9,7 @@
 #[cfg(feature = "local")]
 pub mod local;
 pub mod output;
+pub mod session;
 pub mod sql;
 
 use std::time::Duration;
@@ -206,7 +207,13 @@ impl Client {
                         lost_outputs: f.lost_outputs,
                     })));
                 }
-                None => {}
+                // Session events; a graph's stream has none.
+                Some(
+                    run_event::Event::Done(_)
+                    | run_event::Event::Erred(_)
+                    | run_event::Event::Rejected(_),
+                )
+                | None => {}
             }
         }
         Err(Error::Lost("the scheduler ended the graph's stream".into()))
@@ -215,12 +222,17 @@ impl Client {
     /// Fetches one output of a finished graph, through the scheduler. A
     /// result being recomputed after a worker loss is waited for.
     pub async fn gather(&self, finished: &Finished, key: &str) -> Result<Output, Error> {
+        self.gather_from(finished.graph_id, key).await
+    }
+
+    /// Fetches one result a graph or session holds for the client.
+    pub(crate) async fn gather_from(&self, graph_id: u64, key: &str) -> Result<Output, Error> {
         let mut delay = Duration::from_millis(50);
         let mut attempts = 0;
         loop {
             let mut grpc = self.grpc.clone();
             let req = daskrs_proto::GatherRequest {
-                graph_id: finished.graph_id,
+                graph_id,
                 key: key.to_string(),
             };
             let result = match grpc.gather(req).await {

@@ -102,6 +102,8 @@ pub enum GraphError {
         parts: usize,
         deps: usize,
     },
+    #[error("graph {graph} is not open for more tasks")]
+    NotOpen { graph: u64 },
 }
 
 /// A graph that passed validation, with its edges resolved to indices.

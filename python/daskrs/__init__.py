@@ -13,6 +13,14 @@ from daskrs._check import check_dask
 check_dask()
 
 from daskrs._client import Client  # noqa: E402
+from daskrs._futures import (  # noqa: E402
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    Future,
+    as_completed,
+    wait,
+)
 from daskrs._local import LocalCluster  # noqa: E402
 from daskrs._native import __version__  # noqa: E402
 from daskrs.errors import (  # noqa: E402
@@ -23,10 +31,15 @@ from daskrs.errors import (  # noqa: E402
     Rejected,
     SchedulerLost,
     TaskFailed,
+    VersionMismatch,
 )
 
 __all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
     "Client",
+    "Future",
     "ConnectError",
     "DaskrsError",
     "GatherError",
@@ -35,5 +48,8 @@ __all__ = [
     "Rejected",
     "SchedulerLost",
     "TaskFailed",
+    "VersionMismatch",
     "__version__",
+    "as_completed",
+    "wait",
 ]

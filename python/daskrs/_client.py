@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import collections
 import html
-import itertools
-from collections.abc import Mapping
+import logging
+import os
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import CancelledError
 from typing import Any
 
 from daskrs import _graph, _serialize
-from daskrs._native import NativeClient
-from daskrs.errors import TaskFailed
+from daskrs._futures import CANCELLED, ERROR, FINISHED, PENDING, Future, KeyState, futures_of
+from daskrs._native import NativeClient, NativeSession
+from daskrs.errors import DaskrsError, Rejected, SchedulerLost, TaskFailed, VersionMismatch
 
-_names = itertools.count(1)
+log = logging.getLogger("daskrs")
 
 
 def _address(address: str) -> str:
@@ -45,11 +52,20 @@ class Client:
         memory_limit: int | None = None,
         set_as_default: bool = True,
         timeout: float = 60.0,
+        check_versions: bool = True,
     ) -> None:
         from daskrs._local import LocalCluster
 
         self.cluster: LocalCluster | None = None
         self._default: Any = None
+        self._session: NativeSession | None = None
+        self._listener: threading.Thread | None = None
+        self._closing = False
+        # Futures by key: how many this process holds, and what is known.
+        self._lock = threading.Lock()
+        self._refs: dict[str, int] = {}
+        self._states: dict[str, KeyState] = {}
+        self._dropped: collections.deque[tuple[str, KeyState]] = collections.deque()
         if address is None:
             self.cluster = LocalCluster(
                 n_workers=n_workers,
@@ -62,8 +78,15 @@ class Client:
             address = address.scheduler_address  # a cluster object
         try:
             self._native: NativeClient | None = NativeClient.connect(_address(address))
+            self._session = self._native.session(f"client-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            self._listener = threading.Thread(
+                target=self._listen, args=(self._session,), name="daskrs-events", daemon=True
+            )
+            self._listener.start()
             if self.cluster is not None:
                 self.wait_for_workers(n_workers, timeout=timeout)
+            if check_versions:
+                self._check_versions()
         except BaseException:
             if self.cluster is not None:
                 self.cluster.close()
@@ -98,11 +121,18 @@ class Client:
         return f"http://{host}:8787/"
 
     def close(self) -> None:
-        """Disconnects; a local cluster started by this client stops."""
+        """Disconnects, which releases everything the client's futures held;
+        a local cluster started by this client stops."""
         if self._default is not None:
             self._default.__exit__(None, None, None)
             self._default = None
+        self._closing = True
+        if self._listener is not None and self._listener is not threading.current_thread():
+            self._listener.join()
+        self._listener = None
+        self._session = None
         self._native = None
+        self._fail_pending(CancelledError("the client was closed"), CANCELLED)
         if self.cluster is not None:
             self.cluster.close()
             self.cluster = None
@@ -128,6 +158,32 @@ class Client:
         info["address"] = self.address
         info["dashboard_link"] = self.dashboard_link
         return info
+
+    def _check_versions(self) -> None:
+        """Refuses a cluster whose scheduler or Python workers run other
+        versions of daskrs, Python, cloudpickle or dask than this client."""
+        import json
+
+        from daskrs import _versions
+        from daskrs._native import __version__ as native
+
+        info = self.native.info()
+        here = _versions.versions()
+        problems = []
+        if info["scheduler_version"] != native:
+            problems.append(f"the scheduler runs daskrs {info['scheduler_version']}, this client {native}")
+        for w in info["workers"]:
+            if w["python"]:
+                diff = _versions.mismatches(here, json.loads(w["python"]))
+                if diff:
+                    problems.append(f"worker {w['name']!r}: " + ", ".join(diff))
+        if problems:
+            raise VersionMismatch(
+                "this client and the cluster run versions that do not work together: "
+                + "; ".join(problems)
+                + ". Install the same versions where the notebook and the workers run "
+                "(or pass check_versions=False)."
+            )
 
     def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
         """Blocks until at least ``n_workers`` workers have joined."""
@@ -166,26 +222,304 @@ class Client:
         state = "closed" if self._native is None else self.address
         return f"<daskrs.Client {state}>"
 
+    # ------------------------------------------------------------ events
+
+    @property
+    def session(self) -> NativeSession:
+        if self._session is None:
+            raise RuntimeError("the client is closed")
+        return self._session
+
+    def _listen(self, session: NativeSession) -> None:
+        """The listener thread: applies what the scheduler reports."""
+        while not self._closing:
+            self._drain()
+            try:
+                events = session.events(0.2)
+            except Exception as exc:  # noqa: BLE001 - whatever ended the stream
+                if not self._closing:
+                    lost = exc if isinstance(exc, DaskrsError) else SchedulerLost(str(exc))
+                    self._fail_pending(lost, ERROR)
+                return
+            for ev in events:
+                try:
+                    self._apply(ev)
+                except Exception:  # noqa: BLE001 - never let the listener die
+                    log.exception("daskrs: could not apply event %r", ev[:2])
+
+    def _apply(self, ev: tuple[Any, ...]) -> None:
+        kind = ev[0]
+        if kind == "done":
+            _, name, fmt, nbytes = ev
+            self._settle(name, lambda st: st.finish(fmt, nbytes))
+        elif kind == "erred":
+            _, name, failed_key, worker, error, exception = ev
+            message = f"task {failed_key!r} failed on worker {worker!r}: {error}"
+            if failed_key != name:
+                message = f"{name!r} depends on {message}"
+            failed = TaskFailed(message, key=failed_key, worker=worker, error=error, exception=exception)
+            exc = failed.original() or failed
+            self._settle(name, lambda st: st.fail(exc))
+        elif kind == "rejected":
+            _, names, error = ev
+            exc = Rejected(f"the cluster refused the submission: {error}")
+            for name in names:
+                self._settle(name, lambda st: st.fail(exc))
+
+    def _settle(self, name: str, change: Callable[[KeyState], list[Callable[[], None]]]) -> None:
+        with self._lock:
+            state = self._states.get(name)
+            callbacks = change(state) if state is not None else []
+        for cb in callbacks:
+            cb()
+
+    def _fail_pending(self, exc: BaseException, status: str) -> None:
+        with self._lock:
+            callbacks = [cb for st in self._states.values() for cb in st.fail(exc, status)]
+        for cb in callbacks:
+            cb()
+
+    def _on_done(self, state: KeyState, call: Callable[[], None]) -> None:
+        with self._lock:
+            if state.status == PENDING:
+                state.callbacks.append(call)
+                return
+        call()
+
+    # ------------------------------------------------------------ references
+
+    @staticmethod
+    def _key_name(key: Any) -> str:
+        return _graph.key_name(key)
+
+    def _refer(self, name: str) -> KeyState:
+        with self._lock:
+            self._refs[name] = self._refs.get(name, 0) + 1
+            state = self._states.get(name)
+            if state is None:
+                state = self._states[name] = KeyState()
+            return state
+
+    def _unrefer(self, name: str, state: KeyState) -> None:
+        # Called from Future.__del__, at any point of any thread (even one
+        # that holds the lock): only queued here, applied by `_drain`.
+        self._dropped.append((name, state))
+
+    def _drain(self) -> None:
+        """Applies dropped references; releases keys no future holds."""
+        if not self._dropped:
+            return
+        names = []
+        with self._lock:
+            while self._dropped:
+                name, state = self._dropped.popleft()
+                if self._states.get(name) is not state:
+                    continue  # cancelled meanwhile: the key was let go of then
+                n = self._refs[name] - 1
+                if n:
+                    self._refs[name] = n
+                else:
+                    del self._refs[name]
+                    del self._states[name]
+                    names.append(name)
+            session = self._session
+        if names and session is not None and not self._closing:
+            try:
+                session.release(names)
+            except DaskrsError:
+                pass  # the session is gone, and with it what it held
+
+    # ------------------------------------------------------------ futures
+
+    def submit(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        key: Any = None,
+        pure: bool = True,
+        retries: int = 0,
+        priority: int = 0,
+        **kwargs: Any,
+    ) -> Future:
+        """Runs ``func(*args, **kwargs)`` on the cluster; futures among the
+        arguments (also inside lists, tuples and dicts) are replaced by
+        their values there. ``pure=False`` runs it again for the same
+        arguments."""
+        if not callable(func):
+            raise TypeError(f"the first argument of submit must be callable, not {type(func).__name__}")
+        if key is None:
+            key = _task_key(func, args, kwargs, pure)
+        (future,) = self._submit({key: _task(key, func, args, kwargs)}, [key], retries, priority)
+        return future
+
+    def map(
+        self,
+        func: Callable[..., Any],
+        *iterables: Iterable[Any],
+        key: Any = None,
+        pure: bool = True,
+        retries: int = 0,
+        priority: int = 0,
+        **kwargs: Any,
+    ) -> list[Future]:
+        """``submit`` for each item of the iterables, in one submission."""
+        from dask.base import tokenize
+
+        if not callable(func):
+            raise TypeError(f"the first argument of map must be callable, not {type(func).__name__}")
+        items = list(zip(*iterables))
+        if isinstance(key, (list, tuple)):
+            if len(key) != len(items):
+                raise ValueError(f"map got {len(key)} keys for {len(items)} items")
+            keys = list(key)
+        else:
+            prefix = key if isinstance(key, str) else _funcname(func)
+            base = tokenize(func, kwargs) if pure else ""
+            keys = [
+                f"{prefix}-{tokenize(base, args) if pure else uuid.uuid4().hex}" for args in items
+            ]
+        graph = {k: _task(k, func, args, kwargs) for k, args in zip(keys, items)}
+        return self._submit(graph, keys, retries, priority)
+
+    def scatter(self, data: Any, *, hash: bool = True) -> Any:  # noqa: A002 - as in distributed
+        """Moves local data to the cluster: a future for a value, a list of
+        futures for a list (or tuple, or set), a dict of futures for a dict."""
+        from dask._task_spec import DataNode
+        from dask.base import tokenize
+
+        def key_of(value: Any) -> str:
+            name = type(value).__name__
+            return f"{name}-{tokenize(value) if hash else uuid.uuid4().hex}"
+
+        if isinstance(data, dict):
+            keys = list(data)
+            values = list(data.values())
+        elif isinstance(data, (list, tuple, set, frozenset)):
+            values = list(data)
+            keys = [key_of(v) for v in values]
+        else:
+            values = [data]
+            keys = [key_of(data)]
+        graph = {k: DataNode(k, v) for k, v in zip(keys, values)}
+        futures = self._submit(graph, keys, 0, 0)
+        if isinstance(data, dict):
+            return dict(zip(keys, futures))
+        if isinstance(data, (list, tuple, set, frozenset)):
+            return type(data)(futures) if not isinstance(data, (set, frozenset)) else futures
+        return futures[0]
+
+    def gather(self, futures: Any, errors: str = "raise") -> Any:
+        """The values of futures, in the structure given (a future, or lists,
+        tuples, sets and dicts of them). ``errors="skip"`` leaves out those
+        that erred."""
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+        futs = futures_of(futures)
+        names = []
+        for f in futs:
+            f._st.wait(None)
+            if f._st.status != FINISHED:
+                if errors == "raise":
+                    raise f._raisable()
+            elif f._name not in names:
+                names.append(f._name)
+        values = dict(zip(names, self._gather_names(names)))
+        skip = object()
+
+        def pack(x: Any) -> Any:
+            if isinstance(x, Future):
+                return values.get(x._name, skip)
+            if isinstance(x, (list, tuple, set, frozenset)):
+                packed = [v for v in (pack(i) for i in x) if v is not skip]
+                return packed if isinstance(x, list) else type(x)(packed)
+            if isinstance(x, dict):
+                return {k: v for k, v in ((k, pack(i)) for k, i in x.items()) if v is not skip}
+            return x
+
+        return pack(futures)
+
+    def cancel(self, futures: Any) -> None:
+        """Lets go of the futures' keys on the cluster (running tasks that
+        nothing else needs stop) and marks every future of them cancelled."""
+        names = []
+        callbacks: list[Callable[[], None]] = []
+        with self._lock:
+            for f in futures_of(futures if not isinstance(futures, Future) else [futures]):
+                state = self._states.pop(f._name, None)
+                self._refs.pop(f._name, None)
+                if state is not None:
+                    names.append(f._name)
+                    callbacks += state.fail(CancelledError(f"{f._name} was cancelled"), CANCELLED)
+        if names:
+            self.session.release(names)
+        for cb in callbacks:
+            cb()
+
+    def persist(self, collections: Any, optimize_graph: bool = True, **kwargs: Any) -> Any:
+        """Starts computing dask collections on the cluster and returns them
+        backed by futures: their results stay on the workers until the
+        returned collections are garbage collected."""
+        from dask.base import collections_to_expr
+        from dask.core import flatten
+
+        singleton = not isinstance(collections, (list, tuple, set, frozenset))
+        colls = [collections] if singleton else list(collections)
+        expr = collections_to_expr(colls, optimize_graph).optimize()
+        keys = expr.__dask_keys__()
+        wanted = list(flatten(keys))
+        futures = dict(zip(wanted, self._submit(expr, wanted, 0, None)))
+        out = []
+        for c, ks in zip(colls, keys):
+            rebuild, args = c.__dask_postpersist__()
+            out.append(rebuild({k: futures[k] for k in flatten(ks)}, *args))
+        return out[0] if singleton else out
+
+    def _submit(
+        self, dsk: Any, wanted: list[Any], retries: int, priority: int | None
+    ) -> list[Future]:
+        """Submits a graph into the session; futures of the wanted keys."""
+        self._drain()
+        tasks = _graph.to_tasks(dsk, retries=retries, priority=priority)
+        # The futures exist before the scheduler can report their keys.
+        futures = [Future(k, self) for k in wanted]
+        self.session.submit(tasks, [f._name for f in futures])
+        return futures
+
+    def _gather_names(self, names: list[str]) -> list[Any]:
+        if not names:
+            return []
+        got = self.session.gather_many(names)
+        return [_serialize.loads(fmt, data) for fmt, data in got]
+
     # ------------------------------------------------------------ dask
 
     def get(self, dsk: Mapping[Any, Any], keys: Any, **kwargs: Any) -> Any:
         """Dask's scheduler entry point: computes ``keys`` of the graph on
-        the cluster and returns their values in the structure of ``keys``."""
+        the cluster and returns their values in the structure of ``keys``.
+        Ctrl-C cancels what it started."""
         wanted = _graph.flatten_keys(keys)
-        tasks = _graph.to_tasks(dsk)
-        names = {k: _graph.key_name(k) for k in wanted}
+        futures = self._submit(dsk, wanted, 0, None)
+        if _called_by_dask_persist():
+            # Dask releases before 2026 persist through `get`: the results
+            # stay on the cluster, as futures.
+            return _graph.pack(keys, dict(zip(wanted, futures)))
         try:
-            graph = self.native.run(tasks, sorted(set(names.values())), f"dask-{next(_names)}")
-        except TaskFailed as failed:
-            failed.raise_original()
-        try:
-            values = {}
-            for key, name in names.items():
-                fmt, data = graph.gather(name)
-                values[key] = _serialize.loads(fmt, data)
+            self._wait_all(futures)
+            values = dict(zip(wanted, self.gather(futures)))
         finally:
-            graph.release()
+            for f in futures:
+                f.release()
         return _graph.pack(keys, values)
+
+    def _wait_all(self, futures: list[Future]) -> None:
+        """Waits until every future finished; raises the first error."""
+        for f in futures:
+            while not f._st.event.wait(0.2):
+                for g in futures:
+                    if g._st.status in (ERROR, CANCELLED):
+                        raise g._raisable()
+            if f._st.status != FINISHED:
+                raise f._raisable()
 
     # ------------------------------------------------------------ SQL
 
@@ -198,6 +532,36 @@ class Client:
         if len(tables) == 1:
             return tables[0]
         return pa.concat_tables(tables)
+
+
+def _task(key: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The task ``func(*args, **kwargs)``; futures in the arguments, also
+    inside lists, tuples, sets and dicts, become its dependencies."""
+    from dask._task_spec import Task, parse_input
+
+    return Task(
+        key, func, *(parse_input(a) for a in args), **{k: parse_input(v) for k, v in kwargs.items()}
+    )
+
+
+def _funcname(func: Any) -> str:
+    from dask.utils import funcname
+
+    return funcname(func)
+
+
+def _task_key(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], pure: bool) -> str:
+    from dask.base import tokenize
+
+    token = tokenize(func, args, kwargs) if pure else uuid.uuid4().hex
+    return f"{_funcname(func)}-{token}"
+
+
+def _called_by_dask_persist() -> bool:
+    """Whether ``dask.persist`` (of a dask release without the scheduler
+    persist protocol) is the caller of ``Client.get``."""
+    frame = sys._getframe(2)
+    return frame.f_code.co_name == "persist" and frame.f_globals.get("__name__") == "dask.base"
 
 
 def _bytes(n: int) -> str:

@@ -42,26 +42,31 @@ def pack(keys: Any, values: Mapping[Any, Any]) -> Any:
     return values[keys]
 
 
-def to_tasks(dsk: Any, retries: int = 0) -> list[tuple[str, str, bytes, list[str], int, int]]:
+def to_tasks(
+    dsk: Any, retries: int = 0, priority: int | None = None
+) -> list[tuple[str, str, bytes, list[str], int, int]]:
     """The daskrs tasks of a dask graph (legacy tuples or task-spec nodes):
-    ``(key, kind, payload, deps, priority, retries)``. Dask's own ordering
-    becomes the priority, so tasks run in the order Dask would run them."""
-    from dask._task_spec import convert_legacy_graph
-    from dask.order import order
+    ``(key, kind, payload, deps, priority, retries)``. A dependency that is
+    not in the graph must be a key the client's session holds (a future).
+    Without a ``priority``, Dask's own ordering becomes the priority, so
+    tasks run in the order Dask would run them."""
+    from dask._task_spec import DataNode, convert_legacy_graph
 
     if not isinstance(dsk, Mapping):
         dsk = dsk.__dask_graph__()  # an expression, as dask.compute hands over
     graph = convert_legacy_graph(dict(dsk))
-    ranks = order(graph)
+    if priority is None:
+        from dask.order import order
+
+        # Keys held from earlier graphs stand in as data for the ordering.
+        external = {d for node in graph.values() for d in node.dependencies if d not in graph}
+        ranks = order({**graph, **{k: DataNode(k, None) for k in external}})
+        priorities = {k: -ranks.get(k, 0) for k in graph}
+    else:
+        priorities = dict.fromkeys(graph, priority)
     tasks = []
     for key, node in graph.items():
         deps = sorted(node.dependencies, key=key_name)
-        missing = [d for d in deps if d not in graph]
-        if missing:
-            raise KeyError(
-                f"task {key_name(key)!r} depends on {key_name(missing[0])!r}, "
-                "which is not in the graph"
-            )
         try:
             payload = _serialize.dumps_bytes((node, deps))[1]
         except Exception as exc:  # noqa: BLE001 - whatever pickling raises
@@ -75,7 +80,7 @@ def to_tasks(dsk: Any, retries: int = 0) -> list[tuple[str, str, bytes, list[str
                 PYTHON,
                 payload,
                 [key_name(d) for d in deps],
-                -ranks.get(key, 0),
+                priorities[key],
                 retries,
             )
         )

@@ -79,6 +79,12 @@ class TaskFailed(DaskrsError):
             return None
         if not isinstance(exc, BaseException):
             return None
+        # Where tblib's pickling support is on (distributed installs it), the
+        # exception arrives with a rebuilt traceback whose frames hang off
+        # this thread's: dropped, so that the exception keeps nothing of the
+        # client alive. The remote traceback is the cause's text.
+        exc.__traceback__ = None
+        exc.__context__ = None
         exc.__cause__ = RemoteTraceback(
             f'\n"""\ntask {self.key!r} on worker {self.worker!r}:\n{self.error}\n"""'
         )

@@ -4,8 +4,10 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
+use daskrs_client::session::{Event, Session};
 use daskrs_client::{Client, Finished, Graph};
 use daskrs_core::TaskSpec;
+use futures::StreamExt;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -60,6 +62,7 @@ impl NativeClient {
             wd.set_item("status", w.status)?;
             wd.set_item("executed", w.executed)?;
             wd.set_item("kinds", w.kinds)?;
+            wd.set_item("python", w.python)?;
             workers.append(wd)?;
         }
         d.set_item("workers", workers)?;
@@ -101,6 +104,16 @@ impl NativeClient {
             .collect())
     }
 
+    /// Opens a session: the graph the client's futures live in.
+    fn session(&self, py: Python<'_>, name: String) -> PyResult<NativeSession> {
+        let client = self.client.clone();
+        let session =
+            wait(py, async move { client.session(&name).await })?.map_err(|e| to_py(py, e))?;
+        Ok(NativeSession {
+            session: Arc::new(session),
+        })
+    }
+
     /// Submits a graph and waits until its outputs are computed. The
     /// results stay on the workers until the returned graph is released.
     #[pyo3(signature = (tasks, outputs, name))]
@@ -111,20 +124,7 @@ impl NativeClient {
         outputs: Vec<String>,
         name: String,
     ) -> PyResult<RunningGraph> {
-        let graph = Graph {
-            name,
-            tasks: tasks
-                .into_iter()
-                .map(|PyTask(key, kind, payload, deps, priority, retries)| {
-                    TaskSpec::new(key, kind)
-                        .payload(Bytes::from_owner(payload))
-                        .deps(deps)
-                        .priority(priority)
-                        .retries(retries)
-                })
-                .collect(),
-            outputs,
-        };
+        let graph = graph(name, tasks, outputs);
         let client = self.client.clone();
         let finished =
             wait(py, async move { client.run(graph, |_| {}).await })?.map_err(|e| to_py(py, e))?;
@@ -190,3 +190,133 @@ impl RunningGraph {
 fn released() -> PyErr {
     pyo3::exceptions::PyRuntimeError::new_err("the graph's results were released")
 }
+
+fn graph(name: String, tasks: Vec<PyTask>, outputs: Vec<String>) -> Graph {
+    Graph {
+        name,
+        tasks: tasks
+            .into_iter()
+            .map(|PyTask(key, kind, payload, deps, priority, retries)| {
+                TaskSpec::new(key, kind)
+                    .payload(Bytes::from_owner(payload))
+                    .deps(deps)
+                    .priority(priority)
+                    .retries(retries)
+            })
+            .collect(),
+        outputs,
+    }
+}
+
+/// A session: submissions that do not wait, keys reported as they finish,
+/// results held until released. Closing it releases everything.
+#[pyclass(module = "daskrs._native", frozen)]
+pub struct NativeSession {
+    session: Arc<Session>,
+}
+
+/// One event as Python sees it: `("done", key, format, nbytes)`,
+/// `("erred", key, failed_key, worker, error, exception)` or
+/// `("rejected", outputs, error)`.
+type PyEvent<'py> = Bound<'py, pyo3::types::PyTuple>;
+
+#[pymethods]
+impl NativeSession {
+    #[getter]
+    fn graph_id(&self) -> u64 {
+        self.session.graph_id
+    }
+
+    /// Queues tasks without waiting; their outputs are reported as events.
+    fn submit(&self, py: Python<'_>, tasks: Vec<PyTask>, outputs: Vec<String>) -> PyResult<()> {
+        self.session
+            .submit(graph(String::new(), tasks, outputs))
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// The client no longer wants these keys.
+    fn release(&self, py: Python<'_>, keys: Vec<String>) -> PyResult<()> {
+        self.session.release(keys).map_err(|e| to_py(py, e))
+    }
+
+    /// The next events, waiting at most `timeout` seconds (an empty list
+    /// when none came).
+    fn events<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Vec<PyEvent<'py>>> {
+        let session = self.session.clone();
+        let timeout = std::time::Duration::try_from_secs_f64(timeout.max(0.0))
+            .unwrap_or(std::time::Duration::from_secs(3600));
+        let got = wait(py, async move {
+            tokio::time::timeout(timeout, session.events()).await
+        })?;
+        let events = match got {
+            Err(_elapsed) => return Ok(Vec::new()),
+            Ok(r) => r.map_err(|e| to_py(py, e))?,
+        };
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            match ev {
+                Event::Done(outputs) => {
+                    for o in outputs {
+                        let format = daskrs_proto::convert::data_format(o.format)
+                            .map_or("unknown", |f| f.name());
+                        out.push(("done", o.key, format, o.nbytes).into_pyobject(py)?);
+                    }
+                }
+                Event::Erred { key, failure } => out.push(
+                    (
+                        "erred",
+                        key,
+                        failure.key,
+                        failure.worker,
+                        failure.error,
+                        PyBytes::new(py, &failure.exception),
+                    )
+                        .into_pyobject(py)?,
+                ),
+                Event::Rejected { outputs, error } => {
+                    out.push(("rejected", outputs, error).into_pyobject(py)?)
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One computed key's result: its format and bytes.
+    fn gather<'py>(
+        &self,
+        py: Python<'py>,
+        key: String,
+    ) -> PyResult<(&'static str, Bound<'py, PyBytes>)> {
+        let session = self.session.clone();
+        let out = wait(py, async move { session.gather(&key).await })?.map_err(|e| to_py(py, e))?;
+        Ok((out.format.name(), PyBytes::new(py, &out.bytes)))
+    }
+
+    /// Several computed keys' results, fetched concurrently, in order.
+    fn gather_many<'py>(
+        &self,
+        py: Python<'py>,
+        keys: Vec<String>,
+    ) -> PyResult<Vec<(&'static str, Bound<'py, PyBytes>)>> {
+        let session = self.session.clone();
+        let got = wait(py, async move {
+            futures::stream::iter(keys)
+                .map(|key| {
+                    let session = session.clone();
+                    async move { session.gather(&key).await }
+                })
+                .buffered(GATHER_CONCURRENCY)
+                .collect::<Vec<_>>()
+                .await
+        })?;
+        got.into_iter()
+            .map(|r| {
+                let out = r.map_err(|e| to_py(py, e))?;
+                Ok((out.format.name(), PyBytes::new(py, &out.bytes)))
+            })
+            .collect()
+    }
+}
+
+/// Results fetched at once by `gather_many`.
+const GATHER_CONCURRENCY: usize = 32;

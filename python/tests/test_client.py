@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import daskrs
+from conftest import start_worker
 
 
 def test_client_connects_by_host_port_and_tcp_url(client: daskrs.Client) -> None:
@@ -56,3 +59,24 @@ def test_a_local_cluster_stops_with_its_client() -> None:
     assert all(p.poll() is not None for p in procs)
     with pytest.raises(RuntimeError, match="closed"):
         c.scheduler_info()
+
+
+def test_a_worker_with_other_versions_is_refused_at_connect(daskrs_bin: str) -> None:
+    other = os.environ.get("DASKRS_OTHER_PYTHON")
+    if not other:
+        pytest.skip("DASKRS_OTHER_PYTHON names no second environment with daskrs installed")
+    cluster = daskrs.LocalCluster(n_workers=0)
+    worker = start_worker(daskrs_bin, cluster.scheduler_address, "other", python=other)
+    try:
+        with daskrs.Client(
+            cluster.scheduler_address, set_as_default=False, check_versions=False
+        ) as c:
+            c.wait_for_workers(1, timeout=60)
+        with pytest.raises(
+            daskrs.VersionMismatch, match=r"worker 'other': .*dask \S+ here, \S+ there"
+        ):
+            daskrs.Client(cluster.scheduler_address, set_as_default=False)
+    finally:
+        worker.terminate()
+        worker.wait()
+        cluster.close()

@@ -88,7 +88,7 @@ async fn status(AxState(core): AxState<Arc<Core>>) -> Json<serde_json::Value> {
             serde_json::json!({
                 "id": gr.id,
                 "name": gr.name,
-                "total": gr.tasks.len(),
+                "total": gr.keys.len(),
                 "done": gr.n_done,
                 "processing": count(TaskState::Processing),
                 "waiting": count(TaskState::Waiting) + count(TaskState::Queued),

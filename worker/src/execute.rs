@@ -39,7 +39,7 @@ pub fn run_task(
         })?;
         let inputs = gather_inputs(shared, a, fetched)?;
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            kind.run(&a.payload, &inputs)
+            kind.run_task(a.task, &a.payload, &inputs)
         }))
         .map_err(|p| {
             let msg = p

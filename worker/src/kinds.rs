@@ -28,6 +28,26 @@ pub trait TaskKind: Send + Sync {
     /// Called, on a blocking thread, with a result of a task for which
     /// `holds_external` was true, when the worker drops it.
     fn release(&self, _result: &Data) {}
+
+    /// Runs the task `task`; kinds that can stop a running task (see
+    /// [`TaskKind::cancel`]) need to know which it is.
+    fn run_task(&self, _task: u64, payload: &[u8], inputs: &[Data]) -> Result<Data, TaskError> {
+        self.run(payload, inputs)
+    }
+
+    /// The scheduler no longer wants the running task `task`: stop it if
+    /// the kind can. Its run then ends with an error, which is dropped.
+    fn cancel(&self, _task: u64) {}
+
+    /// Memory the kind's tasks use outside the worker's process (its
+    /// executor processes), counted toward the worker's memory limit.
+    fn resident_bytes(&self) -> u64 {
+        0
+    }
+
+    /// Lets go of idle resources outside the process (idle executors that
+    /// may hold on to memory), when the worker is paused with nothing to run.
+    fn trim(&self) {}
 }
 
 impl<F> TaskKind for F
@@ -43,6 +63,8 @@ where
 #[derive(Clone, Default)]
 pub struct Registry {
     kinds: HashMap<String, Arc<dyn TaskKind>>,
+    /// What the Python executors said of their versions, as JSON.
+    python_versions: Option<String>,
 }
 
 impl Registry {
@@ -84,8 +106,26 @@ impl Registry {
 
     /// Adds `python`: tasks run by executor processes of that interpreter.
     pub fn with_python(mut self, kind: crate::python::PythonKind) -> Registry {
+        self.python_versions = Some(kind.versions().to_string());
         self.register(crate::python::KIND, kind);
         self
+    }
+
+    /// Memory the kinds' tasks use outside this process.
+    pub fn resident_bytes(&self) -> u64 {
+        self.kinds.values().map(|k| k.resident_bytes()).sum()
+    }
+
+    /// See [`TaskKind::trim`].
+    pub fn trim(&self) {
+        for k in self.kinds.values() {
+            k.trim();
+        }
+    }
+
+    /// The Python executors' versions (JSON), when the worker runs Python.
+    pub fn python_versions(&self) -> &str {
+        self.python_versions.as_deref().unwrap_or_default()
     }
 
     pub fn register(&mut self, name: &str, kind: impl TaskKind + 'static) {

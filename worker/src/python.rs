@@ -15,13 +15,15 @@
 //!   the error as text (type, message, remote traceback) and the exception
 //!   pickled, or empty when it cannot be pickled.
 //!
-//! An idle executor serves the next task; one that died is replaced.
+//! An idle executor serves the next task; one that died is replaced. A task
+//! cancelled while it runs is stopped by killing its executor.
 
+use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use daskrs_core::DataFormat;
@@ -40,6 +42,8 @@ const MAX_FRAME: u64 = 16 << 30;
 pub struct PythonKind {
     python: PathBuf,
     idle: Mutex<Vec<Executor>>,
+    /// The executor process of each running task, to stop it on cancel.
+    running: Mutex<HashMap<u64, Arc<Mutex<Child>>>>,
     /// What the first executor said of itself.
     versions: serde_json::Value,
 }
@@ -52,6 +56,7 @@ impl PythonKind {
         Ok(PythonKind {
             python,
             idle: Mutex::new(vec![executor]),
+            running: Mutex::new(HashMap::new()),
             versions,
         })
     }
@@ -80,6 +85,44 @@ impl PythonKind {
 
 impl TaskKind for PythonKind {
     fn run(&self, payload: &[u8], inputs: &[Data]) -> Result<Data, TaskError> {
+        self.run_task(0, payload, inputs)
+    }
+
+    fn cancel(&self, task: u64) {
+        let child = self.running.lock().ok().and_then(|r| r.get(&task).cloned());
+        if let Some(child) = child
+            && let Ok(mut c) = child.lock()
+        {
+            // Its run sees the pipe close and reports the task ended.
+            let _ = c.kill();
+        }
+    }
+
+    fn trim(&self) {
+        // Dropped executors are killed; the next task starts a fresh one.
+        let idle = self.idle.lock().map(|mut v| std::mem::take(&mut *v));
+        drop(idle);
+    }
+
+    fn resident_bytes(&self) -> u64 {
+        let mut pids: Vec<u32> = Vec::new();
+        if let Ok(idle) = self.idle.lock() {
+            pids.extend(
+                idle.iter()
+                    .filter_map(|e| e.child.lock().ok().map(|c| c.id())),
+            );
+        }
+        if let Ok(running) = self.running.lock() {
+            pids.extend(
+                running
+                    .values()
+                    .filter_map(|c| c.lock().ok().map(|c| c.id())),
+            );
+        }
+        pids.into_iter().filter_map(resident_bytes_of).sum()
+    }
+
+    fn run_task(&self, task: u64, payload: &[u8], inputs: &[Data]) -> Result<Data, TaskError> {
         let mut formats = String::with_capacity(inputs.len());
         for (i, d) in inputs.iter().enumerate() {
             formats.push(match d.format {
@@ -97,7 +140,13 @@ impl TaskKind for PythonKind {
         frames.extend(inputs.iter().map(|d| d.bytes.as_ref()));
 
         let mut executor = self.take()?;
+        if let Ok(mut r) = self.running.lock() {
+            r.insert(task, executor.child.clone());
+        }
         let answer = executor.send(&frames).and_then(|()| executor.receive());
+        if let Ok(mut r) = self.running.lock() {
+            r.remove(&task);
+        }
         let mut answer = match answer {
             Ok(a) => a,
             Err(io) => return Err(TaskError::Failed(executor.died(&io))),
@@ -133,7 +182,7 @@ impl TaskKind for PythonKind {
 
 /// One executor process.
 struct Executor {
-    child: Child,
+    child: Arc<Mutex<Child>>,
     to: BufWriter<ChildStdin>,
     from: BufReader<ChildStdout>,
 }
@@ -158,7 +207,7 @@ impl Executor {
             return Err(cannot(&"its pipes were not opened"));
         };
         let mut e = Executor {
-            child,
+            child: Arc::new(Mutex::new(child)),
             to: BufWriter::new(stdin),
             from: BufReader::new(stdout),
         };
@@ -209,12 +258,15 @@ impl Executor {
 
     /// Why the executor stopped answering, once it has exited.
     fn died(&mut self, io: &std::io::Error) -> String {
+        let Ok(mut child) = self.child.lock() else {
+            return format!("lost the Python process running the task: {io}");
+        };
         if io.kind() == std::io::ErrorKind::InvalidData {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            let _ = child.kill();
+            let _ = child.wait();
             return format!("the Python executor sent a bad message: {io}");
         }
-        match self.child.wait() {
+        match child.wait() {
             Ok(status) => format!(
                 "the Python process running the task {}",
                 describe_exit(status)
@@ -226,10 +278,19 @@ impl Executor {
 
 impl Drop for Executor {
     fn drop(&mut self) {
-        // It may be busy in user code: killed, not waited for.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // It may be busy in user code: killed, then reaped.
+        if let Ok(mut child) = self.child.lock() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
+}
+
+/// A process's resident memory, from /proc (Linux).
+fn resident_bytes_of(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
 }
 
 /// "was killed by signal 11 (SIGSEGV)", "exited with status 3".

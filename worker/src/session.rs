@@ -83,6 +83,7 @@ pub async fn session(shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
         memory_limit: cfg.memory_limit,
         kinds: shared.registry.names(),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        python: shared.registry.python_versions().to_string(),
     });
     let _ = up_tx.send(daskrs_proto::worker_batch(vec![register]));
     let mut inbound = match client
@@ -161,6 +162,8 @@ pub async fn session(shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
             }
             _ = heartbeat.tick() => {
                 s.heartbeat();
+                // Memory outside the process was measured anew: pause or resume.
+                s.dispatch();
                 if retire_deadline.is_some_and(|d| Instant::now() > d) {
                     tracing::warn!("hand-off did not finish in time; closing anyway");
                     break SessionEnd::Closed;
@@ -219,8 +222,14 @@ impl Session {
                 for id in f.task_ids {
                     // A running task may store its result yet: its end
                     // drops that, and lets go of what it holds.
-                    if self.tasks.free(id) == Freed::Forgotten {
-                        self.releases.drop_result(&self.shared.store, id);
+                    match self.tasks.free(id) {
+                        Freed::Forgotten => self.releases.drop_result(&self.shared.store, id),
+                        Freed::Running => {
+                            let kind = self.tasks.kind_of(id);
+                            if let Some(kind) = kind.and_then(|k| self.shared.registry.get(&k)) {
+                                kind.cancel(id);
+                            }
+                        }
                     }
                 }
             }
@@ -402,9 +411,17 @@ impl Session {
     }
 
     fn heartbeat(&mut self) {
+        if self.paused && self.tasks.running() == 0 {
+            // Paused with nothing running: idle executors may be what holds
+            // the memory (a Python process seldom gives all of it back).
+            self.shared.registry.trim();
+        }
+        let outside = self.shared.registry.resident_bytes();
+        self.shared.store.set_outside(outside);
         if self.shared.config.pause_on_process_memory {
             let limit = self.shared.config.memory_limit as f64 * crate::store::PAUSE_FRACTION;
-            self.process_over_pause = resident_bytes().is_some_and(|rss| rss as f64 > limit);
+            self.process_over_pause =
+                resident_bytes().is_some_and(|rss| (rss + outside) as f64 > limit);
         }
         let store = &self.shared.store;
         let m = &self.shared.metrics;
@@ -414,7 +431,7 @@ impl Session {
         m.held_results.set(store.len() as i64);
         m.paused.set(i64::from(self.paused));
         self.out.push(Up::Heartbeat(daskrs_proto::Heartbeat {
-            memory_bytes: memory,
+            memory_bytes: memory + outside,
             spilled_bytes: spilled,
             paused: self.paused,
             executed: self.executed,

@@ -94,6 +94,9 @@ impl SpillWriter for FileWriter {
 
 pub struct Store {
     limit: u64,
+    /// Memory the worker's tasks use outside this process (Python
+    /// executors), which counts toward the limit too.
+    outside: std::sync::atomic::AtomicU64,
     dir: PathBuf,
     writer: Arc<dyn SpillWriter>,
     inner: Mutex<Inner>,
@@ -109,6 +112,7 @@ impl Store {
     pub fn with_writer(limit: u64, dir: &Path, writer: Arc<dyn SpillWriter>) -> Store {
         Store {
             limit,
+            outside: std::sync::atomic::AtomicU64::new(0),
             dir: dir.to_path_buf(),
             writer,
             inner: Mutex::new(Inner::default()),
@@ -162,7 +166,7 @@ impl Store {
     /// Moves results from memory to `spilling`, least recently used first,
     /// until what is not on its way to disk fits the target.
     fn pick_victims(&self, g: &mut Inner) -> Vec<(u64, u64, Data)> {
-        let target = (self.limit as f64 * TARGET_FRACTION) as u64;
+        let target = ((self.limit as f64 * TARGET_FRACTION) as u64).saturating_sub(self.outside());
         let mut victims = Vec::new();
         while g.memory_bytes - g.spilling_bytes > target {
             let Some((_, victim)) = g.lru.pop_first() else {
@@ -348,9 +352,20 @@ impl Store {
         self.len() == 0
     }
 
-    /// Whether managed memory is above the pause threshold.
+    /// Whether managed memory, with what tasks use outside the process,
+    /// is above the pause threshold.
     pub fn over_pause(&self) -> bool {
-        self.memory_bytes() as f64 > self.limit as f64 * PAUSE_FRACTION
+        (self.memory_bytes() + self.outside()) as f64 > self.limit as f64 * PAUSE_FRACTION
+    }
+
+    /// Sets the memory the worker's tasks use outside this process.
+    pub fn set_outside(&self, bytes: u64) {
+        self.outside
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn outside(&self) -> u64 {
+        self.outside.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -216,6 +216,11 @@ impl Tasks {
         Freed::Forgotten
     }
 
+    /// The kind of a task this worker has.
+    pub fn kind_of(&self, task: u64) -> Option<std::sync::Arc<str>> {
+        self.tasks.get(&task).map(|t| t.assignment.kind.clone())
+    }
+
     /// The scheduler asks for a task back; true when it had not started.
     pub fn steal(&mut self, task: u64) -> bool {
         let stolen = self

@@ -44,18 +44,16 @@ impl Scheduler for ClientService {
             .ok_or_else(|| Status::invalid_argument("stream closed before the submit message"))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let submission = match first.msg {
-            Some(run_request::Msg::Submit(sub)) => {
-                let tasks = sub
-                    .tasks
-                    .into_iter()
-                    .map(TaskSpec::try_from)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
-                Submission {
-                    name: sub.name,
-                    tasks,
-                    outputs: sub.outputs,
-                }
+            Some(run_request::Msg::Submit(sub)) => submission(sub)?,
+            Some(run_request::Msg::Session(open)) => {
+                return Ok(Response::new(session(
+                    &self.core, open.name, inbound, tx, rx,
+                )));
+            }
+            Some(run_request::Msg::Release(_)) => {
+                return Err(Status::invalid_argument(
+                    "`release` is for sessions; open one with `session` first",
+                ));
             }
             Some(run_request::Msg::Sql(s)) => match self.plan(&s.sql).await? {
                 daskrs_engine::Planned::Local(bytes) => {
@@ -80,7 +78,7 @@ impl Scheduler for ClientService {
             },
             None => {
                 return Err(Status::invalid_argument(
-                    "the first message of Run must be `submit` or `sql`",
+                    "the first message of Run must be `submit`, `sql` or `session`",
                 ));
             }
         };
@@ -122,6 +120,7 @@ impl Scheduler for ClientService {
             .locate(graph_id, &key)
             .map_err(|e| match e {
                 LocateError::NotReady(..) => Status::unavailable(e.to_string()),
+                LocateError::Erred(_) => Status::failed_precondition(e.to_string()),
                 LocateError::NoGraph(_) | LocateError::NoKey(_) => Status::not_found(e.to_string()),
                 LocateError::NotOutput(_) => Status::invalid_argument(e.to_string()),
             })?;
@@ -217,6 +216,78 @@ impl Scheduler for ClientService {
     }
 }
 
+fn submission(sub: daskrs_proto::SubmitGraph) -> Result<Submission, Status> {
+    let tasks = sub
+        .tasks
+        .into_iter()
+        .map(TaskSpec::try_from)
+        .collect::<Result<_, _>>()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(Submission {
+        name: sub.name,
+        tasks,
+        outputs: sub.outputs,
+    })
+}
+
+/// Serves a session: submissions and releases until the client closes its
+/// side, which releases everything the session holds.
+fn session(
+    core: &Arc<Core>,
+    name: String,
+    mut inbound: Streaming<RunRequest>,
+    tx: super::EventSender,
+    rx: mpsc::UnboundedReceiver<Result<RunEvent, Status>>,
+) -> EventStream {
+    let graph_id = core.with(|i| {
+        let graph_id = i.state.open_session(name);
+        let _ = tx.send(Ok(RunEvent {
+            event: Some(run_event::Event::Accepted(daskrs_proto::GraphAccepted {
+                graph_id,
+                tasks: 0,
+            })),
+        }));
+        i.clients.insert(graph_id, tx.clone());
+        graph_id
+    });
+    let core = core.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(req)) = inbound.message().await {
+            match req.msg {
+                Some(run_request::Msg::Submit(sub)) => {
+                    let outputs = sub.outputs.clone();
+                    let added = submission(sub).and_then(|sub| {
+                        core.with(|i| i.state.submit_to(graph_id, sub))
+                            .map_err(|e| Status::invalid_argument(e.to_string()))
+                    });
+                    if let Err(status) = added {
+                        let _ = tx.send(Ok(RunEvent {
+                            event: Some(run_event::Event::Rejected(daskrs_proto::SubmitRejected {
+                                outputs,
+                                error: status.message().to_string(),
+                            })),
+                        }));
+                    }
+                }
+                Some(run_request::Msg::Release(r)) => {
+                    core.with(|i| i.state.release_keys(graph_id, &r.keys));
+                }
+                Some(run_request::Msg::Session(_)) | Some(run_request::Msg::Sql(_)) | None => {
+                    let _ = tx.send(Err(Status::invalid_argument(
+                        "a session takes `submit` and `release` only",
+                    )));
+                    break;
+                }
+            }
+        }
+        core.with(|i| {
+            i.state.remove_graph(graph_id);
+            i.clients.remove(&graph_id);
+        });
+    });
+    Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+}
+
 impl ClientService {
     /// Plans SQL with the scheduler's catalog and S3 access. A query needs
     /// workers to run on.
@@ -303,6 +374,7 @@ pub fn cluster_info(core: &Core) -> ClusterInfoResponse {
                 .filter(|k| !daskrs_core::kinds::is_builtin(k))
                 .cloned()
                 .collect(),
+            python: w.python.clone(),
         })
         .collect();
     workers.sort_by_key(|w| w.id);

@@ -104,11 +104,45 @@ fn flush(inner: &mut Inner) {
         // Dropping the sender ends the worker's stream after what is queued.
         inner.workers.remove(&w);
     }
+    // A session's keys that finished together go out as one event.
+    let mut done: Option<(GraphId, Vec<daskrs_proto::OutputInfo>)> = None;
     for (g, ev) in out.to_clients {
+        if let GraphEvent::Done(o) = &ev
+            && done.as_ref().is_none_or(|(dg, _)| *dg == g)
+        {
+            done.get_or_insert_with(|| (g, Vec::new()))
+                .1
+                .push(output_info(o));
+            continue;
+        }
+        send_done(inner, done.take());
+        if let GraphEvent::Done(o) = ev {
+            done = Some((g, vec![output_info(&o)]));
+            continue;
+        }
         let Some(tx) = inner.clients.get(&g) else {
             continue;
         };
         let _ = tx.send(Ok(to_run_event(g, ev)));
+    }
+    send_done(inner, done);
+}
+
+fn send_done(inner: &Inner, done: Option<(GraphId, Vec<daskrs_proto::OutputInfo>)>) {
+    if let Some((g, outputs)) = done
+        && let Some(tx) = inner.clients.get(&g)
+    {
+        let _ = tx.send(Ok(RunEvent {
+            event: Some(run_event::Event::Done(daskrs_proto::KeysDone { outputs })),
+        }));
+    }
+}
+
+fn output_info(o: &crate::state::OutputInfo) -> daskrs_proto::OutputInfo {
+    daskrs_proto::OutputInfo {
+        key: o.key.clone(),
+        nbytes: o.nbytes,
+        format: daskrs_proto::convert::format_number(o.format),
     }
 }
 
@@ -128,16 +162,19 @@ fn to_run_event(graph_id: GraphId, ev: GraphEvent) -> RunEvent {
         GraphEvent::Finished { outputs } => {
             run_event::Event::Finished(daskrs_proto::GraphFinished {
                 graph_id,
-                outputs: outputs
-                    .into_iter()
-                    .map(|o| daskrs_proto::OutputInfo {
-                        key: o.key,
-                        nbytes: o.nbytes,
-                        format: daskrs_proto::convert::format_number(o.format),
-                    })
-                    .collect(),
+                outputs: outputs.iter().map(output_info).collect(),
             })
         }
+        GraphEvent::Done(o) => run_event::Event::Done(daskrs_proto::KeysDone {
+            outputs: vec![output_info(&o)],
+        }),
+        GraphEvent::Erred { key, failure } => run_event::Event::Erred(daskrs_proto::KeyErred {
+            key,
+            failed_key: failure.key,
+            worker: failure.worker,
+            error: failure.error,
+            exception: failure.exception.into(),
+        }),
         GraphEvent::Failed {
             key,
             worker,

@@ -66,6 +66,7 @@ impl WorkerControl for WorkerService {
                     nthreads: reg.nthreads,
                     memory_limit: reg.memory_limit,
                     kinds: reg.kinds,
+                    python: reg.python,
                 },
                 Instant::now(),
             );
@@ -205,6 +206,7 @@ mod tests {
                 memory_limit: 1 << 30,
                 kinds: vec![],
                 version: String::new(),
+                python: String::new(),
             }),
             Up::Heartbeat(daskrs_proto::Heartbeat {
                 memory_bytes: 7,

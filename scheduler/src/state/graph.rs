@@ -1,9 +1,16 @@
 //! Graphs: submission (validation, pruning, reference counts) and release.
+//!
+//! A graph is either one submission that finishes or fails as a whole (the
+//! CLI's graphs, SQL), or a session: the graph a client's futures live in,
+//! which grows with each submission and whose tasks finish and err one by
+//! one (see `session.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use daskrs_core::{DataFormat, GraphError, Input, Priority, TaskSpec, TaskState, kinds};
+use daskrs_core::{
+    DataFormat, GraphError, Input, Priority, TaskSpec, TaskState, ValidGraph, kinds,
+};
 
 use super::task::{GraphId, Task, TaskId};
 use super::{State, ToWorker};
@@ -12,8 +19,7 @@ use super::{State, ToWorker};
 pub struct Graph {
     pub id: GraphId,
     pub name: String,
-    /// Every task of the graph that is needed for its outputs.
-    pub tasks: Vec<TaskId>,
+    /// Every task of the graph that is needed, by key.
     pub keys: HashMap<Arc<str>, TaskId>,
     pub outputs: Vec<TaskId>,
     /// Tasks whose results were computed (and not lost since).
@@ -24,6 +30,25 @@ pub struct Graph {
     pub finished: bool,
     /// Progress changed since it was last reported.
     pub dirty: bool,
+    /// A client's session: tasks err one by one and live until released.
+    pub session: bool,
+}
+
+impl Graph {
+    pub(super) fn new(id: GraphId, name: String, session: bool) -> Graph {
+        Graph {
+            id,
+            name,
+            keys: HashMap::new(),
+            outputs: Vec::new(),
+            n_done: 0,
+            outputs_ready: 0,
+            counts: [0; TaskState::ALL.len()],
+            finished: false,
+            dirty: true,
+            session,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +64,13 @@ pub struct Submission {
     pub name: String,
     pub tasks: Vec<TaskSpec>,
     pub outputs: Vec<String>,
+}
+
+/// A validated submission: the tasks to add, and for each task of the
+/// validated graph that stands for a task the graph already has, its id.
+pub(super) struct Checked {
+    pub valid: ValidGraph,
+    pub existing: Vec<Option<TaskId>>,
 }
 
 impl State {
@@ -64,10 +96,16 @@ impl State {
         all.join(", ")
     }
 
-    /// Validates a graph and queues its tasks; nothing is scheduled when it
-    /// is invalid. Tasks that no output depends on are not run.
-    pub fn submit(&mut self, sub: Submission) -> Result<(GraphId, usize), GraphError> {
-        for t in &sub.tasks {
+    /// Validates tasks and outputs. `existing` are tasks of the graph they
+    /// join, by key: the new tasks may depend on them and the outputs name
+    /// them; they stand in the validated graph as tasks without inputs.
+    pub(super) fn check(
+        &self,
+        mut tasks: Vec<TaskSpec>,
+        outputs: &[String],
+        existing: &HashMap<Arc<str>, TaskId>,
+    ) -> Result<Checked, GraphError> {
+        for t in &tasks {
             kinds::check(&t.kind, &t.payload, t.deps.len()).map_err(|message| {
                 GraphError::InvalidArguments {
                     key: t.key.clone(),
@@ -75,17 +113,63 @@ impl State {
                 }
             })?;
         }
+        let mut refs: Vec<TaskId> = Vec::new();
+        if !existing.is_empty() {
+            let own: std::collections::HashSet<&str> =
+                tasks.iter().map(|t| t.key.as_str()).collect();
+            let mut named = std::collections::HashSet::new();
+            let referenced = tasks
+                .iter()
+                .flat_map(|t| t.deps.iter())
+                .chain(outputs)
+                .filter(|k| !own.contains(k.as_str()));
+            for k in referenced {
+                if let Some((key, &id)) = existing.get_key_value(k.as_str())
+                    && named.insert(key.clone())
+                {
+                    refs.push(id);
+                }
+            }
+            drop(own);
+            for id in &refs {
+                let t = &self.tasks[id];
+                tasks.push(TaskSpec::new(t.key.to_string(), t.kind.to_string()));
+            }
+        }
+        let n_new = tasks.len() - refs.len();
         let valid = daskrs_core::validate(
-            sub.tasks,
-            &sub.outputs,
+            tasks,
+            outputs,
             |k| self.kind_known(k),
             || self.known_kinds(),
         )?;
+        let mut existing = vec![None; n_new];
+        existing.extend(refs.into_iter().map(Some));
+        Ok(Checked { valid, existing })
+    }
+
+    /// Validates a graph and queues its tasks; nothing is scheduled when it
+    /// is invalid. Tasks that no output depends on are not run.
+    pub fn submit(&mut self, sub: Submission) -> Result<(GraphId, usize), GraphError> {
+        let checked = self.check(sub.tasks, &sub.outputs, &HashMap::new())?;
         let graph_id = self.next_graph;
         self.next_graph += 1;
+        self.graphs
+            .insert(graph_id, Graph::new(graph_id, sub.name, false));
+        let added = self.add_tasks(graph_id, graph_id, checked);
+        let g = self.graphs.get_mut(&graph_id).expect("just inserted");
+        g.outputs = added.outputs;
+        tracing::info!(graph = graph_id, tasks = added.count, "graph accepted");
+        self.schedule();
+        Ok((graph_id, added.count))
+    }
 
-        // Keep only what the outputs need.
+    /// Adds the tasks of a checked submission to a graph and queues those
+    /// that can run. `order` orders this submission among others.
+    pub(super) fn add_tasks(&mut self, graph_id: GraphId, order: u64, checked: Checked) -> Added {
+        let Checked { valid, existing } = checked;
         let n = valid.tasks.len();
+        // Keep only what the outputs need.
         let mut keep = vec![false; n];
         let mut stack: Vec<u32> = valid.outputs.clone();
         while let Some(i) = stack.pop() {
@@ -95,7 +179,9 @@ impl State {
         }
         let mut ids = vec![0 as TaskId; n];
         for i in 0..n {
-            if keep[i] {
+            if let Some(id) = existing[i] {
+                ids[i] = id;
+            } else if keep[i] {
                 ids[i] = self.next_task;
                 self.next_task += 1;
             }
@@ -104,30 +190,19 @@ impl State {
         for &o in &valid.outputs {
             wanted[o as usize] = true;
         }
-
-        let mut graph = Graph {
-            id: graph_id,
-            name: sub.name,
-            tasks: Vec::new(),
-            keys: HashMap::new(),
-            outputs: valid.outputs.iter().map(|&o| ids[o as usize]).collect(),
-            n_done: 0,
-            outputs_ready: 0,
-            counts: [0; TaskState::ALL.len()],
-            finished: false,
-            dirty: true,
-        };
         let ValidGraph {
             tasks,
             inputs,
             deps,
             dependents,
-            order,
-            ..
+            order: ranks,
+            outputs,
         } = valid;
         let mut fresh = Vec::new();
+        let mut waiting = Vec::new();
+        let mut count = 0;
         for (i, spec) in tasks.into_iter().enumerate() {
-            if !keep[i] {
+            if !keep[i] || existing[i].is_some() {
                 continue;
             }
             let id = ids[i];
@@ -143,6 +218,22 @@ impl State {
                 .map(|&d| ids[d as usize])
                 .collect();
             let refs = my_dependents.len() as u32 + u32::from(wanted[i]);
+            let my_deps: Vec<TaskId> = deps[i].iter().map(|&d| ids[d as usize]).collect();
+            let mut waiting_on = 0;
+            for &d in &deps[i] {
+                match existing[d as usize] {
+                    // An earlier task of the graph: this one needs it too.
+                    Some(e) => {
+                        let et = self.tasks.get_mut(&e).expect("existing task");
+                        et.refs += 1;
+                        et.dependents.push(id);
+                        if et.state != TaskState::Memory {
+                            waiting_on += 1;
+                        }
+                    }
+                    None => waiting_on += 1,
+                }
+            }
             let task = Task {
                 key: key.clone(),
                 graph: graph_id,
@@ -156,13 +247,15 @@ impl State {
                         piece: spec.parts.get(n).copied().flatten(),
                     })
                     .collect(),
-                deps: deps[i].iter().map(|&d| ids[d as usize]).collect(),
+                deps: my_deps,
                 dependents: my_dependents,
                 state: TaskState::Released,
-                waiting_on: deps[i].len() as u32,
+                waiting_on,
                 refs,
                 wanted: wanted[i],
                 done: false,
+                holds_deps: true,
+                failure: None,
                 who_has: Vec::new(),
                 nbytes: 0,
                 format: DataFormat::Opaque,
@@ -170,36 +263,34 @@ impl State {
                 estimate: 0.0,
                 retries_left: spec.retries,
                 suspicious: 0,
-                priority: Priority::new(spec.priority, graph_id, order[i]),
+                priority: Priority::new(spec.priority, order, ranks[i]),
                 steal_pending: false,
                 replica_pending: None,
             };
-            graph.keys.insert(key, id);
-            graph.tasks.push(id);
-            graph.counts[TaskState::Released as usize] += 1;
+            count += 1;
+            if let Some(g) = self.graphs.get_mut(&graph_id) {
+                g.keys.insert(key, id);
+                g.counts[TaskState::Released as usize] += 1;
+            }
             self.counts[TaskState::Released as usize] += 1;
-            if task.waiting_on == 0 {
+            if waiting_on == 0 {
                 fresh.push(id);
+            } else {
+                waiting.push(id);
             }
             self.tasks.insert(id, task);
         }
-        let count = graph.tasks.len();
-        let waiting: Vec<TaskId> = graph
-            .tasks
-            .iter()
-            .copied()
-            .filter(|id| self.tasks[id].waiting_on > 0)
-            .collect();
-        self.graphs.insert(graph_id, graph);
-        for id in waiting {
+        for &id in &waiting {
             self.set_state(id, TaskState::Waiting);
         }
         for id in fresh {
             self.enqueue(id);
         }
-        tracing::info!(graph = graph_id, tasks = count, "graph accepted");
-        self.schedule();
-        Ok((graph_id, count))
+        Added {
+            count,
+            outputs: outputs.iter().map(|&o| ids[o as usize]).collect(),
+            existing: existing.into_iter().flatten().collect(),
+        }
     }
 
     /// Forgets a graph: its running tasks are cancelled and its results
@@ -208,7 +299,7 @@ impl State {
         let Some(graph) = self.graphs.remove(&graph_id) else {
             return false;
         };
-        for id in graph.tasks {
+        for id in graph.keys.into_values() {
             let Some(t) = self.tasks.remove(&id) else {
                 continue;
             };
@@ -252,6 +343,9 @@ impl State {
         if !t.wanted {
             return Err(LocateError::NotOutput(key.to_string()));
         }
+        if t.state == TaskState::Erred {
+            return Err(LocateError::Erred(key.to_string()));
+        }
         if t.state != TaskState::Memory {
             return Err(LocateError::NotReady(key.to_string(), t.state));
         }
@@ -264,7 +358,15 @@ impl State {
     }
 }
 
-use daskrs_core::ValidGraph;
+/// What `add_tasks` did.
+pub(super) struct Added {
+    /// New tasks.
+    pub count: usize,
+    /// The outputs' task ids, in the order asked for.
+    pub outputs: Vec<TaskId>,
+    /// Earlier tasks of the graph the submission named.
+    pub existing: Vec<TaskId>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocateError {
@@ -276,4 +378,6 @@ pub enum LocateError {
     NotOutput(String),
     #[error("result of {0:?} is not in memory (task is {1})")]
     NotReady(String, TaskState),
+    #[error("task {0:?} erred: it has no result")]
+    Erred(String),
 }

@@ -4,15 +4,17 @@
 //! after the transition, in batches.
 //!
 //! Task states follow Dask's: released -> waiting -> queued -> processing ->
-//! memory | erred, and forgotten when the graph is released. A result is
-//! dropped from every worker as soon as `refs` (unfinished dependents, plus
-//! the client while it wants the result) reaches zero.
+//! memory | erred, and forgotten when the graph is released (in a session,
+//! when neither the client nor a task needs it). A result is dropped from
+//! every worker as soon as `refs` (dependents that still need it, plus the
+//! client while it wants the result) reaches zero.
 
 mod adaptive;
 mod graph;
 mod outbox;
 mod placement;
 mod retire;
+mod session;
 mod task;
 #[cfg(test)]
 mod tests;
@@ -28,7 +30,7 @@ use daskrs_core::{DataFormat, TaskState};
 pub use daskrs_core::Priority;
 pub use graph::{Graph, LocateError, OutputInfo, Submission};
 pub use outbox::{GraphEvent, Outbox, ToWorker};
-pub use task::{GraphId, Task, TaskId, WorkerId};
+pub use task::{Failure, GraphId, Task, TaskId, WorkerId};
 pub use worker::{Registration, RemoveReason, WorkerReport, WorkerState, WorkerStatus};
 
 /// Expected run time of a task kind never seen before, as Dask assumes.
@@ -201,6 +203,9 @@ impl State {
     /// results were dropped or lost.
     fn need(&mut self, root: TaskId) {
         let mut stack = vec![root];
+        // In a session, a dependency may have erred after its dependents
+        // were computed: what needs it now errs the same way.
+        let mut erred = Vec::new();
         while let Some(id) = stack.pop() {
             let Some(t) = self.tasks.get_mut(&id) else {
                 continue;
@@ -208,17 +213,21 @@ impl State {
             if t.state != TaskState::Released {
                 continue;
             }
-            if t.done {
-                // Computed before, but the result is gone: its dependencies
-                // are needed again until it finishes once more.
-                t.done = false;
-                let graph = t.graph;
+            if !t.holds_deps {
+                // Its dependencies are needed again until it finishes.
+                t.holds_deps = true;
                 let deps = t.deps.clone();
                 for d in &deps {
                     if let Some(dt) = self.tasks.get_mut(d) {
                         dt.refs += 1;
                     }
                 }
+            }
+            let t = self.tasks.get_mut(&id).expect("task exists");
+            if t.done {
+                // Computed before, but the result is gone.
+                t.done = false;
+                let graph = t.graph;
                 self.totals.tasks_recomputed += 1;
                 if let Some(g) = self.graphs.get_mut(&graph) {
                     g.n_done -= 1;
@@ -237,7 +246,18 @@ impl State {
                 self.enqueue(id);
             } else {
                 self.set_state(id, TaskState::Waiting);
+                erred.extend(
+                    missing
+                        .iter()
+                        .filter(|d| self.tasks[d].state == TaskState::Erred),
+                );
                 stack.extend(missing);
+            }
+        }
+        for e in erred {
+            if let Some(failure) = self.tasks.get(&e).and_then(|t| t.failure.as_deref()) {
+                let failure = failure.clone();
+                self.spread_failure(e, failure);
             }
         }
     }
@@ -291,6 +311,7 @@ impl State {
         t.nbytes = nbytes;
         t.format = format;
         t.done = true;
+        t.holds_deps = false;
         t.suspicious = 0;
         let kind = t.kind.clone();
         let graph = t.graph;
@@ -327,7 +348,17 @@ impl State {
         t.dependents = dependents;
         if let Some(g) = self.graphs.get_mut(&graph) {
             g.n_done += 1;
-            if wanted {
+            if wanted && g.session {
+                let t = &self.tasks[&id];
+                self.outbox.to_clients.push((
+                    graph,
+                    GraphEvent::Done(OutputInfo {
+                        key: t.key.to_string(),
+                        nbytes,
+                        format,
+                    }),
+                ));
+            } else if wanted {
                 g.outputs_ready += 1;
             }
         }
@@ -397,8 +428,22 @@ impl State {
         self.schedule();
     }
 
-    /// The task errs for good: its graph fails with this task's own error.
+    /// The task errs for good: its graph fails with this task's own error,
+    /// or in a session, the task and what depends on it err.
     fn fail_task(&mut self, id: TaskId, worker: String, error: String, exception: bytes::Bytes) {
+        let graph = self.tasks[&id].graph;
+        if self.graphs.get(&graph).is_some_and(|g| g.session) {
+            let failure = Failure {
+                key: self.tasks[&id].key.to_string(),
+                worker,
+                error,
+                exception,
+            };
+            tracing::info!(task = %failure.key, worker = %failure.worker, error = %failure.error, "task erred");
+            self.totals.tasks_erred += 1;
+            self.spread_failure(id, failure);
+            return;
+        }
         self.set_state(id, TaskState::Erred);
         self.totals.tasks_erred += 1;
         let t = &self.tasks[&id];
@@ -454,7 +499,10 @@ impl State {
         let t = &self.tasks[&id];
         let (graph, wanted, refs) = (t.graph, t.wanted, t.refs);
         let dependents = t.dependents.clone();
-        if wanted && let Some(g) = self.graphs.get_mut(&graph) {
+        if wanted
+            && let Some(g) = self.graphs.get_mut(&graph)
+            && !g.session
+        {
             g.outputs_ready -= 1;
         }
         for d in dependents {
@@ -477,7 +525,7 @@ impl State {
         let Some(g) = self.graphs.get_mut(&graph) else {
             return;
         };
-        if g.finished || g.outputs_ready < g.outputs.len() {
+        if g.session || g.finished || g.outputs_ready < g.outputs.len() {
             return;
         }
         g.finished = true;
@@ -508,7 +556,7 @@ impl State {
             self.outbox.to_clients.push((
                 g.id,
                 GraphEvent::Progress {
-                    total: g.tasks.len() as u64,
+                    total: g.keys.len() as u64,
                     done: g.n_done,
                     processing: g.counts[TaskState::Processing as usize],
                     erred: g.counts[TaskState::Erred as usize],

@@ -5,7 +5,7 @@
 use daskrs_core::Assignment;
 
 use super::graph::OutputInfo;
-use super::task::{GraphId, TaskId, WorkerId};
+use super::task::{Failure, GraphId, TaskId, WorkerId};
 
 /// A message the state machine wants sent to a worker.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +41,14 @@ pub enum GraphEvent {
         /// What user code raised, serialized; empty for other errors.
         exception: bytes::Bytes,
         lost_outputs: Vec<String>,
+    },
+    /// In a session: a key the client wants is computed.
+    Done(OutputInfo),
+    /// In a session: a key the client wants erred, itself or because a
+    /// task it depends on did (`failure.key`).
+    Erred {
+        key: String,
+        failure: Box<Failure>,
     },
 }
 

@@ -27,9 +27,15 @@ pub struct Task {
     /// result. At zero the result is dropped from every worker.
     pub refs: u32,
     pub wanted: bool,
-    /// The result was computed and its dependencies were told so; cleared
-    /// when a lost result has to be computed again.
+    /// The result was computed; cleared when a lost result has to be
+    /// computed again.
     pub done: bool,
+    /// The task counts in its dependencies' `refs`: set while it waits,
+    /// queues or runs, cleared once it finished, erred or was let go of.
+    pub holds_deps: bool,
+    /// In a session, why the task erred, kept while the client holds the
+    /// key so that later submissions that depend on it err the same way.
+    pub failure: Option<Box<Failure>>,
     pub who_has: Vec<WorkerId>,
     pub nbytes: u64,
     /// How the result is laid out; meaningful once it is done.
@@ -44,6 +50,17 @@ pub struct Task {
     pub steal_pending: bool,
     /// A hand-off copy is being made on this worker.
     pub replica_pending: Option<WorkerId>,
+}
+
+/// A task's failure as the client sees it: the task that failed first (this
+/// one or a dependency), the worker it ran on, its error and what user code
+/// raised, serialized.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub key: String,
+    pub worker: String,
+    pub error: String,
+    pub exception: Bytes,
 }
 
 impl Task {

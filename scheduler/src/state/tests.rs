@@ -68,6 +68,7 @@ impl Sim {
                 nthreads,
                 memory_limit: 1 << 30,
                 kinds: kinds.iter().map(|k| k.to_string()).collect(),
+                python: String::new(),
             },
             Instant::now(),
         );
@@ -311,7 +312,7 @@ fn wide_graph_is_queued_not_flooded() {
 fn unneeded_tasks_are_not_run() {
     let mut sim = Sim::new(1);
     let g = submit(&mut sim, diamond(), &["b"]);
-    assert_eq!(sim.state.graphs[&g].tasks.len(), 2);
+    assert_eq!(sim.state.graphs[&g].keys.len(), 2);
     sim.run_to_end();
     assert!(sim.finished(g).is_some());
 }
@@ -624,4 +625,368 @@ fn a_kind_no_worker_knows_is_still_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("unknown kind \"pyhton\""), "{err}");
     assert!(err.to_string().contains("python"), "{err}");
+}
+
+// ---------------------------------------------------------------- sessions
+
+fn open(sim: &mut Sim) -> GraphId {
+    sim.state.open_session("s".into())
+}
+
+fn submit_to(sim: &mut Sim, g: GraphId, tasks: Vec<TaskSpec>, outputs: &[&str]) {
+    sim.state
+        .submit_to(
+            g,
+            Submission {
+                name: String::new(),
+                tasks,
+                outputs: outputs.iter().map(|s| s.to_string()).collect(),
+            },
+        )
+        .unwrap();
+    sim.pump();
+}
+
+fn release(sim: &mut Sim, g: GraphId, keys: &[&str]) {
+    let keys: Vec<String> = keys.iter().map(|s| s.to_string()).collect();
+    sim.state.release_keys(g, &keys);
+    sim.pump();
+}
+
+fn done_keys(sim: &Sim) -> Vec<String> {
+    let mut keys: Vec<String> = sim
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            GraphEvent::Done(o) => Some(o.key.clone()),
+            _ => None,
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn erred(sim: &Sim) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = sim
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            GraphEvent::Erred { key, failure } => Some((key.clone(), failure.key.clone())),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+impl Sim {
+    /// Every task's `refs` is the client's want plus the dependents that
+    /// still need it, and every task is wanted or depended on.
+    fn check_refs(&self) {
+        for (id, t) in &self.state.tasks {
+            let holders = t
+                .dependents
+                .iter()
+                .filter(|d| self.state.tasks[d].holds_deps)
+                .count() as u32;
+            assert_eq!(
+                t.refs,
+                u32::from(t.wanted) + holders,
+                "refs of {} ({id}, {})",
+                t.key,
+                t.state
+            );
+            assert!(
+                t.wanted || !t.dependents.is_empty(),
+                "{} ({}) is kept though nothing wants or depends on it",
+                t.key,
+                t.state
+            );
+            for d in &t.deps {
+                assert!(
+                    self.state.tasks[d].dependents.contains(id),
+                    "{} is not among its dependency's dependents",
+                    t.key
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_session_keeps_wanted_keys_across_submissions_until_released() {
+    let mut sim = Sim::new(2);
+    let g = open(&mut sim);
+    let first = vec![
+        TaskSpec::new("a", "noop"),
+        TaskSpec::new("b", "noop").deps(["a"]),
+    ];
+    submit_to(&mut sim, g, first.clone(), &["b"]);
+    sim.run_to_end();
+    assert_eq!(done_keys(&sim), vec!["b"]);
+    // A later submission uses b, which stays on the workers.
+    let second = vec![TaskSpec::new("c", "noop").deps(["b"])];
+    submit_to(&mut sim, g, second, &["c"]);
+    sim.run_to_end();
+    assert_eq!(done_keys(&sim), vec!["b", "c"]);
+    let want = expected(&[first.clone(), vec![TaskSpec::new("c", "noop").deps(["b"])]].concat());
+    assert_eq!(sim.value(g, "c"), want["c"]);
+    assert_eq!(sim.value(g, "b"), want["b"]);
+    sim.check_no_leaks();
+    sim.check_refs();
+
+    // Released: b's result goes, but it is kept to recompute c from.
+    release(&mut sim, g, &["b"]);
+    let held: usize = sim.held.values().map(|h| h.len()).sum();
+    assert_eq!(held, 1, "only c is held");
+    assert!(sim.state.graphs[&g].keys.contains_key("b"));
+    sim.check_refs();
+    release(&mut sim, g, &["c"]);
+    assert!(sim.held.values().all(|h| h.is_empty()));
+    assert!(sim.state.tasks.is_empty(), "{:?}", sim.state.tasks.keys());
+    assert!(sim.state.graphs[&g].keys.is_empty());
+    for s in TaskState::ALL {
+        assert_eq!(sim.state.count(s), 0, "{s}");
+    }
+}
+
+#[test]
+fn a_key_submitted_again_is_not_computed_again() {
+    let mut sim = Sim::new(1);
+    let g = open(&mut sim);
+    submit_to(&mut sim, g, vec![TaskSpec::new("a", "noop")], &["a"]);
+    sim.run_to_end();
+    let ran = sim.state.totals.tasks_finished;
+    // Submitted again, and twice in one submission: reported done at once.
+    submit_to(
+        &mut sim,
+        g,
+        vec![TaskSpec::new("a", "noop"), TaskSpec::new("a", "noop")],
+        &["a"],
+    );
+    sim.run_to_end();
+    assert_eq!(sim.state.totals.tasks_finished, ran);
+    assert_eq!(done_keys(&sim), vec!["a", "a"]);
+}
+
+#[test]
+fn releasing_a_key_before_it_finishes_cancels_what_only_it_needed() {
+    let mut sim = Sim::new(1);
+    let g = open(&mut sim);
+    let tasks = vec![
+        TaskSpec::new("a", "noop"),
+        TaskSpec::new("b", "noop").deps(["a"]),
+        TaskSpec::new("c", "noop").deps(["b"]),
+        TaskSpec::new("x", "noop"),
+    ];
+    submit_to(&mut sim, g, tasks, &["c", "x"]);
+    sim.run_one(0, false);
+    assert!(
+        sim.state.count(TaskState::Processing) + sim.state.count(TaskState::Queued) > 0,
+        "work is under way"
+    );
+    release(&mut sim, g, &["c"]);
+    sim.check_refs();
+    sim.run_to_end();
+    // Only x is left, computed.
+    assert_eq!(done_keys(&sim), vec!["x"]);
+    let keys: Vec<&str> = sim.state.graphs[&g].keys.keys().map(|k| &**k).collect();
+    assert_eq!(keys, vec!["x"]);
+    sim.check_no_leaks();
+}
+
+#[test]
+fn an_erred_task_errs_what_needs_it_and_the_session_goes_on() {
+    let mut sim = Sim::new(1);
+    let g = open(&mut sim);
+    let tasks = vec![
+        TaskSpec::new("bad", "noop"),
+        TaskSpec::new("after", "noop").deps(["bad"]),
+        TaskSpec::new("good", "noop"),
+    ];
+    submit_to(&mut sim, g, tasks, &["after", "bad", "good"]);
+    // Fail whichever task runs first until "bad" has failed.
+    loop {
+        let next = sim
+            .queued
+            .values()
+            .flatten()
+            .next()
+            .map(|c| c.key.to_string());
+        match next.as_deref() {
+            Some("bad") => {
+                sim.run_one(0, true);
+                break;
+            }
+            Some(_) => {
+                sim.run_one(0, false);
+            }
+            None => panic!("bad never ran"),
+        }
+    }
+    sim.run_to_end();
+    assert_eq!(done_keys(&sim), vec!["good"]);
+    assert_eq!(
+        erred(&sim),
+        vec![
+            ("after".to_string(), "bad".to_string()),
+            ("bad".to_string(), "bad".to_string())
+        ]
+    );
+    // Later work that needs the erred key errs at once, the same way.
+    submit_to(
+        &mut sim,
+        g,
+        vec![TaskSpec::new("later", "noop").deps(["bad"])],
+        &["later"],
+    );
+    assert!(erred(&sim).contains(&("later".to_string(), "bad".to_string())));
+    sim.check_refs();
+    release(&mut sim, g, &["after", "bad", "good", "later"]);
+    assert!(sim.state.tasks.is_empty());
+    assert!(sim.held.values().all(|h| h.is_empty()));
+}
+
+#[test]
+fn a_submission_with_a_key_the_session_does_not_have_is_refused_whole() {
+    let mut sim = Sim::new(1);
+    let g = open(&mut sim);
+    let err = sim
+        .state
+        .submit_to(
+            g,
+            Submission {
+                name: String::new(),
+                tasks: vec![
+                    TaskSpec::new("ok", "noop"),
+                    TaskSpec::new("x", "noop").deps(["gone"]),
+                ],
+                outputs: vec!["x".into(), "ok".into()],
+            },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("\"gone\""), "{err}");
+    assert!(sim.state.tasks.is_empty());
+    assert!(matches!(
+        sim.state.submit_to(999, Submission::default()),
+        Err(daskrs_core::GraphError::NotOpen { graph: 999 })
+    ));
+}
+
+#[test]
+fn closing_a_session_drops_everything_it_held() {
+    let mut sim = Sim::new(2);
+    let g = open(&mut sim);
+    submit_to(&mut sim, g, diamond(), &["b", "d"]);
+    sim.run_one(0, false);
+    assert!(sim.state.remove_graph(g));
+    sim.pump();
+    assert!(sim.state.tasks.is_empty());
+    assert!(sim.held.values().all(|h| h.is_empty()));
+    assert!(sim.queued.values().all(|q| q.is_empty()));
+}
+
+#[derive(Debug, Clone)]
+enum SessionStep {
+    /// Submits the next tasks (all of those before too, as a dask graph
+    /// would), wanting some of the new ones.
+    Submit(usize, u64),
+    Release(usize),
+    Run(usize),
+    Fail(usize),
+    Kill(usize),
+    Join,
+}
+
+fn session_step() -> impl Strategy<Value = SessionStep> {
+    prop_oneof![
+        2 => (1usize..8, any::<u64>()).prop_map(|(n, w)| SessionStep::Submit(n, w)),
+        2 => any::<usize>().prop_map(SessionStep::Release),
+        8 => any::<usize>().prop_map(SessionStep::Run),
+        1 => any::<usize>().prop_map(SessionStep::Fail),
+        1 => any::<usize>().prop_map(SessionStep::Kill),
+        1 => Just(SessionStep::Join),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn sessions_under_random_submissions_releases_and_failures_keep_only_what_is_needed(
+        n in 1usize..30,
+        edges in proptest::collection::vec((0usize..30, 0usize..30), 0..60),
+        steps in proptest::collection::vec(session_step(), 0..150),
+        workers in 1u32..4,
+    ) {
+        let tasks = random_dag(n, &edges);
+        let want = expected(&tasks);
+        let mut sim = Sim::new(workers);
+        let g = open(&mut sim);
+        let mut submitted = 0;
+        let mut wanted: Vec<String> = Vec::new();
+        for s in steps {
+            match s {
+                SessionStep::Submit(k, bits) => {
+                    if submitted == n {
+                        continue;
+                    }
+                    let hi = (submitted + k).min(n);
+                    let mut outs: Vec<String> = (submitted..hi)
+                        .filter(|i| bits >> (i % 64) & 1 == 1)
+                        .map(|i| format!("t{i}"))
+                        .collect();
+                    if outs.is_empty() {
+                        outs.push(format!("t{}", hi - 1));
+                    }
+                    let outs_ref: Vec<&str> = outs.iter().map(String::as_str).collect();
+                    submit_to(&mut sim, g, tasks[..hi].to_vec(), &outs_ref);
+                    submitted = hi;
+                    wanted.extend(outs);
+                }
+                SessionStep::Release(i) => {
+                    if !wanted.is_empty() {
+                        let k = wanted.swap_remove(i % wanted.len());
+                        release(&mut sim, g, &[k.as_str()]);
+                    }
+                }
+                SessionStep::Run(i) => { sim.run_one(i, false); }
+                SessionStep::Fail(i) => { sim.run_one(i, true); }
+                SessionStep::Kill(i) => sim.kill(i),
+                SessionStep::Join => { sim.add_worker(2); }
+            }
+            sim.check_no_leaks();
+            sim.check_refs();
+        }
+        sim.run_to_end();
+        sim.check_no_leaks();
+        sim.check_refs();
+        // Every key still wanted is computed right, or erred because it or
+        // something it needs failed; nothing is left half way.
+        for k in &wanted {
+            let id = sim.state.graphs[&g].keys[k.as_str()];
+            let t = &sim.state.tasks[&id];
+            match t.state {
+                TaskState::Memory => prop_assert_eq!(sim.value(g, k), want[k]),
+                TaskState::Erred => {
+                    let f = t.failure.as_ref().expect("an erred task says why");
+                    prop_assert!(f.error == "boom" || f.error.contains("workers died"), "{}", f.error);
+                }
+                other => prop_assert!(false, "{} is {} at the end", k, other),
+            }
+        }
+        // What is held is what is wanted, no more.
+        let held: HashSet<TaskId> = sim.held.values().flat_map(|h| h.keys().copied()).collect();
+        for id in &held {
+            prop_assert!(sim.state.tasks[id].wanted, "{} is held but not wanted", sim.state.tasks[id].key);
+        }
+        let all: Vec<&str> = wanted.iter().map(String::as_str).collect();
+        release(&mut sim, g, &all);
+        prop_assert!(sim.state.tasks.is_empty(), "left: {:?}", sim.state.tasks.values().map(|t| (&t.key, t.state)).collect::<Vec<_>>());
+        prop_assert!(sim.held.values().all(|h| h.is_empty()));
+        prop_assert!(sim.state.workers.values().all(|w| w.processing.is_empty() && w.nbytes == 0));
+        for s in TaskState::ALL {
+            prop_assert_eq!(sim.state.count(s), 0, "{}", s);
+        }
+    }
 }

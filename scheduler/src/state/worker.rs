@@ -37,6 +37,8 @@ pub struct WorkerState {
     pub nthreads: u32,
     pub memory_limit: u64,
     pub kinds: Vec<String>,
+    /// Its Python executors' versions (JSON), empty when it runs no Python.
+    pub python: String,
     pub status: WorkerStatus,
     /// Tasks sent to this worker and not yet finished.
     pub processing: HashSet<TaskId>,
@@ -106,6 +108,7 @@ pub struct Registration {
     pub nthreads: u32,
     pub memory_limit: u64,
     pub kinds: Vec<String>,
+    pub python: String,
 }
 
 impl State {
@@ -127,6 +130,7 @@ impl State {
                 nthreads: reg.nthreads.max(1),
                 memory_limit: reg.memory_limit,
                 kinds: reg.kinds,
+                python: reg.python,
                 status: WorkerStatus::Running,
                 processing: HashSet::new(),
                 occupancy: 0.0,

@@ -1,0 +1,196 @@
+//! Sessions: one long-lived Run stream per client, into which graphs are
+//! submitted without waiting, whose wanted keys are reported one by one
+//! and stay on the workers until released (futures, persisted results).
+//!
+//! Submissions queued while the stream is busy go out merged into one
+//! message, so a loop of single-task submissions costs few messages.
+
+use std::sync::Arc;
+
+use daskrs_proto::{RunEvent, RunRequest, run_event, run_request};
+use futures::StreamExt;
+use tokio::sync::{Mutex, mpsc};
+
+use crate::{Client, Error, Graph, Output};
+
+/// At most this many tasks go into one merged submission.
+const MERGE_TASKS: usize = 10_000;
+
+/// What a session reports about the keys it was asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Computed: key, format, size.
+    Done(Vec<daskrs_proto::OutputInfo>),
+    /// Erred, itself or because of the task `failure.key`.
+    Erred {
+        key: String,
+        failure: crate::TaskFailure,
+    },
+    /// A submission was refused; none of its outputs will be computed.
+    Rejected { outputs: Vec<String>, error: String },
+}
+
+/// A client's session with the scheduler. Dropping it (or losing the
+/// connection) releases everything it holds.
+pub struct Session {
+    client: Client,
+    pub graph_id: u64,
+    tx: mpsc::UnboundedSender<RunRequest>,
+    events: Arc<Mutex<tonic::Streaming<RunEvent>>>,
+}
+
+impl Client {
+    /// Opens a session named `name` (shown in logs and the dashboard).
+    pub async fn session(&self, name: &str) -> Result<Session, Error> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(RunRequest {
+            msg: Some(run_request::Msg::Session(daskrs_proto::OpenSession {
+                name: name.to_string(),
+            })),
+        })
+        .map_err(|_| Error::Lost("request stream closed".into()))?;
+        let mut events = self
+            .grpc
+            .clone()
+            .run(merged(rx))
+            .await
+            .map_err(|s| Error::Lost(s.message().to_string()))?
+            .into_inner();
+        let graph_id = match events.next().await {
+            Some(Ok(RunEvent {
+                event: Some(run_event::Event::Accepted(a)),
+            })) => a.graph_id,
+            Some(Err(s)) => return Err(Error::Lost(s.message().to_string())),
+            _ => {
+                return Err(Error::Lost("the scheduler did not open the session".into()));
+            }
+        };
+        Ok(Session {
+            client: self.clone(),
+            graph_id,
+            tx,
+            events: Arc::new(Mutex::new(events)),
+        })
+    }
+}
+
+impl Session {
+    /// Queues a graph; its tasks may depend on keys the session has. Its
+    /// outputs are reported as events.
+    pub fn submit(&self, graph: Graph) -> Result<(), Error> {
+        self.send(run_request::Msg::Submit(daskrs_proto::SubmitGraph {
+            tasks: graph.tasks.into_iter().map(Into::into).collect(),
+            outputs: graph.outputs,
+            name: graph.name,
+        }))
+    }
+
+    /// The client no longer wants these keys.
+    pub fn release(&self, keys: Vec<String>) -> Result<(), Error> {
+        self.send(run_request::Msg::Release(daskrs_proto::ReleaseKeys {
+            keys,
+        }))
+    }
+
+    fn send(&self, msg: run_request::Msg) -> Result<(), Error> {
+        self.tx
+            .send(RunRequest { msg: Some(msg) })
+            .map_err(|_| Error::Lost("the session's stream is closed".into()))
+    }
+
+    /// Waits for the next events: at least one, and whatever else has
+    /// already arrived.
+    pub async fn events(&self) -> Result<Vec<Event>, Error> {
+        let mut stream = self.events.lock().await;
+        let mut out = Vec::new();
+        let first = stream.next().await;
+        let mut next = first;
+        loop {
+            match next {
+                Some(Ok(ev)) => {
+                    if let Some(e) = convert(ev) {
+                        out.push(e);
+                    }
+                }
+                Some(Err(s)) => return Err(Error::Lost(s.message().to_string())),
+                None if out.is_empty() => {
+                    return Err(Error::Lost("the scheduler closed the session".into()));
+                }
+                None => return Ok(out),
+            }
+            // More already here? Take them without waiting.
+            match futures::FutureExt::now_or_never(stream.next()) {
+                Some(n) => next = n,
+                None if out.is_empty() => next = stream.next().await,
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Fetches a computed key's result, through the scheduler.
+    pub async fn gather(&self, key: &str) -> Result<Output, Error> {
+        self.client.gather_from(self.graph_id, key).await
+    }
+}
+
+fn convert(ev: RunEvent) -> Option<Event> {
+    match ev.event? {
+        run_event::Event::Done(d) => Some(Event::Done(d.outputs)),
+        run_event::Event::Erred(e) => Some(Event::Erred {
+            key: e.key,
+            failure: crate::TaskFailure {
+                key: e.failed_key,
+                worker: e.worker,
+                error: e.error,
+                exception: e.exception.into(),
+                lost_outputs: Vec::new(),
+            },
+        }),
+        run_event::Event::Rejected(r) => Some(Event::Rejected {
+            outputs: r.outputs,
+            error: r.error,
+        }),
+        _ => None,
+    }
+}
+
+/// How much a message holds, for merging: tasks, or keys released.
+fn size(msg: &run_request::Msg) -> usize {
+    match msg {
+        run_request::Msg::Submit(s) => s.tasks.len().max(s.outputs.len()),
+        run_request::Msg::Release(r) => r.keys.len(),
+        // Anything else goes out alone.
+        _ => MERGE_TASKS,
+    }
+}
+
+/// The request stream: queued submissions (or releases) that follow each
+/// other go out as one, up to `MERGE_TASKS` tasks (or keys).
+fn merged(
+    rx: mpsc::UnboundedReceiver<RunRequest>,
+) -> impl futures::Stream<Item = RunRequest> + Send + 'static {
+    futures::stream::unfold((rx, None), |(mut rx, held)| async move {
+        let mut req: RunRequest = match held {
+            Some(r) => r,
+            None => rx.recv().await?,
+        };
+        let mut next = None;
+        while req.msg.as_ref().is_some_and(|m| size(m) < MERGE_TASKS) {
+            let Ok(more) = rx.try_recv() else { break };
+            match (&mut req.msg, more.msg) {
+                (Some(run_request::Msg::Submit(sub)), Some(run_request::Msg::Submit(more))) => {
+                    sub.tasks.extend(more.tasks);
+                    sub.outputs.extend(more.outputs);
+                }
+                (Some(run_request::Msg::Release(r)), Some(run_request::Msg::Release(more))) => {
+                    r.keys.extend(more.keys);
+                }
+                (_, other) => {
+                    next = Some(RunRequest { msg: other });
+                    break;
+                }
+            }
+        }
+        Some((req, (rx, next)))
+    })
+}

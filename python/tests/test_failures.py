@@ -1,0 +1,94 @@
+"""What a user's code or the cluster can break, and what still works."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+import daskrs
+
+
+def slow_square(x: np.ndarray) -> np.ndarray:
+    time.sleep(0.05)
+    return x * x
+
+
+def test_worker_killed_mid_array_reduction_still_right() -> None:
+    with daskrs.Client(n_workers=2, set_as_default=False) as client:
+        assert client.cluster is not None
+        x = da.arange(4000, chunks=50).map_blocks(slow_square, dtype="int64")
+        total = x.sum()
+        want = int((np.arange(4000) ** 2).sum())
+        result: dict[str, object] = {}
+        runner = threading.Thread(
+            target=lambda: result.update(v=total.compute(scheduler=client))
+        )
+        runner.start()
+        # Kill a worker once it is working, with results of its own held.
+        deadline = time.monotonic() + 60
+        while True:
+            workers = client.scheduler_info()["workers"]
+            if any(w["held_results"] > 0 and w["name"] == "local-1" for w in workers):
+                break
+            assert time.monotonic() < deadline, workers
+            time.sleep(0.01)
+        client.cluster.processes[1].send_signal(signal.SIGKILL)
+        runner.join(timeout=120)
+        assert not runner.is_alive()
+        assert result == {"v": want}
+        names = [w["name"] for w in client.scheduler_info()["workers"]]
+        assert names == ["local-2"]
+
+
+def test_keyboard_interrupt_cancels_the_graph(client: daskrs.Client) -> None:
+    def nap(i: int) -> int:
+        time.sleep(30)
+        return i
+
+    parts = [dask.delayed(nap)(i, dask_key_name=f"nap-{i}") for i in range(6)]
+    timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        dask.compute(*parts, scheduler=client)
+    # Nothing of it is left on the cluster, running or queued.
+    deadline = time.monotonic() + 20
+    while True:
+        tasks = client.scheduler_info()["tasks"]
+        if all(tasks.get(s, 0) == 0 for s in ("processing", "queued", "waiting")):
+            break
+        assert time.monotonic() < deadline, tasks
+        time.sleep(0.05)
+    assert client.submit(abs, -3).result(timeout=20) == 3
+
+
+def hold_memory(nbytes: int, seconds: float) -> int:
+    import numpy as np
+
+    block = np.ones(nbytes, dtype="uint8")
+    time.sleep(seconds)
+    return int(block[:10].sum())
+
+
+def test_python_memory_counts_toward_the_workers_limit_and_pauses_it() -> None:
+    limit = 400 << 20
+    with daskrs.Client(n_workers=1, memory_limit=limit, set_as_default=False) as client:
+        f = client.submit(hold_memory, 450 << 20, 4.0)
+        deadline = time.monotonic() + 60
+        while True:
+            (w,) = client.scheduler_info()["workers"]
+            if w["status"] == "paused":
+                break
+            assert not f.done(), "the task ended before the worker paused"
+            assert time.monotonic() < deadline, w
+            time.sleep(0.05)
+        assert w["memory_bytes"] > 450 << 20
+        assert f.result(timeout=60) == 10
+        # The memory is given back; the worker takes work again.
+        assert client.submit(abs, -1).result(timeout=60) == 1
