@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import html
+import itertools
 import logging
 import os
 import sys
@@ -375,9 +376,7 @@ class Client:
         else:
             prefix = key if isinstance(key, str) else _funcname(func)
             base = tokenize(func, kwargs) if pure else ""
-            keys = [
-                f"{prefix}-{tokenize(base, args) if pure else uuid.uuid4().hex}" for args in items
-            ]
+            keys = [f"{prefix}-{tokenize(base, args) if pure else _unique()}" for args in items]
         graph = {k: _task(k, func, args, kwargs) for k, args in zip(keys, items)}
         return self._submit(graph, keys, retries, priority)
 
@@ -389,7 +388,7 @@ class Client:
 
         def key_of(value: Any) -> str:
             name = type(value).__name__
-            return f"{name}-{tokenize(value) if hash else uuid.uuid4().hex}"
+            return f"{name}-{tokenize(value) if hash else _unique()}"
 
         if isinstance(data, dict):
             keys = list(data)
@@ -540,7 +539,10 @@ def _task(key: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     from dask._task_spec import Task, parse_input
 
     return Task(
-        key, func, *(parse_input(a) for a in args), **{k: parse_input(v) for k, v in kwargs.items()}
+        key,
+        _serialize.Function(func),
+        *(parse_input(a) for a in args),
+        **{k: parse_input(v) for k, v in kwargs.items()},
     )
 
 
@@ -553,8 +555,17 @@ def _funcname(func: Any) -> str:
 def _task_key(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], pure: bool) -> str:
     from dask.base import tokenize
 
-    token = tokenize(func, args, kwargs) if pure else uuid.uuid4().hex
+    token = tokenize(func, args, kwargs) if pure else _unique()
     return f"{_funcname(func)}-{token}"
+
+
+_process_token = uuid.uuid4().hex[:16]
+_counter = itertools.count()
+
+
+def _unique() -> str:
+    """A token no other key of this process has (faster than a uuid each)."""
+    return f"{_process_token}-{next(_counter)}"
 
 
 def _called_by_dask_persist() -> bool:
