@@ -15,6 +15,8 @@ use crate::{Client, Error, Graph, Output};
 
 /// At most this many tasks go into one merged submission.
 const MERGE_TASKS: usize = 10_000;
+/// Results fetched at once, one by one, when a batch could not be.
+const FALLBACK_CONCURRENCY: usize = 16;
 
 /// What a session reports about the keys it was asked for.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +132,43 @@ impl Session {
     /// Fetches a computed key's result, through the scheduler.
     pub async fn gather(&self, key: &str) -> Result<Output, Error> {
         self.client.gather_from(self.graph_id, key).await
+    }
+
+    /// Fetches computed keys' results in one stream, in order. Should one
+    /// not be where the scheduler thought (its worker was lost), each is
+    /// fetched on its own, waiting for those being computed again.
+    pub async fn gather_many(&self, keys: Vec<String>) -> Result<Vec<Output>, Error> {
+        let req = daskrs_proto::GatherManyRequest {
+            graph_id: self.graph_id,
+            keys: keys.clone(),
+        };
+        let got = match self.client.grpc.clone().gather_many(req).await {
+            Ok(stream) => daskrs_proto::chunks::assemble_many(stream.into_inner(), keys.len())
+                .await
+                .map_err(|e| match e {
+                    daskrs_proto::chunks::AssembleError::Status(s) => s,
+                    other => tonic::Status::data_loss(other.to_string()),
+                }),
+            Err(s) => Err(s),
+        };
+        match got {
+            Ok(parts) => Ok(keys
+                .into_iter()
+                .zip(parts)
+                .map(|(key, (format, bytes))| Output { key, format, bytes })
+                .collect()),
+            Err(s) if s.code() == tonic::Code::Unavailable => futures::stream::iter(keys)
+                .map(|key| async move { self.gather(&key).await })
+                .buffered(FALLBACK_CONCURRENCY)
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect(),
+            Err(s) => Err(Error::Gather {
+                key: keys.first().cloned().unwrap_or_default(),
+                message: s.message().to_string(),
+            }),
+        }
     }
 }
 

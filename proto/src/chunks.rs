@@ -42,10 +42,57 @@ pub enum AssembleError {
     Long { want: u64 },
     #[error("stream was empty")]
     Empty,
+    #[error("a chunk of result {index} in a stream of {n}")]
+    Index { index: u32, n: usize },
     #[error(transparent)]
     Format(crate::convert::DecodeError),
     #[error(transparent)]
     Status(#[from] tonic::Status),
+}
+
+/// Collects the tagged chunks of `n` results (see `GatheredChunk`) back into
+/// one buffer each, checking every announced size.
+pub async fn assemble_many<S>(
+    mut stream: S,
+    n: usize,
+) -> Result<Vec<(DataFormat, Bytes)>, AssembleError>
+where
+    S: Stream<Item = Result<crate::GatheredChunk, tonic::Status>> + Unpin,
+{
+    let mut parts: Vec<Option<(DataFormat, u64, BytesMut)>> = (0..n).map(|_| None).collect();
+    while let Some(item) = stream.next().await {
+        let crate::GatheredChunk { index, chunk } = item?;
+        let chunk = chunk.ok_or(AssembleError::Empty)?;
+        let slot = parts
+            .get_mut(index as usize)
+            .ok_or(AssembleError::Index { index, n })?;
+        if slot.is_none() {
+            // The result's first chunk: its format and size.
+            let format =
+                crate::convert::data_format(chunk.format).map_err(AssembleError::Format)?;
+            let want = chunk.total_bytes;
+            let cap = (want as usize).min(64 * CHUNK_SIZE);
+            *slot = Some((format, want, BytesMut::with_capacity(cap)));
+        }
+        let (_, want, buf) = slot.as_mut().expect("set above");
+        if buf.len() as u64 + chunk.data.len() as u64 > *want {
+            return Err(AssembleError::Long { want: *want });
+        }
+        buf.extend_from_slice(&chunk.data);
+    }
+    parts
+        .into_iter()
+        .map(|p| {
+            let (format, want, buf) = p.ok_or(AssembleError::Empty)?;
+            if buf.len() as u64 != want {
+                return Err(AssembleError::Short {
+                    got: buf.len() as u64,
+                    want,
+                });
+            }
+            Ok((format, buf.freeze()))
+        })
+        .collect()
 }
 
 /// Collects a chunk stream back into one buffer, checking the announced size.
@@ -106,6 +153,66 @@ mod tests {
             assert_eq!(fmt, DataFormat::Arrow);
             assert_eq!(back, data);
         }
+    }
+
+    fn tagged(index: u32, chunks: Vec<DataChunk>) -> Vec<crate::GatheredChunk> {
+        chunks
+            .into_iter()
+            .map(|c| crate::GatheredChunk {
+                index,
+                chunk: Some(c),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn interleaved_results_assemble_each_in_its_place() {
+        let a: Bytes = vec![1u8; 2 * CHUNK_SIZE + 3].into();
+        let b: Bytes = vec![2u8; 5].into();
+        let c: Bytes = vec![3u8; CHUNK_SIZE + 1].into();
+        let mut ta = tagged(0, split(DataFormat::Pickle, a.clone()));
+        let tb = tagged(1, split(DataFormat::Arrow, b.clone()));
+        let mut tc = tagged(2, split(DataFormat::Opaque, c.clone()));
+        // From two holders: c's chunks between a's, b's at the end.
+        let mut stream = vec![ta.remove(0), tc.remove(0)];
+        stream.extend(ta);
+        stream.extend(tc);
+        stream.extend(tb);
+        let got = assemble_many(futures::stream::iter(stream.into_iter().map(Ok)), 3)
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (DataFormat::Pickle, a),
+                (DataFormat::Arrow, b),
+                (DataFormat::Opaque, c)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_short_or_unasked_result_is_an_error() {
+        let one = || tagged(0, split(DataFormat::Opaque, vec![0u8; 9].into()));
+        let missing = assemble_many(futures::stream::iter(one().into_iter().map(Ok)), 2).await;
+        assert!(matches!(missing, Err(AssembleError::Empty)));
+        let unasked = assemble_many(
+            futures::stream::iter(tagged(5, split(DataFormat::Opaque, vec![0u8; 9].into())))
+                .map(Ok),
+            2,
+        )
+        .await;
+        assert!(matches!(
+            unasked,
+            Err(AssembleError::Index { index: 5, n: 2 })
+        ));
+        let mut short = tagged(
+            0,
+            split(DataFormat::Opaque, vec![0u8; CHUNK_SIZE + 9].into()),
+        );
+        short.pop();
+        let short = assemble_many(futures::stream::iter(short.into_iter().map(Ok)), 1).await;
+        assert!(matches!(short, Err(AssembleError::Short { .. })));
     }
 
     #[tokio::test]

@@ -7,7 +7,6 @@ use bytes::Bytes;
 use daskrs_client::session::{Event, Session};
 use daskrs_client::{Client, Finished, Graph};
 use daskrs_core::TaskSpec;
-use futures::StreamExt;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -299,24 +298,11 @@ impl NativeSession {
         keys: Vec<String>,
     ) -> PyResult<Vec<(&'static str, Bound<'py, PyBytes>)>> {
         let session = self.session.clone();
-        let got = wait(py, async move {
-            futures::stream::iter(keys)
-                .map(|key| {
-                    let session = session.clone();
-                    async move { session.gather(&key).await }
-                })
-                .buffered(GATHER_CONCURRENCY)
-                .collect::<Vec<_>>()
-                .await
-        })?;
-        got.into_iter()
-            .map(|r| {
-                let out = r.map_err(|e| to_py(py, e))?;
-                Ok((out.format.name(), PyBytes::new(py, &out.bytes)))
-            })
-            .collect()
+        let got =
+            wait(py, async move { session.gather_many(keys).await })?.map_err(|e| to_py(py, e))?;
+        Ok(got
+            .into_iter()
+            .map(|out| (out.format.name(), PyBytes::new(py, &out.bytes)))
+            .collect())
     }
 }
-
-/// Results fetched at once by `gather_many`.
-const GATHER_CONCURRENCY: usize = 32;

@@ -92,3 +92,18 @@ def test_python_memory_counts_toward_the_workers_limit_and_pauses_it() -> None:
         assert f.result(timeout=60) == 10
         # The memory is given back; the worker takes work again.
         assert client.submit(abs, -1).result(timeout=60) == 1
+
+
+def test_futures_lost_with_their_worker_are_computed_again() -> None:
+    def inc(x: int) -> int:
+        return x + 1
+
+    with daskrs.Client(n_workers=2, set_as_default=False) as client:
+        assert client.cluster is not None
+        fs = client.map(inc, range(40), pure=False)
+        daskrs.wait(fs)
+        held = {w["name"]: w["held_results"] for w in client.scheduler_info()["workers"]}
+        assert held["local-1"] > 0, held
+        client.cluster.processes[1].send_signal(signal.SIGKILL)
+        assert client.gather(fs) == list(range(1, 41))
+        assert [w["name"] for w in client.scheduler_info()["workers"]] == ["local-2"]

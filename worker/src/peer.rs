@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use daskrs_proto::peer_data_server::PeerData;
-use daskrs_proto::{DataChunk, FetchRequest, chunks};
+use daskrs_proto::{DataChunk, FetchManyRequest, FetchRequest, GatheredChunk, chunks};
 use futures::Stream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
@@ -19,10 +19,53 @@ pub struct PeerService {
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<DataChunk, Status>> + Send>>;
+type TaggedStream = Pin<Box<dyn Stream<Item = Result<GatheredChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl PeerData for PeerService {
     type FetchStream = ChunkStream;
+    type FetchManyStream = TaggedStream;
+
+    async fn fetch_many(
+        &self,
+        req: Request<FetchManyRequest>,
+    ) -> Result<Response<TaggedStream>, Status> {
+        let ids = req.into_inner().task_ids;
+        let store = self.store.clone();
+        // Read on a blocking thread (spilled results come from disk), sent
+        // as they are read.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            for (index, id) in ids.into_iter().enumerate() {
+                let data = match store.claim(id) {
+                    Ok(Some(d)) => Ok(d),
+                    Ok(None) => Err(Status::not_found(format!(
+                        "result {id} is not held by this worker"
+                    ))),
+                    Err(e) => Err(Status::internal(e.to_string())),
+                };
+                let data = match data {
+                    Ok(d) => d,
+                    Err(s) => {
+                        let _ = tx.blocking_send(Err(s));
+                        return;
+                    }
+                };
+                for chunk in chunks::split(data.format, data.bytes) {
+                    let tagged = GatheredChunk {
+                        index: index as u32,
+                        chunk: Some(chunk),
+                    };
+                    if tx.blocking_send(Ok(tagged)).is_err() {
+                        return; // the fetcher went away
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
 
     async fn fetch(&self, req: Request<FetchRequest>) -> Result<Response<ChunkStream>, Status> {
         let FetchRequest { task_id: id, part } = req.into_inner();

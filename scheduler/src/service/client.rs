@@ -1,6 +1,7 @@
 //! The client-facing service: run graphs, gather results, cancel, cluster
 //! information, retire workers.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +10,9 @@ use daskrs_core::{TaskSpec, TaskState};
 use daskrs_proto::scheduler_server::Scheduler;
 use daskrs_proto::{
     CancelRequest, CancelResponse, ClusterInfoRequest, ClusterInfoResponse, DataChunk,
-    GatherRequest, KindWait, RetireWorkersRequest, RetireWorkersResponse, RunEvent, RunRequest,
-    SqlQuery, SqlRequest, SqlResponse, StateCount, WorkerInfo, run_event, run_request,
-    sql_response,
+    GatherManyRequest, GatherRequest, KindWait, RetireWorkersRequest, RetireWorkersResponse,
+    RunEvent, RunRequest, SqlQuery, SqlRequest, SqlResponse, StateCount, WorkerInfo, run_event,
+    run_request, sql_response,
 };
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -27,11 +28,74 @@ pub struct ClientService {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<RunEvent, Status>> + Send>>;
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<DataChunk, Status>> + Send>>;
+type TaggedStream = Pin<Box<dyn Stream<Item = Result<daskrs_proto::GatheredChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Scheduler for ClientService {
     type RunStream = EventStream;
     type GatherStream = ChunkStream;
+    type GatherManyStream = TaggedStream;
+
+    async fn gather_many(
+        &self,
+        req: Request<GatherManyRequest>,
+    ) -> Result<Response<TaggedStream>, Status> {
+        let GatherManyRequest { graph_id, keys } = req.into_inner();
+        // One FetchMany per holder, each with the results it is asked for.
+        let mut by_holder: HashMap<String, (Vec<u32>, Vec<u64>)> = HashMap::new();
+        {
+            let g = self.core.lock();
+            for (index, key) in keys.iter().enumerate() {
+                let (task, addrs) = g.state.locate(graph_id, key).map_err(locate_status)?;
+                let addr = addrs.into_iter().next().ok_or_else(|| {
+                    Status::unavailable(format!("no worker holds the result of {key:?}"))
+                })?;
+                let (indices, tasks) = by_holder.entry(addr).or_default();
+                indices.push(index as u32);
+                tasks.push(task);
+            }
+        }
+        let (tx, rx) = mpsc::channel(16);
+        for (addr, (indices, task_ids)) in by_holder {
+            let channel = self
+                .core
+                .channels
+                .get(&addr)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut peer = daskrs_proto::limits!(
+                    daskrs_proto::peer_data_client::PeerDataClient::new(channel)
+                );
+                let stream = peer
+                    .fetch_many(daskrs_proto::FetchManyRequest { task_ids })
+                    .await;
+                let mut stream = match stream {
+                    Ok(s) => s.into_inner(),
+                    Err(s) => {
+                        let _ = tx.send(Err(holder_lost(&addr, &s))).await;
+                        return;
+                    }
+                };
+                while let Some(item) = futures::StreamExt::next(&mut stream).await {
+                    let item = item.map_err(|s| holder_lost(&addr, &s)).and_then(|mut c| {
+                        // From the holder's numbering to the request's.
+                        c.index = *indices.get(c.index as usize).ok_or_else(|| {
+                            Status::internal(format!("{addr} sent a result it was not asked for"))
+                        })?;
+                        Ok(c)
+                    });
+                    let failed = item.is_err();
+                    if tx.send(item).await.is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
 
     async fn run(
         &self,
@@ -118,12 +182,7 @@ impl Scheduler for ClientService {
             .lock()
             .state
             .locate(graph_id, &key)
-            .map_err(|e| match e {
-                LocateError::NotReady(..) => Status::unavailable(e.to_string()),
-                LocateError::Erred(_) => Status::failed_precondition(e.to_string()),
-                LocateError::NoGraph(_) | LocateError::NoKey(_) => Status::not_found(e.to_string()),
-                LocateError::NotOutput(_) => Status::invalid_argument(e.to_string()),
-            })?;
+            .map_err(locate_status)?;
         let mut errors = Vec::new();
         for addr in &addrs {
             let channel = self
@@ -214,6 +273,24 @@ impl Scheduler for ClientService {
             result: Some(result),
         }))
     }
+}
+
+fn locate_status(e: LocateError) -> Status {
+    match e {
+        LocateError::NotReady(..) => Status::unavailable(e.to_string()),
+        LocateError::Erred(_) => Status::failed_precondition(e.to_string()),
+        LocateError::NoGraph(_) | LocateError::NoKey(_) => Status::not_found(e.to_string()),
+        LocateError::NotOutput(_) => Status::invalid_argument(e.to_string()),
+    }
+}
+
+/// A holder that failed to send results: they may be elsewhere, or computed
+/// again, so the client can ask again.
+fn holder_lost(addr: &str, s: &Status) -> Status {
+    Status::unavailable(format!(
+        "results could not be fetched from {addr}: {}",
+        s.message()
+    ))
 }
 
 fn submission(sub: daskrs_proto::SubmitGraph) -> Result<Submission, Status> {
