@@ -89,8 +89,7 @@ class Client:
             if check_versions:
                 self._check_versions()
         except BaseException:
-            if self.cluster is not None:
-                self.cluster.close()
+            self.close()  # the listener, the session and a local cluster
             raise
         if set_as_default:
             import dask

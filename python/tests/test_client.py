@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -72,10 +73,13 @@ def test_a_worker_with_other_versions_is_refused_at_connect(daskrs_bin: str) -> 
             cluster.scheduler_address, set_as_default=False, check_versions=False
         ) as c:
             c.wait_for_workers(1, timeout=60)
+        listeners = sum(t.name == "daskrs-events" for t in threading.enumerate())
         with pytest.raises(
             daskrs.VersionMismatch, match=r"worker 'other': .*dask \S+ here, \S+ there"
         ):
             daskrs.Client(cluster.scheduler_address, set_as_default=False)
+        # The refused client left nothing running.
+        assert sum(t.name == "daskrs-events" for t in threading.enumerate()) == listeners
     finally:
         worker.terminate()
         worker.wait()
