@@ -472,6 +472,36 @@ class Client:
             out.append(rebuild({k: futures[k] for k in flatten(ks)}, *args))
         return out[0] if singleton else out
 
+    def compute(
+        self, collections: Any, sync: bool = False, optimize_graph: bool = True, **kwargs: Any
+    ) -> Any:
+        """Starts computing dask collections on the cluster: a future of each
+        one's final value (a list for a list), or the values with
+        ``sync=True``. Futures given pass through."""
+        from dask._task_spec import Alias, List, Task
+        from dask.base import collections_to_expr, tokenize
+
+        def refs(keys: Any) -> Any:
+            return List(*(refs(k) for k in keys)) if isinstance(keys, list) else Alias(keys)
+
+        singleton = not isinstance(collections, (list, tuple, set, frozenset))
+        colls = [collections] if singleton else list(collections)
+        futures = []
+        for c in colls:
+            if isinstance(c, Future):
+                futures.append(c)
+                continue
+            expr = collections_to_expr([c], optimize_graph).optimize()
+            (keys,) = expr.__dask_keys__()
+            func, args = c.__dask_postcompute__()
+            key = f"finalize-{tokenize(expr, func, args)}"
+            graph = dict(expr.__dask_graph__())
+            graph[key] = Task(key, _serialize.Function(func), refs(keys), *args)
+            futures += self._submit(graph, [key], 0, None)
+        if sync:
+            return self.gather(futures[0] if singleton else futures)
+        return futures[0] if singleton else futures
+
     def _submit(
         self, dsk: Any, wanted: list[Any], retries: int, priority: int | None
     ) -> list[Future]:

@@ -236,3 +236,18 @@ def test_an_unpicklable_argument_is_refused_at_submit(client: daskrs.Client) -> 
 def test_submit_refuses_what_is_not_callable(client: daskrs.Client) -> None:
     with pytest.raises(TypeError, match="must be callable"):
         client.submit(5)  # type: ignore[arg-type]
+
+
+def test_compute_returns_futures_of_collections_final_values(client: daskrs.Client) -> None:
+    import dask.dataframe as dd
+    import pandas as pd
+
+    total = client.compute(da.arange(100, chunks=10).sum())
+    assert isinstance(total, daskrs.Future)
+    assert total.result() == sum(range(100))
+    pdf = pd.DataFrame({"k": [i % 3 for i in range(60)], "v": range(60)})
+    by = dd.from_pandas(pdf, npartitions=4).groupby("k").v.sum()
+    arr, frame = client.compute([da.ones((4, 4), chunks=2) * 2, by], sync=True)
+    np.testing.assert_array_equal(arr, np.full((4, 4), 2.0))
+    pd.testing.assert_series_equal(frame.sort_index(), pdf.groupby("k").v.sum())
+    assert client.compute(total) is total
