@@ -329,7 +329,16 @@ fn session(
     });
     let core = core.clone();
     tokio::spawn(async move {
-        while let Ok(Some(req)) = inbound.message().await {
+        loop {
+            let req = match inbound.message().await {
+                Ok(Some(req)) => req,
+                Ok(None) => break,
+                Err(status) => {
+                    // Everything the session held is released below: say why.
+                    tracing::warn!(graph = graph_id, error = %status, "session stream failed");
+                    break;
+                }
+            };
             match req.msg {
                 Some(run_request::Msg::Submit(sub)) => {
                     let outputs = sub.outputs.clone();
