@@ -238,10 +238,7 @@ impl Client {
             let result = match grpc.gather(req).await {
                 Ok(stream) => daskrs_proto::chunks::assemble(stream.into_inner())
                     .await
-                    .map_err(|e| match e {
-                        daskrs_proto::chunks::AssembleError::Status(s) => s,
-                        other => tonic::Status::data_loss(other.to_string()),
-                    }),
+                    .map_err(tonic::Status::from),
                 Err(s) => Err(s),
             };
             match result {

@@ -105,15 +105,10 @@ impl Session {
     pub async fn events(&self) -> Result<Vec<Event>, Error> {
         let mut stream = self.events.lock().await;
         let mut out = Vec::new();
-        let first = stream.next().await;
-        let mut next = first;
+        let mut next = stream.next().await;
         loop {
             match next {
-                Some(Ok(ev)) => {
-                    if let Some(e) = convert(ev) {
-                        out.push(e);
-                    }
-                }
+                Some(Ok(ev)) => out.extend(convert(ev)),
                 Some(Err(s)) => return Err(Error::Lost(s.message().to_string())),
                 None if out.is_empty() => {
                     return Err(Error::Lost("the scheduler closed the session".into()));
@@ -145,10 +140,7 @@ impl Session {
         let got = match self.client.grpc.clone().gather_many(req).await {
             Ok(stream) => daskrs_proto::chunks::assemble_many(stream.into_inner(), keys.len())
                 .await
-                .map_err(|e| match e {
-                    daskrs_proto::chunks::AssembleError::Status(s) => s,
-                    other => tonic::Status::data_loss(other.to_string()),
-                }),
+                .map_err(tonic::Status::from),
             Err(s) => Err(s),
         };
         match got {

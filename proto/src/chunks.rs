@@ -50,6 +50,17 @@ pub enum AssembleError {
     Status(#[from] tonic::Status),
 }
 
+impl From<AssembleError> for tonic::Status {
+    /// The transport's own status as it is; a stream that does not add up
+    /// is data loss.
+    fn from(e: AssembleError) -> Self {
+        match e {
+            AssembleError::Status(s) => s,
+            other => tonic::Status::data_loss(other.to_string()),
+        }
+    }
+}
+
 /// Collects the tagged chunks of `n` results (see `GatheredChunk`) back into
 /// one buffer each, checking every announced size.
 pub async fn assemble_many<S>(

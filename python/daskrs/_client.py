@@ -15,11 +15,23 @@ from concurrent.futures import CancelledError
 from typing import Any
 
 from daskrs import _graph, _serialize
-from daskrs._futures import CANCELLED, ERROR, FINISHED, PENDING, Future, KeyState, futures_of
+from daskrs._futures import (
+    CANCELLED,
+    ERROR,
+    FINISHED,
+    PENDING,
+    Future,
+    KeyState,
+    futures_of,
+    wait_until,
+)
 from daskrs._native import NativeClient, NativeSession
 from daskrs.errors import DaskrsError, Rejected, SchedulerLost, TaskFailed, VersionMismatch
 
 log = logging.getLogger("daskrs")
+
+# How a future ends without a value.
+FAILED = frozenset((ERROR, CANCELLED))
 
 
 def _address(address: str) -> str:
@@ -345,8 +357,7 @@ class Client:
         arguments (also inside lists, tuples and dicts) are replaced by
         their values there. ``pure=False`` runs it again for the same
         arguments."""
-        if not callable(func):
-            raise TypeError(f"the first argument of submit must be callable, not {type(func).__name__}")
+        _check_callable(func, "submit")
         if key is None:
             key = _task_key(func, args, kwargs, pure)
         (future,) = self._submit({key: _task(key, func, args, kwargs)}, [key], retries, priority)
@@ -365,8 +376,7 @@ class Client:
         """``submit`` for each item of the iterables, in one submission."""
         from dask.base import tokenize
 
-        if not callable(func):
-            raise TypeError(f"the first argument of map must be callable, not {type(func).__name__}")
+        _check_callable(func, "map")
         items = list(zip(*iterables))
         if isinstance(key, (list, tuple)):
             if len(key) != len(items):
@@ -532,22 +542,16 @@ class Client:
             # stay on the cluster, as futures.
             return _graph.pack(keys, dict(zip(wanted, futures)))
         try:
-            self._wait_all(futures)
+            # The first error ends the wait, whichever future it is.
+            wait_until(futures, lambda done, ended: done == len(futures) or bool(ended & FAILED))
+            for f in futures:
+                if f.status in FAILED:
+                    raise f._raisable()
             values = dict(zip(wanted, self.gather(futures)))
         finally:
             for f in futures:
                 f.release()
         return _graph.pack(keys, values)
-
-    def _wait_all(self, futures: list[Future]) -> None:
-        """Waits until every future finished; raises the first error."""
-        for f in futures:
-            while not f._st.event.wait(0.2):
-                for g in futures:
-                    if g._st.status in (ERROR, CANCELLED):
-                        raise g._raisable()
-            if f._st.status != FINISHED:
-                raise f._raisable()
 
     # ------------------------------------------------------------ SQL
 
@@ -573,6 +577,11 @@ def _task(key: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
         *(parse_input(a) for a in args),
         **{k: parse_input(v) for k, v in kwargs.items()},
     )
+
+
+def _check_callable(func: Any, method: str) -> None:
+    if not callable(func):
+        raise TypeError(f"the first argument of {method} must be callable, not {type(func).__name__}")
 
 
 def _funcname(func: Any) -> str:

@@ -10,8 +10,10 @@ the key and the workers drop it.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FuturesTimeoutError
@@ -23,6 +25,8 @@ from daskrs.errors import DaskrsError
 
 if TYPE_CHECKING:
     from daskrs._client import Client
+
+log = logging.getLogger("daskrs")
 
 PENDING = "pending"
 FINISHED = "finished"
@@ -162,9 +166,7 @@ class Future(TaskRef):
             try:
                 fn(self)
             except Exception:  # noqa: BLE001 - a callback's error is its own
-                import logging
-
-                logging.getLogger("daskrs").exception("a done callback of %s raised", self._name)
+                log.exception("a done callback of %s raised", self._name)
 
         self.client._on_done(self._st, call)
 
@@ -221,34 +223,50 @@ def wait(
     if isinstance(fs, Future):
         fs = [fs]
     fs = list(fs)
-    if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
-        raise ValueError(f"return_when must be one of ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, not {return_when!r}")
+    n = len(fs)
+    if return_when == ALL_COMPLETED:
+        enough: Callable[[int, set[str]], bool] = lambda done, _: done == n
+    elif return_when == FIRST_COMPLETED:
+        enough = lambda done, _: done > 0 or n == 0
+    elif return_when == FIRST_EXCEPTION:
+        enough = lambda done, ended: ERROR in ended or done == n
+    else:
+        raise ValueError(
+            "return_when must be one of ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, "
+            f"not {return_when!r}"
+        )
+    wait_until(fs, enough, timeout)
+    done = {f for f in fs if f.done()}
+    return DoneAndNotDoneFutures(done, {f for f in fs if f not in done})
+
+
+def wait_until(
+    fs: list[Future], enough: Callable[[int, set[str]], bool], timeout: float | None = None
+) -> None:
+    """Waits until ``enough(done, ended)``: how many of ``fs`` are done, and
+    the statuses they ended in. Counted as they end, so a long list is not
+    looked over again each time one does."""
     changed = threading.Condition()
+    done = 0
+    ended: set[str] = set()
 
-    def notify(_: Future) -> None:
+    def notify(f: Future) -> None:
+        nonlocal done
         with changed:
+            done += 1
+            ended.add(f.status)
             changed.notify_all()
-
-    def satisfied() -> bool:
-        if return_when == ALL_COMPLETED:
-            return all(f.done() for f in fs)
-        if return_when == FIRST_COMPLETED:
-            return any(f.done() for f in fs) or not fs
-        return any(f.status == ERROR for f in fs) or all(f.done() for f in fs)
 
     for f in fs:
         f.add_done_callback(notify)
-    import time
-
     deadline = None if timeout is None else time.monotonic() + timeout
     with changed:
-        while not satisfied():
+        # Short waits, so that Ctrl-C in the notebook is seen at once.
+        while not enough(done, ended):
             left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
             if left <= 0:
                 raise FuturesTimeoutError(f"futures not done within {timeout} s")
             changed.wait(left)
-    done = {f for f in fs if f.done()}
-    return DoneAndNotDoneFutures(done, {f for f in fs if f not in done})
 
 
 class as_completed(Iterator[Any]):  # noqa: N801 - named as in distributed

@@ -1,11 +1,11 @@
 //! The client as Python sees it: calls that block without the GIL and
 //! answer with plain Python values (dicts, lists, bytes).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use daskrs_client::session::{Event, Session};
-use daskrs_client::{Client, Finished, Graph};
+use daskrs_client::{Client, Graph};
 use daskrs_core::TaskSpec;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
@@ -112,82 +112,6 @@ impl NativeClient {
             session: Arc::new(session),
         })
     }
-
-    /// Submits a graph and waits until its outputs are computed. The
-    /// results stay on the workers until the returned graph is released.
-    #[pyo3(signature = (tasks, outputs, name))]
-    fn run(
-        &self,
-        py: Python<'_>,
-        tasks: Vec<PyTask>,
-        outputs: Vec<String>,
-        name: String,
-    ) -> PyResult<RunningGraph> {
-        let graph = graph(name, tasks, outputs);
-        let client = self.client.clone();
-        let finished =
-            wait(py, async move { client.run(graph, |_| {}).await })?.map_err(|e| to_py(py, e))?;
-        Ok(RunningGraph {
-            client: self.client.clone(),
-            finished: Mutex::new(Some(Arc::new(finished))),
-        })
-    }
-}
-
-/// A finished graph whose results are held on the workers.
-#[pyclass(module = "daskrs._native", frozen)]
-pub struct RunningGraph {
-    client: Client,
-    // Dropping the last `Finished` lets the scheduler release the results.
-    finished: Mutex<Option<Arc<Finished>>>,
-}
-
-#[pymethods]
-impl RunningGraph {
-    /// The graph's outputs: (key, format, nbytes).
-    fn outputs(&self) -> PyResult<Vec<(String, String, u64)>> {
-        let g = self.lock()?;
-        let f = g.as_ref().ok_or_else(released)?;
-        Ok(f.outputs
-            .iter()
-            .map(|o| {
-                let format =
-                    daskrs_proto::convert::data_format(o.format).map_or("unknown", |f| f.name());
-                (o.key.clone(), format.to_string(), o.nbytes)
-            })
-            .collect())
-    }
-
-    /// One output: its format ("pickle", "arrow", "opaque") and bytes.
-    fn gather<'py>(
-        &self,
-        py: Python<'py>,
-        key: String,
-    ) -> PyResult<(&'static str, Bound<'py, PyBytes>)> {
-        let finished = self.lock()?.clone().ok_or_else(released)?;
-        let client = self.client.clone();
-        let out = wait(py, async move { client.gather(&finished, &key).await })?
-            .map_err(|e| to_py(py, e))?;
-        Ok((out.format.name(), PyBytes::new(py, &out.bytes)))
-    }
-
-    /// Lets the scheduler drop the graph's results.
-    fn release(&self) -> PyResult<()> {
-        self.lock()?.take();
-        Ok(())
-    }
-}
-
-impl RunningGraph {
-    fn lock(&self) -> PyResult<MutexGuard<'_, Option<Arc<Finished>>>> {
-        self.finished
-            .lock()
-            .map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("a gather panicked"))
-    }
-}
-
-fn released() -> PyErr {
-    pyo3::exceptions::PyRuntimeError::new_err("the graph's results were released")
 }
 
 fn graph(name: String, tasks: Vec<PyTask>, outputs: Vec<String>) -> Graph {
@@ -280,18 +204,7 @@ impl NativeSession {
         Ok(out)
     }
 
-    /// One computed key's result: its format and bytes.
-    fn gather<'py>(
-        &self,
-        py: Python<'py>,
-        key: String,
-    ) -> PyResult<(&'static str, Bound<'py, PyBytes>)> {
-        let session = self.session.clone();
-        let out = wait(py, async move { session.gather(&key).await })?.map_err(|e| to_py(py, e))?;
-        Ok((out.format.name(), PyBytes::new(py, &out.bytes)))
-    }
-
-    /// Several computed keys' results, fetched concurrently, in order.
+    /// Computed keys' results, in order.
     fn gather_many<'py>(
         &self,
         py: Python<'py>,

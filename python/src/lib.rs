@@ -14,7 +14,6 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::NativeClient>()?;
-    m.add_class::<client::RunningGraph>()?;
     m.add_class::<client::NativeSession>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

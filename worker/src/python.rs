@@ -119,7 +119,9 @@ impl TaskKind for PythonKind {
                     .filter_map(|c| c.lock().ok().map(|c| c.id())),
             );
         }
-        pids.into_iter().filter_map(resident_bytes_of).sum()
+        pids.into_iter()
+            .filter_map(|pid| crate::session::resident_bytes(&pid.to_string()))
+            .sum()
     }
 
     fn run_task(&self, task: u64, payload: &[u8], inputs: &[Data]) -> Result<Data, TaskError> {
@@ -284,13 +286,6 @@ impl Drop for Executor {
             let _ = child.wait();
         }
     }
-}
-
-/// A process's resident memory, from /proc (Linux).
-fn resident_bytes_of(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
 }
 
 /// "was killed by signal 11 (SIGSEGV)", "exited with status 3".

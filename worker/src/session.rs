@@ -421,7 +421,7 @@ impl Session {
         if self.shared.config.pause_on_process_memory {
             let limit = self.shared.config.memory_limit as f64 * crate::store::PAUSE_FRACTION;
             self.process_over_pause =
-                resident_bytes().is_some_and(|rss| (rss + outside) as f64 > limit);
+                resident_bytes("self").is_some_and(|rss| (rss + outside) as f64 > limit);
         }
         let store = &self.shared.store;
         let m = &self.shared.metrics;
@@ -439,9 +439,9 @@ impl Session {
     }
 }
 
-/// This process's resident memory, from /proc (Linux).
-fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+/// A process's resident memory (`self` or a pid), from /proc (Linux).
+pub(crate) fn resident_bytes(process: &str) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{process}/statm")).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
 }
