@@ -5,8 +5,6 @@
 //! Submissions queued while the stream is busy go out merged into one
 //! message, so a loop of single-task submissions costs few messages.
 
-use std::sync::Arc;
-
 use daskrs_proto::{RunEvent, RunRequest, run_event, run_request};
 use futures::StreamExt;
 use tokio::sync::{Mutex, mpsc};
@@ -38,7 +36,7 @@ pub struct Session {
     client: Client,
     pub graph_id: u64,
     tx: mpsc::UnboundedSender<RunRequest>,
-    events: Arc<Mutex<tonic::Streaming<RunEvent>>>,
+    events: Mutex<mpsc::UnboundedReceiver<Result<RunEvent, tonic::Status>>>,
 }
 
 impl Client {
@@ -71,7 +69,7 @@ impl Client {
             client: self.clone(),
             graph_id,
             tx,
-            events: Arc::new(Mutex::new(events)),
+            events: Mutex::new(drain(events)),
         })
     }
 }
@@ -105,7 +103,7 @@ impl Session {
     pub async fn events(&self) -> Result<Vec<Event>, Error> {
         let mut stream = self.events.lock().await;
         let mut out = Vec::new();
-        let mut next = stream.next().await;
+        let mut next = stream.recv().await;
         loop {
             match next {
                 Some(Ok(ev)) => out.extend(convert(ev)),
@@ -116,10 +114,13 @@ impl Session {
                 None => return Ok(out),
             }
             // More already here? Take them without waiting.
-            match futures::FutureExt::now_or_never(stream.next()) {
-                Some(n) => next = n,
-                None if out.is_empty() => next = stream.next().await,
-                None => return Ok(out),
+            match stream.try_recv() {
+                Ok(n) => next = Some(n),
+                Err(mpsc::error::TryRecvError::Disconnected) => next = None,
+                Err(mpsc::error::TryRecvError::Empty) if out.is_empty() => {
+                    next = stream.recv().await
+                }
+                Err(mpsc::error::TryRecvError::Empty) => return Ok(out),
             }
         }
     }
@@ -162,6 +163,26 @@ impl Session {
             }),
         }
     }
+}
+
+/// Reads the event stream as fast as it arrives, whoever is slow to ask
+/// for events. HTTP/2 closes a connection on which many small frames wait
+/// unread (`ENHANCE_YOUR_CALM`), and a caller busy submitting (a Python
+/// loop of `submit`s holding the GIL) would otherwise leave the scheduler's
+/// small Done events waiting there until it lost its session.
+fn drain(
+    mut events: tonic::Streaming<RunEvent>,
+) -> mpsc::UnboundedReceiver<Result<RunEvent, tonic::Status>> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(ev) = events.next().await {
+            let failed = ev.is_err();
+            if tx.send(ev).is_err() || failed {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 fn convert(ev: RunEvent) -> Option<Event> {

@@ -570,3 +570,65 @@ async fn scheduler_stops_on_sigterm_with_workers_attached() {
         );
     }
 }
+
+/// A session whose owner does not ask for events for a while (a notebook
+/// busy submitting) keeps its stream: the events wait on the client, not in
+/// the connection, where HTTP/2 would close it over thousands of small
+/// unread frames.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_read_late_loses_no_events() {
+    let cluster = Cluster::start(1, &[], &[]);
+    let client = cluster.client(1).await;
+    let session = client.session("late reader").await.unwrap();
+    // A chain: each link finishes after the one before, so each is its
+    // own small Done event.
+    let n = 2000;
+    let mut tasks = vec![
+        range("c0", 0, 1),
+        TaskSpec::new("one", "literal").payload(r#"{"values": [1]}"#),
+    ];
+    for i in 1..n {
+        tasks.push(
+            TaskSpec::new(format!("c{i}"), "add").deps([format!("c{}", i - 1), "one".into()]),
+        );
+    }
+    let outputs: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    session
+        .submit(Graph {
+            tasks,
+            outputs: outputs.clone(),
+            name: "chain".into(),
+        })
+        .unwrap();
+    harness::kube::wait_for(
+        "the whole chain in memory",
+        Duration::from_secs(120),
+        &|| String::new(),
+        || async {
+            let info = client.info().await.ok()?;
+            let count = |state: &str| {
+                info.tasks
+                    .iter()
+                    .filter(|c| c.state == state)
+                    .map(|c| c.count)
+                    .sum::<u64>()
+            };
+            (count("memory") >= n as u64).then_some(())
+        },
+    )
+    .await;
+    let mut done = std::collections::HashSet::new();
+    while done.len() < n {
+        for ev in session.events().await.unwrap() {
+            match ev {
+                daskrs_client::session::Event::Done(outs) => {
+                    done.extend(outs.into_iter().map(|o| o.key));
+                }
+                other => panic!("unexpected event {other:?}"),
+            }
+        }
+    }
+    assert_eq!(done, outputs.into_iter().collect());
+    let last = session.gather(&format!("c{}", n - 1)).await.unwrap();
+    assert_eq!(ints(&last), vec![(n - 1) as i64]);
+}
