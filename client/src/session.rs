@@ -85,6 +85,39 @@ impl Session {
         }))
     }
 
+    /// Queues a planned query ([`Client::plan_sql_with`] with one output)
+    /// whose answer becomes the session's key `answer`; its other tasks are
+    /// keyed under `answer/`. Keys it reads that the plan does not make are
+    /// the session's own (its input tables).
+    pub fn submit_query(&self, mut graph: Graph, answer: &str) -> Result<(), Error> {
+        let [output] = graph.outputs.as_slice() else {
+            return Err(Error::Rejected(format!(
+                "a query submitted as one key needs one output, not {}",
+                graph.outputs.len()
+            )));
+        };
+        let output = output.clone();
+        let made: std::collections::HashSet<String> =
+            graph.tasks.iter().map(|t| t.key.clone()).collect();
+        let rename = |k: &str| {
+            if k == output {
+                answer.to_string()
+            } else {
+                format!("{answer}/{k}")
+            }
+        };
+        for t in &mut graph.tasks {
+            t.key = rename(&t.key);
+            for d in &mut t.deps {
+                if made.contains(d.as_str()) {
+                    *d = rename(d);
+                }
+            }
+        }
+        graph.outputs = vec![answer.to_string()];
+        self.submit(graph)
+    }
+
     /// The client no longer wants these keys.
     pub fn release(&self, keys: Vec<String>) -> Result<(), Error> {
         self.send(run_request::Msg::Release(daskrs_proto::ReleaseKeys {

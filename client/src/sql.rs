@@ -7,6 +7,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::StreamReader;
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
+pub use daskrs_proto::SqlTable;
 use daskrs_proto::{SqlRequest, run_request, sql_response};
 
 use crate::{Client, Error, Graph, Progress, Ran};
@@ -40,10 +41,23 @@ pub enum Plan {
 impl Client {
     /// Asks the scheduler to plan `sql`.
     pub async fn plan_sql(&self, sql: &str) -> Result<Plan, Error> {
+        self.plan_sql_with(sql, Vec::new(), false).await
+    }
+
+    /// As [`Client::plan_sql`], where `sql` may also name `tables`, results
+    /// a session holds; with `one_output` the answer is one task's output.
+    pub async fn plan_sql_with(
+        &self,
+        sql: &str,
+        tables: Vec<SqlTable>,
+        one_output: bool,
+    ) -> Result<Plan, Error> {
         let mut grpc = self.grpc.clone();
         let r = grpc
             .sql(SqlRequest {
                 sql: sql.to_string(),
+                tables,
+                one_output,
             })
             .await
             .map_err(|s| match s.code() {

@@ -8,8 +8,12 @@ use bytes::Bytes;
 use daskrs_core::TaskSpec;
 use datafusion::common::tree_node::TreeNode;
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::physical_plan::{ExecutionPlan, Partitioning, displayable};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::{
+    ExecutionPlan, ExecutionPlanProperties, Partitioning, displayable,
+};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::{DFParser, Statement};
 use prost::Message;
@@ -20,6 +24,7 @@ use crate::s3::S3Access;
 use crate::session::{Tuning, context};
 use crate::split::{Output, Stage, split};
 use crate::stage::{KIND, Slot, StageTask};
+use crate::tables::{InputTable, table_index};
 
 /// What a SQL request turned into.
 #[derive(Debug)]
@@ -59,6 +64,19 @@ impl Planner {
     /// Plans `sql` (one or more statements; only the last may be a query)
     /// for a cluster whose workers have `threads` threads in all.
     pub async fn plan(&self, sql: &str, threads: usize) -> Result<Planned, Error> {
+        self.plan_with(sql, threads, &[], false).await
+    }
+
+    /// As [`Planner::plan`], where the statements may also name `tables`
+    /// (results a session holds); with `one_output` the answer is merged into
+    /// one task's output.
+    pub async fn plan_with(
+        &self,
+        sql: &str,
+        threads: usize,
+        tables: &[InputTable],
+        one_output: bool,
+    ) -> Result<Planned, Error> {
         let describe = |e: DataFusionError| Error::from_datafusion(&e);
         let statements = DFParser::parse_sql(sql).map_err(describe)?;
         if statements.is_empty() {
@@ -66,6 +84,17 @@ impl Planner {
         }
         let mut state = self.ctx.state();
         crate::session::set_tasks(state.config_mut().options_mut(), threads);
+        if !tables.is_empty() {
+            let (catalog, schema) = {
+                let o = &state.config().options().catalog;
+                (o.default_catalog.clone(), o.default_schema.clone())
+            };
+            let catalogs =
+                crate::tables::overlay(state.catalog_list().clone(), &catalog, &schema, tables);
+            state = SessionStateBuilder::new_from_existing(state)
+                .with_catalog_list(catalogs)
+                .build();
+        }
         let session = SessionContext::new_with_state(state.clone());
         let n = statements.len();
         let mut last_local = Vec::new();
@@ -157,15 +186,18 @@ impl Planner {
                     query: query_id(),
                     directory,
                 };
-                return distribute_with(physical, Some(target)).map(Planned::Query);
+                return distribute_with(physical, Some(target), tables).map(Planned::Query);
             }
             if matches!(plan, LogicalPlan::Dml(_)) {
                 return Err(Error::BadSql(
                     "INSERT, UPDATE and DELETE are not supported; use COPY (query) TO".into(),
                 ));
             }
-            let physical = state.create_physical_plan(&plan).await.map_err(describe)?;
-            return distribute(physical).map(Planned::Query);
+            let mut physical = state.create_physical_plan(&plan).await.map_err(describe)?;
+            if one_output && physical.output_partitioning().partition_count() > 1 {
+                physical = Arc::new(CoalescePartitionsExec::new(physical));
+            }
+            return distribute_with(physical, None, tables).map(Planned::Query);
         }
         ipc(&last_local).map(Planned::Local)
     }
@@ -228,14 +260,15 @@ fn query_id() -> String {
 
 /// One task per partition of every stage.
 pub fn distribute(physical: Arc<dyn ExecutionPlan>) -> Result<Query, Error> {
-    distribute_with(physical, None)
+    distribute_with(physical, None, &[])
 }
 
 /// As [`distribute`]; with a target, the final stage writes files and one
-/// more task commits them.
+/// more task commits them. `tables` are the input tables the plan scans.
 pub fn distribute_with(
     physical: Arc<dyn ExecutionPlan>,
     write: Option<crate::write::WriteTarget>,
+    tables: &[InputTable],
 ) -> Result<Query, Error> {
     let physical = crate::rewrite::for_tasks(physical)?;
     let stages = split(physical)?;
@@ -280,6 +313,17 @@ pub fn distribute_with(
                     stage: upstream,
                     partition: q,
                 };
+                if let Some(t) = table_index(upstream) {
+                    let table = tables.get(t).ok_or_else(|| {
+                        Error::BadSql(format!(
+                            "the plan reads input table {t}, which was not given"
+                        ))
+                    })?;
+                    deps.push(table.key.clone());
+                    parts.push(None);
+                    slots.push(slot);
+                    continue;
+                }
                 match layout {
                     Layout::Pieces => {
                         for k in 0..stages[upstream as usize].tasks {
@@ -337,7 +381,7 @@ pub fn distribute_with(
     }
     Ok(Query {
         outputs,
-        explain: explain(&stages, &inputs),
+        explain: explain(&stages, &inputs, tables),
         stages: stages.len(),
         tasks,
     })
@@ -346,7 +390,7 @@ pub fn distribute_with(
 /// The distributed plan as text: each stage, its tasks, what it reads and
 /// how its output is cut, then its operators.
 /// `inputs[s]` lists what stage `s` reads.
-pub fn explain(stages: &[Stage], inputs: &[Vec<(u32, Layout)>]) -> String {
+pub fn explain(stages: &[Stage], inputs: &[Vec<(u32, Layout)>], tables: &[InputTable]) -> String {
     let mut s = String::new();
     for stage in stages {
         let output = match (
@@ -370,10 +414,16 @@ pub fn explain(stages: &[Stage], inputs: &[Vec<(u32, Layout)>]) -> String {
         };
         let reads: Vec<String> = inputs[stage.id as usize]
             .iter()
-            .map(|(upstream, layout)| match layout {
-                Layout::Pieces => format!("stage {upstream} (shuffle)"),
-                Layout::Direct => format!("stage {upstream} (whole)"),
-            })
+            .map(
+                |(upstream, layout)| match (table_index(*upstream), layout) {
+                    (Some(t), _) => match tables.get(t) {
+                        Some(t) => format!("table {} (key {})", t.name, t.key),
+                        None => format!("input table {t}"),
+                    },
+                    (None, Layout::Pieces) => format!("stage {upstream} (shuffle)"),
+                    (None, Layout::Direct) => format!("stage {upstream} (whole)"),
+                },
+            )
             .collect();
         let reads = if reads.is_empty() {
             "files".to_string()

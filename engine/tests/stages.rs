@@ -16,8 +16,20 @@ async fn run_in_process(
     let Planned::Query(q) = planner.plan(sql, threads).await.unwrap() else {
         panic!("{sql} is not a query");
     };
+    run_query(q, HashMap::new()).await
+}
+
+/// Runs a planned query's tasks in order; `held` are results the query
+/// reads that it does not make (its input tables).
+async fn run_query(
+    q: daskrs_engine::Query,
+    held: HashMap<String, Bytes>,
+) -> Vec<arrow::record_batch::RecordBatch> {
     let executor = Arc::new(Executor::new(None));
-    let mut results: HashMap<String, StageOutput> = HashMap::new();
+    let mut results: HashMap<String, StageOutput> = held
+        .into_iter()
+        .map(|(k, b)| (k, StageOutput::Whole(b)))
+        .collect();
     for t in &q.tasks {
         let mut inputs = Vec::new();
         for (i, d) in t.deps.iter().enumerate() {
@@ -79,4 +91,84 @@ async fn staged_tpch_matches_single_node() {
             );
         }
     }
+}
+
+/// Input tables: results a session holds, named by the query, read by the
+/// tasks that scan them as one more input; seen by that request only.
+#[tokio::test(flavor = "multi_thread")]
+async fn input_tables_are_read_from_their_keys_and_answer_in_one_output() {
+    use arrow::array::{Float64Array, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::record_batch::RecordBatch;
+
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Utf8, false),
+        Field::new("v", DataType::Float64, false),
+        Field::new("n", DataType::Int64, false),
+    ]));
+    let batch = |lo: i64, hi: i64| {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    (lo..hi).map(|i| ["a", "b", "c"][(i % 3) as usize]),
+                )),
+                Arc::new(Float64Array::from_iter_values(
+                    (lo..hi).map(|i| i as f64 * 0.5),
+                )),
+                Arc::new(Int64Array::from_iter_values(lo..hi)),
+            ],
+        )
+        .unwrap()
+    };
+    let batches = vec![batch(0, 500), batch(500, 1200)];
+    let ipc = daskrs_engine::stage::ipc_bytes(schema.clone(), &batches).unwrap();
+    let empty = daskrs_engine::stage::ipc_bytes(schema.clone(), &[]).unwrap();
+    let table = daskrs_engine::InputTable::from_ipc("t", "python-key-1", &empty).unwrap();
+
+    let reference = compare::single_node_context(None);
+    let mem = datafusion::datasource::MemTable::try_new(schema.clone(), vec![batches]).unwrap();
+    reference.register_table("t", Arc::new(mem)).unwrap();
+
+    let planner = Planner::new(None);
+    for sql in [
+        "SELECT k, SUM(v) AS v, COUNT(*) AS rows FROM t WHERE n % 7 <> 3 GROUP BY k ORDER BY k",
+        "SELECT a.k, COUNT(*) AS pairs FROM t a JOIN t b ON a.n = b.n + 1 GROUP BY a.k ORDER BY a.k",
+        "SELECT COUNT(*) AS rows FROM t",
+        "SELECT n FROM t WHERE v > 100 ORDER BY n DESC LIMIT 5",
+    ] {
+        let Planned::Query(q) = planner
+            .plan_with(sql, 3, std::slice::from_ref(&table), true)
+            .await
+            .unwrap()
+        else {
+            panic!("{sql} is not a query");
+        };
+        assert_eq!(q.outputs.len(), 1, "{sql}: {:?}", q.outputs);
+        assert!(
+            q.tasks
+                .iter()
+                .any(|t| t.deps.contains(&"python-key-1".to_string())),
+            "{sql}: no task reads the table's key"
+        );
+        assert!(
+            q.explain.contains("table t (key python-key-1)"),
+            "{}",
+            q.explain
+        );
+        let held = HashMap::from([("python-key-1".to_string(), ipc.clone())]);
+        let got = run_query(q, held).await;
+        let want = compare::run_sql(&reference, sql).await.unwrap();
+        assert_eq!(
+            compare::rows(&got).unwrap(),
+            compare::rows(&want).unwrap(),
+            "{sql}"
+        );
+    }
+
+    // The table was the request's own: the catalog does not know it.
+    let err = planner.plan("SELECT * FROM t", 3).await.unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+    let bad = daskrs_engine::InputTable::from_ipc("t", "k", b"not arrow").unwrap_err();
+    assert!(bad.to_string().contains("table 't'"), "{bad}");
 }

@@ -555,15 +555,99 @@ class Client:
 
     # ------------------------------------------------------------ SQL
 
-    def sql(self, query: str) -> Any:
+    def sql(
+        self, query: str, tables: Mapping[str, Any] | None = None, *, compute: bool = True
+    ) -> Any:
         """Runs SQL on the cluster (the tables, S3 access and errors of
-        ``daskrs sql``) and returns the answer as a ``pyarrow.Table``."""
+        ``daskrs sql``) and returns the answer as a ``pyarrow.Table``.
+
+        ``tables`` names more tables the query may read: futures whose
+        values are ``pyarrow.Table``s (or pandas DataFrames, turned into
+        Arrow on the worker), or local ``pyarrow.Table``s, record batches
+        and DataFrames, sent to the cluster first. Their data moves between
+        workers as Arrow; none of it passes through this process.
+
+        ``compute=False`` returns at once a future of the answer, kept on a
+        worker: pass it to ``submit`` (the task gets a ``pyarrow.Table``) or
+        as a table of a later query."""
+        inputs = []
+        held = []  # the input tables' futures, until the query refers to them
+        for name, value in (tables or {}).items():
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"table names are non-empty strings, not {name!r}")
+            future, schema = self._sql_input(name, value)
+            inputs.append((name, future._name, schema))
+            held.append(future)
+        planned = self.native.plan_sql(query, inputs)
+        local = planned.local
+        if local is not None:
+            import pyarrow as pa
+
+            table = pa.ipc.open_stream(pa.py_buffer(local)).read_all()
+            return table if compute else self.scatter(table, hash=False)
+        answer = Future(f"sql-{_unique()}", self)
+        self.session.submit_query(planned, answer._name)
+        del held
+        if not compute:
+            return answer
+        try:
+            return answer.result()
+        finally:
+            answer.release()
+
+    def _sql_input(self, name: str, value: Any) -> tuple[Future, bytes]:
+        """A table for ``sql``: its future on the cluster and its schema."""
         import pyarrow as pa
 
-        tables = [pa.ipc.open_stream(pa.py_buffer(b)).read_all() for b in self.native.sql(query)]
-        if len(tables) == 1:
-            return tables[0]
-        return pa.concat_tables(tables)
+        if isinstance(value, Future):
+            kind, schema = self.submit(_table_schema, value, name, pure=False).result()
+            if kind == "pandas":
+                value = self.submit(_to_arrow, value, pure=False)
+                kind, schema = self.submit(_table_schema, value, name, pure=False).result()
+            return value, schema
+        if isinstance(value, pa.RecordBatch):
+            value = pa.Table.from_batches([value])
+        elif not isinstance(value, pa.Table):
+            pd = sys.modules.get("pandas")
+            if pd is None or not isinstance(value, pd.DataFrame):
+                raise TypeError(
+                    f"table {name!r} is a {type(value).__module__}.{type(value).__qualname__}; "
+                    "give a pyarrow.Table, a pandas.DataFrame or a future of one"
+                )
+            value = pa.Table.from_pandas(value)
+        return self.scatter(value, hash=False), _schema_ipc(value.schema)
+
+
+def _schema_ipc(schema: Any) -> bytes:
+    """A schema as an Arrow IPC stream without batches."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema):
+        pass
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def _table_schema(value: Any, name: str) -> tuple[str, bytes | None]:
+    """On a worker: ``("arrow", schema)`` of a table, ``("pandas", None)``
+    for a DataFrame to turn into one first."""
+    import pyarrow as pa
+
+    if isinstance(value, pa.Table):
+        return "arrow", _schema_ipc(value.schema)
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(value, pd.DataFrame):
+        return "pandas", None
+    raise TypeError(
+        f"table {name!r} is a future of a {type(value).__module__}.{type(value).__qualname__}; "
+        "SQL reads futures of pyarrow.Table or pandas.DataFrame"
+    )
+
+
+def _to_arrow(df: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(df)
 
 
 def _task(key: str, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

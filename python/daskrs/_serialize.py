@@ -42,21 +42,24 @@ def dumps(value: Any) -> tuple[str, list[bytes | memoryview]]:
     return "p", [bytes(head), data, *raws]
 
 
-def _pickle(value: Any, buffers: list[pickle.PickleBuffer]) -> bytes:
+def _pickle(value: Any, buffers: list[pickle.PickleBuffer] | None) -> bytes:
     """The standard pickler where it serves (it is several times faster),
     else cloudpickle: for what it refuses (lambdas, local functions) and
     for what it would name by reference but workers cannot import (the
-    notebook's ``__main__``, modules registered to travel by value)."""
+    notebook's ``__main__``, modules registered to travel by value).
+    Without ``buffers``, everything goes in band."""
+    callback = None if buffers is None else buffers.append
     try:
-        data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        data = pickle.dumps(value, protocol=5, buffer_callback=callback)
     except Exception:  # noqa: BLE001 - whatever the standard pickler refuses
         pass
     else:
         by_value = cloudpickle.list_registry_pickle_by_value()
         if b"__main__" not in data and not any(m.encode() in data for m in by_value):
             return data
-    buffers.clear()
-    return cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    if buffers is not None:
+        buffers.clear()
+    return cloudpickle.dumps(value, protocol=5, buffer_callback=callback)
 
 
 def dumps_bytes(value: Any) -> tuple[str, bytes]:
@@ -142,7 +145,10 @@ def _function_bytes(func: Any) -> bytes:
             _dumped.move_to_end(func)
             return data
     try:
-        data = cloudpickle.dumps(func, protocol=5)
+        # By reference where the worker can import it: also what cloudpickle
+        # cannot name, such as a compiled class's classmethod
+        # (`pyarrow.Table.from_pandas`).
+        data = _pickle(func, None)
     except Exception as exc:  # noqa: BLE001 - whatever pickling raises
         raise TypeError(f"function {func!r} does not pickle ({type(exc).__name__}: {exc})") from exc
     with _lock:

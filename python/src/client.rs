@@ -91,16 +91,37 @@ impl NativeClient {
             .map_err(|e| to_py(py, e))
     }
 
-    /// Runs SQL on the cluster: the answer as Arrow IPC streams, in order.
-    fn sql<'py>(&self, py: Python<'py>, sql: String) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    /// Plans SQL whose answer is one key; `tables` are `(name, key,
+    /// schema)`: results the session holds that the query may name, each
+    /// with its schema as an Arrow IPC stream.
+    fn plan_sql(
+        &self,
+        py: Python<'_>,
+        sql: String,
+        tables: Vec<(String, String, Vec<u8>)>,
+    ) -> PyResult<PlannedSql> {
         let client = self.client.clone();
-        let answer = wait(py, async move { client.sql_streams(&sql, |_| {}).await })?
-            .map_err(|e| to_py(py, e))?;
-        Ok(answer
-            .streams
-            .iter()
-            .map(|(_, b)| PyBytes::new(py, b))
-            .collect())
+        let tables = tables
+            .into_iter()
+            .map(|(name, key, schema)| daskrs_client::sql::SqlTable { name, key, schema })
+            .collect();
+        let plan = wait(
+            py,
+            async move { client.plan_sql_with(&sql, tables, true).await },
+        )?
+        .map_err(|e| to_py(py, e))?;
+        Ok(match plan {
+            daskrs_client::sql::Plan::Local(bytes) => PlannedSql {
+                local: Some(bytes),
+                explain: String::new(),
+                graph: std::sync::Mutex::new(None),
+            },
+            daskrs_client::sql::Plan::Query { graph, explain, .. } => PlannedSql {
+                local: None,
+                explain,
+                graph: std::sync::Mutex::new(Some(graph)),
+            },
+        })
     }
 
     /// Opens a session: the graph the client's futures live in.
@@ -131,6 +152,24 @@ fn graph(name: String, tasks: Vec<PyTask>, outputs: Vec<String>) -> Graph {
     }
 }
 
+/// Planned SQL: the answer of a statement the scheduler ran itself
+/// (`local`, an Arrow IPC stream), or a query to submit into a session.
+#[pyclass(module = "daskrs._native", frozen)]
+pub struct PlannedSql {
+    local: Option<Bytes>,
+    #[pyo3(get)]
+    explain: String,
+    graph: std::sync::Mutex<Option<Graph>>,
+}
+
+#[pymethods]
+impl PlannedSql {
+    #[getter]
+    fn local<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.local.as_ref().map(|b| PyBytes::new(py, b))
+    }
+}
+
 /// A session: submissions that do not wait, keys reported as they finish,
 /// results held until released. Closing it releases everything.
 #[pyclass(module = "daskrs._native", frozen)]
@@ -154,6 +193,23 @@ impl NativeSession {
     fn submit(&self, py: Python<'_>, tasks: Vec<PyTask>, outputs: Vec<String>) -> PyResult<()> {
         self.session
             .submit(graph(String::new(), tasks, outputs))
+            .map_err(|e| to_py(py, e))
+    }
+
+    /// Queues a planned query; its answer becomes the key `answer`.
+    fn submit_query(&self, py: Python<'_>, planned: &PlannedSql, answer: &str) -> PyResult<()> {
+        let graph = planned
+            .graph
+            .lock()
+            .ok()
+            .and_then(|mut g| g.take())
+            .ok_or_else(|| {
+                pyo3::exceptions::PyValueError::new_err(
+                    "this planned SQL was submitted already, or has no query to submit",
+                )
+            })?;
+        self.session
+            .submit_query(graph, answer)
             .map_err(|e| to_py(py, e))
     }
 

@@ -40,3 +40,5 @@ def test_quickstart_notebook_runs_and_its_answers_are_right(tmp_path: Path) -> N
     assert "futures total 5050" in text
     assert "first three [1, 2, 3]" in text
     assert "sql equals pandas: True" in text
+    rows, want = re.search(r"rows over 5000: (\d+) pandas: (\d+)", text).groups()  # type: ignore[union-attr]
+    assert rows == want == "4999"

@@ -119,7 +119,7 @@ impl Scheduler for ClientService {
                     "`release` is for sessions; open one with `session` first",
                 ));
             }
-            Some(run_request::Msg::Sql(s)) => match self.plan(&s.sql).await? {
+            Some(run_request::Msg::Sql(s)) => match self.plan(&s.sql, Vec::new(), false).await? {
                 daskrs_engine::Planned::Local(bytes) => {
                     let answer = RunEvent {
                         event: Some(run_event::Event::Local(bytes.to_vec())),
@@ -258,8 +258,17 @@ impl Scheduler for ClientService {
     }
 
     async fn sql(&self, req: Request<SqlRequest>) -> Result<Response<SqlResponse>, Status> {
-        let sql = req.into_inner().sql;
-        let planned = self.plan(&sql).await?;
+        let SqlRequest {
+            sql,
+            tables,
+            one_output,
+        } = req.into_inner();
+        let tables = tables
+            .iter()
+            .map(|t| daskrs_engine::InputTable::from_ipc(&t.name, &t.key, &t.schema))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let planned = self.plan(&sql, tables, one_output).await?;
         let result = match planned {
             daskrs_engine::Planned::Local(bytes) => sql_response::Result::Local(bytes.to_vec()),
             daskrs_engine::Planned::Query(q) => sql_response::Result::Query(SqlQuery {
@@ -377,7 +386,12 @@ fn session(
 impl ClientService {
     /// Plans SQL with the scheduler's catalog and S3 access. A query needs
     /// workers to run on.
-    async fn plan(&self, sql: &str) -> Result<daskrs_engine::Planned, Status> {
+    async fn plan(
+        &self,
+        sql: &str,
+        tables: Vec<daskrs_engine::InputTable>,
+        one_output: bool,
+    ) -> Result<daskrs_engine::Planned, Status> {
         let threads: usize = self.core.with(|i| {
             i.state
                 .workers
@@ -391,33 +405,37 @@ impl ClientService {
         // runs as its own task so that becomes an error for this request only.
         let planner = self.planner.clone();
         let sql = sql.to_string();
-        let planned = tokio::spawn(async move { planner.plan(&sql, threads.max(1)).await })
-            .await
-            .map_err(|e| {
-                let why = e
-                    .try_into_panic()
-                    .ok()
-                    .and_then(|p| {
-                        p.downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    })
-                    .unwrap_or_else(|| "cancelled".into());
-                Status::invalid_argument(format!(
-                    "planning failed while reading the query's files (a corrupt file?): {why}"
-                ))
-            })?
-            .map_err(|e| match e {
-                // Planning reads only the statement and the files it names:
-                // whatever fails is the client's to fix.
-                daskrs_engine::Error::BadSql(_)
-                | daskrs_engine::Error::Storage(_)
-                | daskrs_engine::Error::Corrupt(_)
-                | daskrs_engine::Error::Failed(_) => Status::invalid_argument(e.to_string()),
-                daskrs_engine::Error::PeerGone(_) | daskrs_engine::Error::Raised { .. } => {
-                    Status::internal(e.to_string())
-                }
-            })?;
+        let planned = tokio::spawn(async move {
+            planner
+                .plan_with(&sql, threads.max(1), &tables, one_output)
+                .await
+        })
+        .await
+        .map_err(|e| {
+            let why = e
+                .try_into_panic()
+                .ok()
+                .and_then(|p| {
+                    p.downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                })
+                .unwrap_or_else(|| "cancelled".into());
+            Status::invalid_argument(format!(
+                "planning failed while reading the query's files (a corrupt file?): {why}"
+            ))
+        })?
+        .map_err(|e| match e {
+            // Planning reads only the statement and the files it names:
+            // whatever fails is the client's to fix.
+            daskrs_engine::Error::BadSql(_)
+            | daskrs_engine::Error::Storage(_)
+            | daskrs_engine::Error::Corrupt(_)
+            | daskrs_engine::Error::Failed(_) => Status::invalid_argument(e.to_string()),
+            daskrs_engine::Error::PeerGone(_) | daskrs_engine::Error::Raised { .. } => {
+                Status::internal(e.to_string())
+            }
+        })?;
         if let daskrs_engine::Planned::Query(q) = &planned {
             if threads == 0 {
                 // Not `unavailable`: the scheduler is there, the cluster is empty.
