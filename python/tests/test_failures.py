@@ -77,21 +77,52 @@ def hold_memory(nbytes: int, seconds: float) -> int:
 
 
 def test_python_memory_counts_toward_the_workers_limit_and_pauses_it() -> None:
-    limit = 400 << 20
+    # 830 MiB of numpy plus the processes' own pages: past the pause
+    # threshold (80% of 1 GiB, 819 MiB), short of the one at which the
+    # worker stops the task's process (95%, 973 MiB).
+    limit = 1 << 30
+    block = 830 << 20
     with daskrs.Client(n_workers=1, memory_limit=limit, set_as_default=False) as client:
-        f = client.submit(hold_memory, 450 << 20, 4.0)
+        f = client.submit(hold_memory, block, 4.0)
         deadline = time.monotonic() + 60
+        # The worker pauses once the task's pages pass its threshold; it goes
+        # on reporting them while numpy fills the rest of the block.
         while True:
             (w,) = client.scheduler_info()["workers"]
-            if w["status"] == "paused":
+            if w["status"] == "paused" and w["memory_bytes"] > block:
                 break
-            assert not f.done(), "the task ended before the worker paused"
+            assert not f.done(), f"the task ended before the worker paused with its block: {w}"
             assert time.monotonic() < deadline, w
             time.sleep(0.05)
-        assert w["memory_bytes"] > 450 << 20
         assert f.result(timeout=60) == 10
         # The memory is given back; the worker takes work again.
         assert client.submit(abs, -1).result(timeout=60) == 1
+
+
+def grow_until_stopped(step: int, most: int) -> int:
+    import numpy as np
+
+    blocks = []
+    while len(blocks) * step < most:
+        blocks.append(np.ones(step, dtype="uint8"))
+        time.sleep(0.01)
+    return len(blocks)
+
+
+def test_a_task_that_exhausts_memory_costs_its_executor_not_the_worker() -> None:
+    with daskrs.Client(n_workers=1, memory_limit=400 << 20, set_as_default=False) as client:
+        kept = client.submit(lambda: list(range(1000)))
+        assert kept.result(timeout=60)[-1] == 999
+        f = client.submit(grow_until_stopped, 32 << 20, 4 << 30, retries=1, key="greedy")
+        with pytest.raises(daskrs.TaskFailed) as e:
+            f.result(timeout=120)
+        message = str(e.value)
+        assert "'greedy'" in message and "'local-1'" in message, message
+        assert "SIGKILL" in message and "400.0 MiB memory limit" in message, message
+        # The worker and the result it held are still there.
+        assert [w["name"] for w in client.scheduler_info()["workers"]] == ["local-1"]
+        assert kept.result(timeout=60)[-1] == 999
+        assert client.submit(abs, -2).result(timeout=60) == 2
 
 
 def test_futures_lost_with_their_worker_are_computed_again() -> None:

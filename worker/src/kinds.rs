@@ -48,6 +48,16 @@ pub trait TaskKind: Send + Sync {
     /// Lets go of idle resources outside the process (idle executors that
     /// may hold on to memory), when the worker is paused with nothing to run.
     fn trim(&self) {}
+
+    /// The running task whose process holds the most memory outside the
+    /// worker: its id and resident bytes.
+    fn largest_running(&self) -> Option<(u64, u64)> {
+        None
+    }
+
+    /// Stops the running task `task` to give its memory back; its run ends
+    /// with an error that says `why`.
+    fn stop_for_memory(&self, _task: u64, _why: String) {}
 }
 
 impl<F> TaskKind for F
@@ -121,6 +131,20 @@ impl Registry {
         for k in self.kinds.values() {
             k.trim();
         }
+    }
+
+    /// Stops the running task whose process holds the most memory outside
+    /// the worker, if that is at least `min` bytes; `why` says why, given
+    /// its resident bytes. Its resident bytes, if one was stopped.
+    pub fn stop_largest(&self, min: u64, why: impl Fn(u64) -> String) -> Option<u64> {
+        let (kind, task, rss) = self
+            .kinds
+            .values()
+            .filter_map(|k| k.largest_running().map(|(t, rss)| (k, t, rss)))
+            .max_by_key(|(_, _, rss)| *rss)
+            .filter(|(_, _, rss)| *rss >= min)?;
+        kind.stop_for_memory(task, why(rss));
+        Some(rss)
     }
 
     /// The Python executors' versions (JSON), when the worker runs Python.

@@ -187,6 +187,7 @@ pub async fn run_with(
         })?;
     }
 
+    let guard = tokio::spawn(session::memory_guard(shared.clone(), stop_rx.clone()));
     let mut backoff = Duration::from_millis(100);
     loop {
         if *shutdown.borrow() {
@@ -212,6 +213,7 @@ pub async fn run_with(
         backoff = backoff.min(Duration::from_secs(5));
     }
     let _ = stop_servers.send(true);
+    let _ = guard.await;
     let _ = peer.await;
     if let Some((h, _)) = http {
         let _ = h.await;

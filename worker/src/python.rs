@@ -43,7 +43,7 @@ pub struct PythonKind {
     python: PathBuf,
     idle: Mutex<Vec<Executor>>,
     /// The executor process of each running task, to stop it on cancel.
-    running: Mutex<HashMap<u64, Arc<Mutex<Child>>>>,
+    running: Mutex<HashMap<u64, Running>>,
     /// What the first executor said of itself.
     versions: serde_json::Value,
 }
@@ -89,11 +89,43 @@ impl TaskKind for PythonKind {
     }
 
     fn cancel(&self, task: u64) {
-        let child = self.running.lock().ok().and_then(|r| r.get(&task).cloned());
+        let child = self
+            .running
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&task).map(|r| r.child.clone()));
         if let Some(child) = child
             && let Ok(mut c) = child.lock()
         {
             // Its run sees the pipe close and reports the task ended.
+            let _ = c.kill();
+        }
+    }
+
+    fn largest_running(&self) -> Option<(u64, u64)> {
+        let running: Vec<(u64, u32)> = self.running.lock().ok().map(|r| {
+            r.iter()
+                .filter_map(|(task, r)| r.child.lock().ok().map(|c| (*task, c.id())))
+                .collect()
+        })?;
+        running
+            .into_iter()
+            .filter_map(|(task, pid)| {
+                crate::session::resident_bytes(&pid.to_string()).map(|rss| (task, rss))
+            })
+            .max_by_key(|(_, rss)| *rss)
+    }
+
+    fn stop_for_memory(&self, task: u64, why: String) {
+        // Only a task still running: its run takes the reason back out.
+        let child = self.running.lock().ok().and_then(|mut r| {
+            let r = r.get_mut(&task)?;
+            r.stopped = Some(why);
+            Some(r.child.clone())
+        });
+        if let Some(child) = child
+            && let Ok(mut c) = child.lock()
+        {
             let _ = c.kill();
         }
     }
@@ -116,7 +148,7 @@ impl TaskKind for PythonKind {
             pids.extend(
                 running
                     .values()
-                    .filter_map(|c| c.lock().ok().map(|c| c.id())),
+                    .filter_map(|r| r.child.lock().ok().map(|c| c.id())),
             );
         }
         pids.into_iter()
@@ -143,15 +175,31 @@ impl TaskKind for PythonKind {
 
         let mut executor = self.take()?;
         if let Ok(mut r) = self.running.lock() {
-            r.insert(task, executor.child.clone());
+            let child = executor.child.clone();
+            r.insert(
+                task,
+                Running {
+                    child,
+                    stopped: None,
+                },
+            );
         }
         let answer = executor.send(&frames).and_then(|()| executor.receive());
-        if let Ok(mut r) = self.running.lock() {
-            r.remove(&task);
-        }
+        let stopped = self
+            .running
+            .lock()
+            .ok()
+            .and_then(|mut r| r.remove(&task))
+            .and_then(|r| r.stopped);
         let mut answer = match answer {
             Ok(a) => a,
-            Err(io) => return Err(TaskError::Failed(executor.died(&io))),
+            Err(io) => {
+                let died = executor.died(&io);
+                return Err(TaskError::Failed(match stopped {
+                    Some(why) => format!("{died}: the worker stopped it, {why}"),
+                    None => died,
+                }));
+            }
         };
         self.put_back(executor);
         let tag = answer.first().map(|f| f.as_ref());
@@ -182,6 +230,12 @@ impl TaskKind for PythonKind {
     }
 }
 
+struct Running {
+    child: Arc<Mutex<Child>>,
+    /// Why the worker stopped the executor, for the task's error.
+    stopped: Option<String>,
+}
+
 /// One executor process.
 struct Executor {
     child: Arc<Mutex<Child>>,
@@ -205,6 +259,9 @@ impl Executor {
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| cannot(&e))?;
+        // Should the machine (or the pod) run out of memory, the kernel
+        // ends an executor, not the worker and the results it holds.
+        let _ = std::fs::write(format!("/proc/{}/oom_score_adj", child.id()), "1000");
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(cannot(&"its pipes were not opened"));
         };

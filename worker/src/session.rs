@@ -439,6 +439,62 @@ impl Session {
     }
 }
 
+/// How often the memory guard looks; a task allocating fast outgrows the
+/// limit by at most what it allocates in this time.
+const GUARD_EVERY: Duration = Duration::from_millis(100);
+
+/// Keeps the worker within its memory limit whatever user code does: when
+/// the worker and its task processes together pass
+/// [`crate::store::TERMINATE_FRACTION`] of the limit, the task process that
+/// holds the most memory is stopped (its task fails, or runs again per its
+/// retries), before the kernel has to end anything.
+pub async fn memory_guard(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let limit = shared.config.memory_limit;
+    if limit == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(GUARD_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let outside = shared.registry.resident_bytes();
+        if outside == 0 {
+            continue;
+        }
+        // Several workers in one process (`daskrs local`) count their results only.
+        let own = if shared.config.pause_on_process_memory {
+            resident_bytes("self").unwrap_or(0)
+        } else {
+            shared.store.memory_bytes()
+        };
+        let total = own + outside;
+        if (total as f64) <= limit as f64 * crate::store::TERMINATE_FRACTION {
+            continue;
+        }
+        let why = |rss: u64| {
+            format!(
+                "it held {} when the worker and its tasks used {} of its {} memory limit",
+                daskrs_core::ByteSize(rss),
+                daskrs_core::ByteSize(total),
+                daskrs_core::ByteSize(limit)
+            )
+        };
+        // A small task process is not what fills the worker: its results
+        // are, and spilling deals with them.
+        if let Some(rss) = shared.registry.stop_largest(limit / 10, why) {
+            tracing::warn!(
+                task_process_bytes = rss,
+                total_bytes = total,
+                limit_bytes = limit,
+                "memory limit reached: stopped the task process holding the most memory"
+            );
+        }
+    }
+}
+
 /// A process's resident memory (`self` or a pid), from /proc (Linux).
 pub(crate) fn resident_bytes(process: &str) -> Option<u64> {
     let statm = std::fs::read_to_string(format!("/proc/{process}/statm")).ok()?;

@@ -16,9 +16,11 @@ use daskrs_core::DataFormat;
 
 use crate::data::Data;
 
-/// Dask's defaults: spill above 60% of the limit, pause new work above 80%.
+/// Dask's defaults: spill above 60% of the limit, pause new work above 80%,
+/// and above 95% stop the task process that holds the most memory.
 pub const TARGET_FRACTION: f64 = 0.6;
 pub const PAUSE_FRACTION: f64 = 0.8;
+pub const TERMINATE_FRACTION: f64 = 0.95;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
