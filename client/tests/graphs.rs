@@ -613,13 +613,17 @@ async fn a_session_read_late_loses_no_events() {
                     .map(|c| c.count)
                     .sum::<u64>()
             };
-            (count("memory") >= n as u64).then_some(())
+            let busy = count("waiting") + count("queued") + count("processing");
+            (busy == 0 && count("memory") >= n as u64).then_some(())
         },
     )
     .await;
     let mut done = std::collections::HashSet::new();
     while done.len() < n {
-        for ev in session.events().await.unwrap() {
+        let events = tokio::time::timeout(Duration::from_secs(30), session.events())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {n} Done events, then none", done.len()));
+        for ev in events.unwrap() {
             match ev {
                 daskrs_client::session::Event::Done(outs) => {
                     done.extend(outs.into_iter().map(|o| o.key));

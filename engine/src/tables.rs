@@ -223,6 +223,22 @@ struct Schema {
     tables: Tables,
 }
 
+impl Schema {
+    /// The input table `name` names. SQL folds unquoted names to lower
+    /// case, so `FROM Sales` also finds a table given as `Sales`, when no
+    /// other table folds to the same name.
+    fn input(&self, name: &str) -> Option<&Arc<dyn TableProvider>> {
+        if let Some(t) = self.tables.get(name) {
+            return Some(t);
+        }
+        let mut folded = self.tables.iter().filter(|(n, _)| n.to_lowercase() == name);
+        match (folded.next(), folded.next()) {
+            (Some((_, t)), None) => Some(t),
+            _ => None,
+        }
+    }
+}
+
 #[async_trait]
 impl SchemaProvider for Schema {
     fn table_names(&self) -> Vec<String> {
@@ -234,7 +250,7 @@ impl SchemaProvider for Schema {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        match self.tables.get(name) {
+        match self.input(name) {
             Some(t) => Ok(Some(t.clone())),
             None => self.base.table(name).await,
         }
@@ -253,6 +269,6 @@ impl SchemaProvider for Schema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.tables.contains_key(name) || self.base.table_exist(name)
+        self.input(name).is_some() || self.base.table_exist(name)
     }
 }

@@ -77,11 +77,11 @@ def hold_memory(nbytes: int, seconds: float) -> int:
 
 
 def test_python_memory_counts_toward_the_workers_limit_and_pauses_it() -> None:
-    # 830 MiB of numpy plus the processes' own pages: past the pause
-    # threshold (80% of 1 GiB, 819 MiB), short of the one at which the
-    # worker stops the task's process (95%, 973 MiB).
-    limit = 1 << 30
-    block = 830 << 20
+    # 1720 MiB of numpy plus the processes' own pages: past the pause
+    # threshold (80% of 2 GiB, 1638 MiB), and over 200 MiB short of the one
+    # at which the worker stops the task's process (95%, 1946 MiB).
+    limit = 2 << 30
+    block = 1720 << 20
     with daskrs.Client(n_workers=1, memory_limit=limit, set_as_default=False) as client:
         f = client.submit(hold_memory, block, 4.0)
         deadline = time.monotonic() + 60

@@ -148,3 +148,9 @@ def test_tables_that_are_not_tables_are_refused_naming_them(client: daskrs.Clien
         client.sql("SELECT * FROM rows", tables={"rows": [1, 2, 3]})
     with pytest.raises(daskrs.Rejected, match="nope"):
         client.sql("SELECT * FROM nope", tables={"t": pa.table({"a": [1]})})
+
+
+def test_table_names_are_found_quoted_or_not(client: daskrs.Client) -> None:
+    sales = pa.table({"v": [1, 2, 3]})
+    assert client.sql("SELECT SUM(v) AS s FROM Sales", tables={"Sales": sales}).column("s").to_pylist() == [6]
+    assert client.sql('SELECT SUM(v) AS s FROM "Sales"', tables={"Sales": sales}).column("s").to_pylist() == [6]

@@ -83,30 +83,49 @@ impl PythonKind {
     }
 }
 
+impl PythonKind {
+    /// Kills the process running `task`, if it still is: under the lock
+    /// of running tasks, so a process whose task has just answered (and
+    /// may be about to serve another) is never hit. Its run drops it.
+    fn kill_running(&self, task: u64, why: Option<String>) {
+        let Ok(mut running) = self.running.lock() else {
+            return;
+        };
+        let Some(r) = running.get_mut(&task) else {
+            return;
+        };
+        r.killed = true;
+        if why.is_some() {
+            r.stopped = why;
+        }
+        if let Ok(mut c) = r.child.lock() {
+            let _ = c.kill();
+        }
+    }
+}
+
 impl TaskKind for PythonKind {
     fn run(&self, payload: &[u8], inputs: &[Data]) -> Result<Data, TaskError> {
         self.run_task(0, payload, inputs)
     }
 
     fn cancel(&self, task: u64) {
-        let child = self
-            .running
-            .lock()
-            .ok()
-            .and_then(|r| r.get(&task).map(|r| r.child.clone()));
-        if let Some(child) = child
-            && let Ok(mut c) = child.lock()
-        {
-            // Its run sees the pipe close and reports the task ended.
-            let _ = c.kill();
-        }
+        // Its run sees the pipe close and reports the task ended.
+        self.kill_running(task, None);
     }
 
     fn largest_running(&self) -> Option<(u64, u64)> {
-        let running: Vec<(u64, u32)> = self.running.lock().ok().map(|r| {
-            r.iter()
-                .filter_map(|(task, r)| r.child.lock().ok().map(|c| (*task, c.id())))
-                .collect()
+        let running: Vec<(u64, u32)> = self.running.lock().ok().and_then(|r| {
+            // One at a time: a process already stopped keeps its pages
+            // until it is gone, and must not cost a second task.
+            if r.values().any(|r| r.killed) {
+                return None;
+            }
+            Some(
+                r.iter()
+                    .filter_map(|(task, r)| r.child.lock().ok().map(|c| (*task, c.id())))
+                    .collect(),
+            )
         })?;
         running
             .into_iter()
@@ -117,17 +136,7 @@ impl TaskKind for PythonKind {
     }
 
     fn stop_for_memory(&self, task: u64, why: String) {
-        // Only a task still running: its run takes the reason back out.
-        let child = self.running.lock().ok().and_then(|mut r| {
-            let r = r.get_mut(&task)?;
-            r.stopped = Some(why);
-            Some(r.child.clone())
-        });
-        if let Some(child) = child
-            && let Ok(mut c) = child.lock()
-        {
-            let _ = c.kill();
-        }
+        self.kill_running(task, Some(why));
     }
 
     fn trim(&self) {
@@ -180,17 +189,18 @@ impl TaskKind for PythonKind {
                 task,
                 Running {
                     child,
+                    killed: false,
                     stopped: None,
                 },
             );
         }
         let answer = executor.send(&frames).and_then(|()| executor.receive());
-        let stopped = self
+        let (killed, stopped) = self
             .running
             .lock()
             .ok()
             .and_then(|mut r| r.remove(&task))
-            .and_then(|r| r.stopped);
+            .map_or((false, None), |r| (r.killed, r.stopped));
         let mut answer = match answer {
             Ok(a) => a,
             Err(io) => {
@@ -201,7 +211,10 @@ impl TaskKind for PythonKind {
                 }));
             }
         };
-        self.put_back(executor);
+        // A process killed just as it answered is dropped, not reused.
+        if !killed {
+            self.put_back(executor);
+        }
         let tag = answer.first().map(|f| f.as_ref());
         match (tag, answer.len()) {
             (Some(b"ok"), 3) => {
@@ -232,6 +245,8 @@ impl TaskKind for PythonKind {
 
 struct Running {
     child: Arc<Mutex<Child>>,
+    /// Cancelled or stopped: its process is not to serve another task.
+    killed: bool,
     /// Why the worker stopped the executor, for the task's error.
     stopped: Option<String>,
 }

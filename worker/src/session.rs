@@ -470,8 +470,14 @@ pub async fn memory_guard(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) 
         } else {
             shared.store.memory_bytes()
         };
-        let total = own + outside;
-        if (total as f64) <= limit as f64 * crate::store::TERMINATE_FRACTION {
+        let over = |total: u64| total as f64 > limit as f64 * crate::store::TERMINATE_FRACTION;
+        if !over(own + outside) {
+            continue;
+        }
+        // Idle task processes go first: they cost nothing but a restart.
+        shared.registry.trim();
+        let total = own + shared.registry.resident_bytes();
+        if !over(total) {
             continue;
         }
         let why = |rss: u64| {
@@ -495,9 +501,11 @@ pub async fn memory_guard(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) 
     }
 }
 
-/// A process's resident memory (`self` or a pid), from /proc (Linux).
+/// A process's resident memory (`self` or a pid), from /proc (Linux); in
+/// kB there, whatever the page size.
 pub(crate) fn resident_bytes(process: &str) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{process}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
