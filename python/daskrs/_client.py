@@ -423,14 +423,15 @@ class Client:
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
         futs = futures_of(futures)
-        names = []
+        wanted: dict[str, None] = {}  # each key once, in order
         for f in futs:
             f._st.wait(None)
             if f._st.status != FINISHED:
                 if errors == "raise":
                     raise f._raisable()
-            elif f._name not in names:
-                names.append(f._name)
+            else:
+                wanted[f._name] = None
+        names = list(wanted)
         values = dict(zip(names, self._gather_names(names)))
         skip = object()
 

@@ -48,22 +48,16 @@ def to_tasks(
     """The daskrs tasks of a dask graph (legacy tuples or task-spec nodes):
     ``(key, kind, payload, deps, priority, retries)``. A dependency that is
     not in the graph must be a key the client's session holds (a future).
-    Without a ``priority``, Dask's own ordering becomes the priority, so
-    tasks run in the order Dask would run them."""
-    from dask._task_spec import DataNode, convert_legacy_graph
+    Tasks of equal ``priority`` (0 unless given) run in the scheduler's
+    depth-first order of the graph, which finishes one branch before it
+    starts the next as Dask's ordering does, at a fraction of its cost on
+    the client."""
+    from dask._task_spec import convert_legacy_graph
 
     if not isinstance(dsk, Mapping):
         dsk = dsk.__dask_graph__()  # an expression, as dask.compute hands over
     graph = convert_legacy_graph(dict(dsk))
-    if priority is None:
-        from dask.order import order
-
-        # Keys held from earlier graphs stand in as data for the ordering.
-        external = {d for node in graph.values() for d in node.dependencies if d not in graph}
-        ranks = order({**graph, **{k: DataNode(k, None) for k in external}})
-        priorities = {k: -ranks.get(k, 0) for k in graph}
-    else:
-        priorities = dict.fromkeys(graph, priority)
+    rank = priority or 0
     tasks = []
     for key, node in graph.items():
         deps = sorted(node.dependencies, key=key_name)
@@ -80,7 +74,7 @@ def to_tasks(
                 PYTHON,
                 payload,
                 [key_name(d) for d in deps],
-                priorities[key],
+                rank,
                 retries,
             )
         )
