@@ -91,15 +91,21 @@ def rss_of(pids: list[int]) -> int:
 
 
 def children(pid: int) -> list[int]:
+    """Every descendant of `pid`, whichever of its threads started it."""
     out = []
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            kids = [int(p) for p in f.read().split()]
+        threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return out
-    for k in kids:
-        out.append(k)
-        out.extend(children(k))
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids = [int(p) for p in f.read().split()]
+        except OSError:
+            continue
+        for k in kids:
+            out.append(k)
+            out.extend(children(k))
     return out
 
 
