@@ -518,7 +518,7 @@ class Client:
     ) -> list[Future]:
         """Submits a graph into the session; futures of the wanted keys."""
         self._drain()
-        tasks = _graph.to_tasks(dsk, retries=retries, priority=priority)
+        tasks = _graph.to_tasks(dsk, retries=retries, priority=priority, keep=wanted)
         # The futures exist before the scheduler can report their keys.
         futures = [Future(k, self) for k in wanted]
         self.session.submit(tasks, [f._name for f in futures])

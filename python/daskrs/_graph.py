@@ -4,7 +4,7 @@ dependencies, in the order the worker hands their results over."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from daskrs import _serialize
@@ -43,7 +43,7 @@ def pack(keys: Any, values: Mapping[Any, Any]) -> Any:
 
 
 def to_tasks(
-    dsk: Any, retries: int = 0, priority: int | None = None
+    dsk: Any, retries: int = 0, priority: int | None = None, keep: Iterable[Any] = ()
 ) -> list[tuple[str, str, bytes, list[str], int, int]]:
     """The daskrs tasks of a dask graph (legacy tuples or task-spec nodes):
     ``(key, kind, payload, deps, priority, retries)``. A dependency that is
@@ -51,12 +51,13 @@ def to_tasks(
     Tasks of equal ``priority`` (0 unless given) run in the scheduler's
     depth-first order of the graph, which finishes one branch before it
     starts the next as Dask's ordering does, at a fraction of its cost on
-    the client."""
+    the client. Linear chains of tasks whose keys are not in ``keep`` run
+    as one task (see ``fuse_chains``)."""
     from dask._task_spec import convert_legacy_graph
 
     if not isinstance(dsk, Mapping):
         dsk = dsk.__dask_graph__()  # an expression, as dask.compute hands over
-    graph = convert_legacy_graph(dict(dsk))
+    graph = fuse_chains(convert_legacy_graph(dict(dsk)), set(keep))
     rank = priority or 0
     tasks = []
     for key, node in graph.items():
@@ -79,3 +80,42 @@ def to_tasks(
             )
         )
     return tasks
+
+
+def fuse_chains(graph: dict[Any, Any], keep: set[Any]) -> dict[Any, Any]:
+    """The graph with each linear chain (a task whose only input is a task
+    that nothing else takes and nobody wants) made one task, under the key
+    of its last. A worker runs Python tasks in a separate process, so each
+    task boundary costs its result a round trip as bytes: reading a Parquet
+    file, converting its columns and aggregating them is one pass over the
+    data in memory rather than three trips of the whole frame."""
+    from dask._task_spec import Task
+
+    dependents: dict[Any, int] = {}
+    for node in graph.values():
+        for d in node.dependencies:
+            if d in graph:
+                dependents[d] = dependents.get(d, 0) + 1
+
+    def only_input(key: Any) -> Any:
+        """The input `key`'s task absorbs, if it absorbs one."""
+        deps = graph[key].dependencies
+        if len(deps) != 1:
+            return None
+        (d,) = deps
+        if d not in graph or d in keep or dependents.get(d) != 1 or graph[d].block_fusion:
+            return None
+        return d
+
+    absorbed = {d for d in (only_input(k) for k in graph) if d is not None}
+    fused = {}
+    for key, node in graph.items():
+        if key in absorbed:
+            continue
+        chain = [node]
+        d = only_input(key)
+        while d is not None:
+            chain.append(graph[d])
+            d = only_input(d)
+        fused[key] = node if len(chain) == 1 else Task.fuse(*reversed(chain), key=key)
+    return fused
