@@ -262,3 +262,62 @@ async fn worker_over_its_memory_limit_pauses_and_takes_no_tasks() {
     assert_eq!(w1.executed, 0, "a paused worker ran tasks");
     assert!(w0.executed >= 159, "w0 ran {}", w0.executed);
 }
+
+/// Something at the scheduler's address that takes the worker's stream
+/// and never welcomes it, while answering HTTP/2 pings (an old scheduler
+/// still shutting down behind a Service): the worker gives that attempt up
+/// and registers again, rather than waiting forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_whose_registration_is_never_answered_registers_again() {
+    use daskrs_proto::worker_control_server::{WorkerControl, WorkerControlServer};
+    use daskrs_proto::{SchedulerBatch, WorkerBatch};
+
+    type Batches = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<SchedulerBatch, tonic::Status>> + Send>,
+    >;
+    struct Silent(tokio::sync::mpsc::UnboundedSender<Instant>);
+    #[tonic::async_trait]
+    impl WorkerControl for Silent {
+        type AttachStream = Batches;
+        async fn attach(
+            &self,
+            _req: tonic::Request<tonic::Streaming<WorkerBatch>>,
+        ) -> Result<tonic::Response<Batches>, tonic::Status> {
+            let _ = self.0.send(Instant::now());
+            Ok(tonic::Response::new(Box::pin(futures::stream::pending())))
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (tx, mut attached) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(
+        daskrs_proto::net::server()
+            .add_service(WorkerControlServer::new(Silent(tx)))
+            .serve_with_incoming(daskrs_proto::net::incoming(listener)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let child = harness::quiet(std::process::Command::new(harness::BIN).arg("worker"))
+        .args([
+            "--scheduler",
+            &address,
+            "--name",
+            "w",
+            "--host",
+            "127.0.0.1",
+        ])
+        .args(["--port", "0", "--nthreads", "1", "--local-dir"])
+        .arg(dir.path())
+        .spawn()
+        .unwrap();
+    let _worker = harness::Proc { child };
+    let first = tokio::time::timeout(Duration::from_secs(30), attached.recv())
+        .await
+        .expect("the worker never attached")
+        .unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(60), attached.recv())
+        .await
+        .expect("the worker waited on a registration nobody answers")
+        .unwrap();
+    assert!(second > first);
+}

@@ -65,13 +65,28 @@ pub struct Shared {
     pub ready: watch::Sender<bool>,
 }
 
+/// How long connecting and registering may take before the worker gives
+/// up on that attempt and tries again.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// One session: registers, then serves the scheduler until the stream ends.
 pub async fn session(shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) -> SessionEnd {
     let cfg = &shared.config;
-    let channel = match daskrs_proto::net::connect(&cfg.scheduler).await {
-        Ok(c) => c,
-        Err(e) => return SessionEnd::Lost(e.to_string()),
+    // Registering has a deadline: a connection that opens but never answers
+    // (a proxy with no live backend, a scheduler shutting down) is given up
+    // and tried again, not waited on forever.
+    let deadline = tokio::time::Instant::now() + REGISTER_TIMEOUT;
+    let late = || {
+        SessionEnd::Lost(format!(
+            "the scheduler did not answer the registration within {REGISTER_TIMEOUT:?}"
+        ))
     };
+    let channel =
+        match tokio::time::timeout_at(deadline, daskrs_proto::net::connect(&cfg.scheduler)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return SessionEnd::Lost(e.to_string()),
+            Err(_) => return late(),
+        };
     let mut client = daskrs_proto::limits!(
         daskrs_proto::worker_control_client::WorkerControlClient::new(channel)
     );
@@ -86,18 +101,21 @@ pub async fn session(shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
         python: shared.registry.python_versions().to_string(),
     });
     let _ = up_tx.send(daskrs_proto::worker_batch(vec![register]));
-    let mut inbound = match client
-        .attach(tokio_stream::wrappers::UnboundedReceiverStream::new(up_rx))
-        .await
-    {
-        Ok(r) => r.into_inner(),
-        Err(s) => {
+    let attach = client.attach(tokio_stream::wrappers::UnboundedReceiverStream::new(up_rx));
+    let mut inbound = match tokio::time::timeout_at(deadline, attach).await {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(s)) => {
             return SessionEnd::Lost(format!("scheduler refused the worker: {}", s.message()));
         }
+        Err(_) => return late(),
     };
     // The welcome opens the first batch; tasks the scheduler assigned at
     // registration may follow it in the same batch.
-    let (heartbeat_every, first_batch) = match inbound.next().await {
+    let welcome = match tokio::time::timeout_at(deadline, inbound.next()).await {
+        Ok(w) => w,
+        Err(_) => return late(),
+    };
+    let (heartbeat_every, first_batch) = match welcome {
         Some(Ok(batch)) => {
             let mut msgs = batch.messages.into_iter().filter_map(|m| m.msg);
             match msgs.next() {

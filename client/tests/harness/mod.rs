@@ -149,7 +149,7 @@ pub struct Cluster {
     _reserved: ReservedPort,
 }
 
-fn quiet(cmd: &mut Command) -> &mut Command {
+pub fn quiet(cmd: &mut Command) -> &mut Command {
     let log = std::env::var("DASKRS_TEST_LOG").unwrap_or_else(|_| "warn".into());
     cmd.env("DASKRS_LOG", log)
         .stdin(Stdio::null())
