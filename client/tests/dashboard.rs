@@ -7,7 +7,7 @@ use std::process::Command;
 
 use daskrs_client::Graph;
 use harness::Cluster;
-use harness::graphs::{slow_sum, start_graph};
+use harness::graphs::{range, sleep, slow_sum, start_graph};
 
 fn chromium() -> String {
     let path = std::env::var("DASKRS_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
@@ -51,11 +51,15 @@ fn rendered(url: &str, budget_ms: u32) -> String {
 async fn the_dashboard_shows_workers_and_a_running_graph() {
     let cluster = Cluster::start(2, &[], &[]);
     let client = cluster.client(2).await;
-    let (tasks, _, _) = slow_sum(40, 10, 250);
+    let (mut tasks, root, _) = slow_sum(40, 10, 250);
+    // A task that outlasts any page load keeps the graph running until the
+    // test lets it go.
+    tasks.push(range("gate-input", 0, 1));
+    tasks.push(sleep("gate", 600_000, "gate-input"));
     let graph = Graph {
         name: "nightly <rollup>".into(),
         tasks,
-        ..Graph::default()
+        outputs: vec![root, "gate".into()],
     };
     let run = start_graph(&client, graph).await;
 
@@ -82,7 +86,16 @@ async fn the_dashboard_shows_workers_and_a_running_graph() {
     assert!(dom.contains("nightly &lt;rollup&gt;"), "{dom}");
     assert!(dom.contains("class=\"bar\""), "{dom}");
     assert!(dom.contains("data-state=\"processing\""), "{dom}");
-    run.await.unwrap().unwrap();
+    // Letting go of the graph ends it.
+    run.abort();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while client.info().await.unwrap().graphs != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the graph was not let go of"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     // Idle, the page says so.
     let url = format!("http://127.0.0.1:{}/", cluster.http_port);
