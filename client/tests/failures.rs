@@ -275,7 +275,7 @@ async fn a_worker_whose_registration_is_never_answered_registers_again() {
     type Batches = std::pin::Pin<
         Box<dyn futures::Stream<Item = Result<SchedulerBatch, tonic::Status>> + Send>,
     >;
-    struct Silent(tokio::sync::mpsc::UnboundedSender<Instant>);
+    struct Silent(tokio::sync::mpsc::UnboundedSender<()>);
     #[tonic::async_trait]
     impl WorkerControl for Silent {
         type AttachStream = Batches;
@@ -283,7 +283,7 @@ async fn a_worker_whose_registration_is_never_answered_registers_again() {
             &self,
             _req: tonic::Request<tonic::Streaming<WorkerBatch>>,
         ) -> Result<tonic::Response<Batches>, tonic::Status> {
-            let _ = self.0.send(Instant::now());
+            let _ = self.0.send(());
             Ok(tonic::Response::new(Box::pin(futures::stream::pending())))
         }
     }
@@ -311,13 +311,12 @@ async fn a_worker_whose_registration_is_never_answered_registers_again() {
         .spawn()
         .unwrap();
     let _worker = harness::Proc { child };
-    let first = tokio::time::timeout(Duration::from_secs(30), attached.recv())
+    tokio::time::timeout(Duration::from_secs(30), attached.recv())
         .await
         .expect("the worker never attached")
         .unwrap();
-    let second = tokio::time::timeout(Duration::from_secs(60), attached.recv())
+    tokio::time::timeout(Duration::from_secs(60), attached.recv())
         .await
         .expect("the worker waited on a registration nobody answers")
         .unwrap();
-    assert!(second > first);
 }

@@ -107,15 +107,16 @@ def fuse_chains(graph: dict[Any, Any], keep: set[Any]) -> dict[Any, Any]:
             return None
         return d
 
-    absorbed = {d for d in (only_input(k) for k in graph) if d is not None}
+    absorbs = {k: d for k in graph if (d := only_input(k)) is not None}
+    absorbed = set(absorbs.values())
     fused = {}
     for key, node in graph.items():
         if key in absorbed:
             continue
         chain = [node]
-        d = only_input(key)
+        d = absorbs.get(key)
         while d is not None:
             chain.append(graph[d])
-            d = only_input(d)
+            d = absorbs.get(d)
         fused[key] = node if len(chain) == 1 else Task.fuse(*reversed(chain), key=key)
     return fused

@@ -18,8 +18,6 @@ class NativeClient:
 class PlannedSql:
     @property
     def local(self) -> bytes | None: ...
-    @property
-    def explain(self) -> str: ...
 
 class NativeSession:
     @property

@@ -113,12 +113,10 @@ impl NativeClient {
         Ok(match plan {
             daskrs_client::sql::Plan::Local(bytes) => PlannedSql {
                 local: Some(bytes),
-                explain: String::new(),
                 graph: std::sync::Mutex::new(None),
             },
-            daskrs_client::sql::Plan::Query { graph, explain, .. } => PlannedSql {
+            daskrs_client::sql::Plan::Query { graph, .. } => PlannedSql {
                 local: None,
-                explain,
                 graph: std::sync::Mutex::new(Some(graph)),
             },
         })
@@ -157,8 +155,6 @@ fn graph(name: String, tasks: Vec<PyTask>, outputs: Vec<String>) -> Graph {
 #[pyclass(module = "daskrs._native", frozen)]
 pub struct PlannedSql {
     local: Option<Bytes>,
-    #[pyo3(get)]
-    explain: String,
     graph: std::sync::Mutex<Option<Graph>>,
 }
 

@@ -155,6 +155,7 @@ pub async fn run_with(
         channels: Channels::default(),
         address: address.clone(),
         ready,
+        process_bytes: Default::default(),
     });
     tracing::info!(%name, %address, nthreads = config.nthreads, memory_limit = config.memory_limit, scheduler = %config.scheduler, "worker starting");
 

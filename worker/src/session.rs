@@ -63,6 +63,9 @@ pub struct Shared {
     /// The peer address other workers reach this one at.
     pub address: String,
     pub ready: watch::Sender<bool>,
+    /// The worker process's own resident bytes at the last memory sample
+    /// (taken only when it counts: see [`sample_memory`]).
+    pub process_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// How long connecting and registering may take before the worker gives
@@ -433,13 +436,17 @@ impl Session {
             // Paused with nothing running: idle executors may be what holds
             // the memory (a Python process seldom gives all of it back).
             self.shared.registry.trim();
+            // Measured again at once, not at the guard's next look.
+            sample_memory(&self.shared);
         }
-        let outside = self.shared.registry.resident_bytes();
-        self.shared.store.set_outside(outside);
+        let outside = self.shared.store.outside();
         if self.shared.config.pause_on_process_memory {
             let limit = self.shared.config.memory_limit as f64 * crate::store::PAUSE_FRACTION;
-            self.process_over_pause =
-                resident_bytes("self").is_some_and(|rss| (rss + outside) as f64 > limit);
+            let own = self
+                .shared
+                .process_bytes
+                .load(std::sync::atomic::Ordering::Relaxed);
+            self.process_over_pause = (own + outside) as f64 > limit;
         }
         let store = &self.shared.store;
         let m = &self.shared.metrics;
@@ -461,16 +468,35 @@ impl Session {
 /// limit by at most what it allocates in this time.
 const GUARD_EVERY: Duration = Duration::from_millis(100);
 
-/// Keeps the worker within its memory limit whatever user code does: when
-/// the worker and its task processes together pass
+/// Samples the memory of the worker's task processes, and the worker's own
+/// where it counts (one worker per process), for the heartbeat, spilling
+/// and pausing; returns `(own, outside)`. Several workers in one process
+/// (`daskrs local`) count their results only.
+fn sample_memory(shared: &Shared) -> (u64, u64) {
+    let outside = shared.registry.resident_bytes();
+    shared.store.set_outside(outside);
+    let own = if shared.config.pause_on_process_memory {
+        let rss = resident_bytes("self").unwrap_or(0);
+        shared
+            .process_bytes
+            .store(rss, std::sync::atomic::Ordering::Relaxed);
+        rss
+    } else {
+        shared.store.memory_bytes()
+    };
+    (own, outside)
+}
+
+/// Samples memory every [`GUARD_EVERY`] (see [`sample_memory`]) and keeps
+/// the worker within its limit whatever user code does: when the worker
+/// and its task processes together pass
 /// [`crate::store::TERMINATE_FRACTION`] of the limit, the task process that
 /// holds the most memory is stopped (its task fails, or runs again per its
 /// retries), before the kernel has to end anything.
 pub async fn memory_guard(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let limit = shared.config.memory_limit;
-    if limit == 0 {
-        return;
-    }
+    let over =
+        |total: u64| limit > 0 && total as f64 > limit as f64 * crate::store::TERMINATE_FRACTION;
     let mut tick = tokio::time::interval(GUARD_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -478,23 +504,14 @@ pub async fn memory_guard(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) 
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let outside = shared.registry.resident_bytes();
-        if outside == 0 {
-            continue;
-        }
-        // Several workers in one process (`daskrs local`) count their results only.
-        let own = if shared.config.pause_on_process_memory {
-            resident_bytes("self").unwrap_or(0)
-        } else {
-            shared.store.memory_bytes()
-        };
-        let over = |total: u64| total as f64 > limit as f64 * crate::store::TERMINATE_FRACTION;
-        if !over(own + outside) {
+        let (own, outside) = sample_memory(&shared);
+        if outside == 0 || !over(own + outside) {
             continue;
         }
         // Idle task processes go first: they cost nothing but a restart.
         shared.registry.trim();
-        let total = own + shared.registry.resident_bytes();
+        let (own, outside) = sample_memory(&shared);
+        let total = own + outside;
         if !over(total) {
             continue;
         }
