@@ -12,6 +12,7 @@ import json
 import os
 import struct
 import sys
+import time
 import traceback
 from typing import Any, BinaryIO
 
@@ -19,6 +20,10 @@ from daskrs import _serialize, _versions
 
 _COUNT = struct.Struct("<I")
 _LEN = struct.Struct("<Q")
+_SECONDS = struct.Struct("<d")
+# The longest a finished task's answer waits in the buffer for the rest of
+# its batch.
+FLUSH_SECONDS = 0.002
 
 
 def _read_exact(stream: BinaryIO, n: int) -> memoryview | None:
@@ -51,24 +56,60 @@ def receive(stream: BinaryIO) -> list[memoryview] | None:
     return frames
 
 
-def send(stream: BinaryIO, frames: list[list[bytes | memoryview]]) -> None:
-    """One message; each frame is given as its parts."""
+def send(stream: BinaryIO, frames: list[list[bytes | memoryview]], flush: bool = True) -> None:
+    """One message; each frame is given as its parts. Unflushed, it waits
+    in the stream's buffer for the next flush."""
     stream.write(_COUNT.pack(len(frames)))
     for parts in frames:
         stream.write(_LEN.pack(sum(memoryview(p).nbytes for p in parts)))
         for p in parts:
             stream.write(p)
-    stream.flush()
+    if flush:
+        stream.flush()
 
 
-def run(frames: list[memoryview]) -> list[list[bytes | memoryview]]:
-    """Runs the task a `run` message carries; the answer's frames."""
+def run_batch(frames: list[memoryview], out: BinaryIO) -> None:
+    """Runs the tasks a `run` message carries, in order, and sends one answer
+    each. Answers wait in the stream's buffer until the last task, or until
+    ``FLUSH_SECONDS`` passed since the last flush: the worker hears of a
+    batch of short tasks in one read, and of a long one when it ends."""
     try:
-        node, dep_keys = _load_task(frames[1])
-        formats = bytes(frames[2]).decode()
+        (count,) = _COUNT.unpack(frames[1])
+    except (IndexError, struct.error):
+        send(out, _failed_text("the worker sent a `run` message without a task count") + [[_SECONDS.pack(0.0)]])
+        return
+    i = 2
+    last_flush = time.perf_counter()
+    for n in range(count):
+        start = time.perf_counter()
+        if i + 2 <= len(frames):
+            formats = bytes(frames[i + 1]).decode(errors="replace")
+            end = i + 2 + len(formats)
+        else:
+            formats, end = "", len(frames) + 1
+        if end > len(frames):
+            answer = _failed_text(f"task {n} of a `run` message is cut short")
+        else:
+            answer = run(frames[i], formats, frames[i + 2 : end])
+        i = end
+        now = time.perf_counter()
+        answer.append([_SECONDS.pack(now - start)])
+        flush = n == count - 1 or now - last_flush >= FLUSH_SECONDS
+        send(out, answer, flush)
+        if flush:
+            last_flush = now
+
+
+def run(
+    payload: memoryview, formats: str, inputs: list[memoryview]
+) -> list[list[bytes | memoryview]]:
+    """Runs one task: its pickled node, the format letter of each input and
+    the inputs; the answer's frames."""
+    try:
+        node, dep_keys = _load_task(payload)
         values = {
             key: _serialize.loads(fmt, data)
-            for key, fmt, data in zip(dep_keys, formats, frames[3:], strict=True)
+            for key, fmt, data in zip(dep_keys, formats, inputs, strict=True)
         }
     except BaseException as exc:  # noqa: BLE001 - reported, never raised here
         return _failed(exc, _describe(exc))
@@ -105,6 +146,10 @@ def _failed(exc: BaseException, text: str) -> list[list[bytes | memoryview]]:
     return [[b"err"], [text.encode()], [_pickle_exception(exc)]]
 
 
+def _failed_text(text: str) -> list[list[bytes | memoryview]]:
+    return [[b"err"], [text.encode()], [b""]]
+
+
 def _describe(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc)).rstrip()
 
@@ -133,11 +178,10 @@ def main() -> None:
         if frames is None:
             return
         tag = bytes(frames[0]) if frames else b""
-        if tag == b"run" and len(frames) >= 3:
-            send(pipe_out, run(frames))
+        if tag == b"run":
+            run_batch(frames, pipe_out)
         else:
-            answer: Any = [[b"err"], [f"unknown request {tag!r}".encode()], [b""]]
-            send(pipe_out, answer)
+            send(pipe_out, _failed_text(f"unknown request {tag!r}") + [[_SECONDS.pack(0.0)]])
 
 
 if __name__ == "__main__":

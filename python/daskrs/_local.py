@@ -73,6 +73,8 @@ class LocalCluster:
             self.scheduler_address = f"127.0.0.1:{ports['grpc']}"
             self.dashboard_link = f"http://127.0.0.1:{ports['http']}/"
             self._workers = 0
+            #: Each worker's HTTP address (``/metrics``, ``/health``).
+            self.worker_links: dict[str, str] = {}
             for _ in range(n_workers):
                 self.add_worker(timeout=timeout)
         except BaseException:
@@ -105,7 +107,7 @@ class LocalCluster:
         """Starts one more worker process."""
         self._workers += 1
         name = f"local-{self._workers}"
-        self._start(
+        ports = self._start(
             f"worker-{self._workers}",
             [
                 "worker",
@@ -121,6 +123,7 @@ class LocalCluster:
             ],
             timeout,
         )
+        self.worker_links[name] = f"http://127.0.0.1:{ports['http']}/"
 
     @property
     def processes(self) -> list[subprocess.Popen[bytes]]:

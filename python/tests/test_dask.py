@@ -153,6 +153,49 @@ def test_a_task_that_kills_its_process_fails_with_the_exit_and_the_worker_serves
     assert dask.delayed(inc)(1).compute(scheduler=client) == 2
 
 
+def _batches_run(client: daskrs.Client) -> int:
+    """Jobs of several tasks the client's local workers have run."""
+    import urllib.request
+
+    assert client.cluster is not None
+    total = 0
+    for link in client.cluster.worker_links.values():
+        with urllib.request.urlopen(link + "metrics", timeout=10) as page:
+            for line in page.read().decode().splitlines():
+                if line.startswith("daskrs_worker_task_batches_total"):
+                    total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def test_tasks_of_a_batch_fail_alone_when_one_raises_or_ends_its_process(
+    client: daskrs.Client,
+) -> None:
+    def odd(i: int) -> int:
+        if i == 150:
+            import os
+
+            os._exit(7)
+        if i == 100:
+            raise ValueError(f"no {i}")
+        return 2 * i
+
+    # Short tasks, once seen to be short, go to the executors in batches.
+    before = _batches_run(client)
+    assert client.gather(client.map(inc, range(400), pure=False)) == list(range(1, 401))
+    futures = client.map(odd, range(300), pure=False)
+    daskrs.wait(futures, timeout=120)
+    assert _batches_run(client) > before
+    for i, f in enumerate(futures):
+        if i == 100:
+            with pytest.raises(ValueError, match="no 100"):
+                f.result()
+        elif i == 150:
+            with pytest.raises(daskrs.TaskFailed, match="exited with status 7"):
+                f.result()
+        else:
+            assert f.result() == 2 * i, i
+
+
 def test_a_segfault_in_user_code_names_the_signal_and_costs_no_results(
     client: daskrs.Client,
 ) -> None:

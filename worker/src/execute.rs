@@ -10,8 +10,9 @@ use daskrs_core::{Assignment, DataFormat, Input};
 
 use crate::TaskError;
 use crate::data::Data;
-use crate::kinds::TaskKind;
+use crate::kinds::{BatchTask, TaskKind};
 use crate::session::Shared;
+use crate::tasks::Started;
 
 /// How a task run ended.
 pub struct Ran {
@@ -34,34 +35,128 @@ pub fn run_task(
     let started = Instant::now();
     let kind = shared.registry.get(&a.kind);
     let result = (|| {
-        let kind = kind.clone().ok_or_else(|| {
-            TaskError::Failed(format!("this worker has no task kind {:?}", a.kind))
-        })?;
+        let kind = kind.clone().ok_or_else(|| no_kind(a))?;
         let inputs = gather_inputs(shared, a, fetched)?;
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             kind.run_task(a.task, &a.payload, &inputs)
         }))
-        .map_err(|p| {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            TaskError::Failed(format!("task kind {:?} panicked: {msg}", a.kind))
-        })?
+        .map_err(|p| panicked(a, &*p))?
     })();
-    let duration = started.elapsed().as_secs_f64();
-    let failed = |e: TaskError| Ran {
-        result: Err(e),
-        duration,
-        external: None,
+    finish(
+        shared,
+        generation,
+        kind.as_ref(),
+        a,
+        result,
+        started.elapsed().as_secs_f64(),
+    )
+}
+
+/// Runs tasks of one kind on the current (blocking) thread in one go (see
+/// [`TaskKind::run_batch`]), storing each result and passing each task's
+/// end to `done` as it comes.
+pub fn run_batch(
+    shared: &Shared,
+    generation: u64,
+    batch: Vec<Started>,
+    done: &mut dyn FnMut(u64, Ran),
+) {
+    let Some(first) = batch.first() else {
+        return;
     };
+    let Some(kind) = shared.registry.get(&first.assignment.kind) else {
+        for s in batch {
+            let error = no_kind(&s.assignment);
+            done(
+                s.assignment.task,
+                finish(shared, generation, None, &s.assignment, Err(error), 0.0),
+            );
+        }
+        return;
+    };
+    let mut runnable = Vec::with_capacity(batch.len());
+    for s in batch {
+        match gather_inputs(shared, &s.assignment, s.fetched) {
+            Ok(inputs) => runnable.push((s.assignment, inputs)),
+            Err(e) => done(
+                s.assignment.task,
+                finish(shared, generation, Some(&kind), &s.assignment, Err(e), 0.0),
+            ),
+        }
+    }
+    let tasks: Vec<BatchTask<'_>> = runnable
+        .iter()
+        .map(|(a, inputs)| BatchTask {
+            task: a.task,
+            payload: &a.payload,
+            inputs,
+        })
+        .collect();
+    let mut answered = vec![false; tasks.len()];
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        kind.run_batch(&tasks, &mut |i, result, seconds| {
+            let Some((a, _)) = runnable.get(i) else {
+                return;
+            };
+            if std::mem::replace(&mut answered[i], true) {
+                return;
+            }
+            done(
+                a.task,
+                finish(shared, generation, Some(&kind), a, result, seconds),
+            );
+        })
+    }));
+    for (i, (a, _)) in runnable.iter().enumerate() {
+        if answered[i] {
+            continue;
+        }
+        let error = match &ran {
+            Err(p) => panicked(a, &**p),
+            Ok(()) => TaskError::Failed(format!("task kind {:?} did not run the task", a.kind)),
+        };
+        done(
+            a.task,
+            finish(shared, generation, Some(&kind), a, Err(error), 0.0),
+        );
+    }
+}
+
+fn no_kind(a: &Assignment) -> TaskError {
+    TaskError::Failed(format!("this worker has no task kind {:?}", a.kind))
+}
+
+fn panicked(a: &Assignment, p: &(dyn std::any::Any + Send)) -> TaskError {
+    let msg = p
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    TaskError::Failed(format!("task kind {:?} panicked: {msg}", a.kind))
+}
+
+/// Stores a task's result (unless the store was cleared since
+/// `generation`) and says how its run ended.
+fn finish(
+    shared: &Shared,
+    generation: u64,
+    kind: Option<&Arc<dyn TaskKind>>,
+    a: &Assignment,
+    result: Result<Data, TaskError>,
+    duration: f64,
+) -> Ran {
     let data = match result {
         Ok(data) => data,
-        Err(e) => return failed(e),
+        Err(e) => {
+            return Ran {
+                result: Err(e),
+                duration,
+                external: None,
+            };
+        }
     };
     let (n, format) = (data.len(), data.format);
-    let external = kind.filter(|k| k.holds_external(&a.payload));
+    let external = kind.filter(|k| k.holds_external(&a.payload)).cloned();
     let copy = external.as_ref().map(|_| data.clone());
     if shared.store.put_in(generation, a.task, data) {
         return Ran {

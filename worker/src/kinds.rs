@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, Scalar};
 use arrow::compute::kernels::numeric;
@@ -35,6 +35,28 @@ pub trait TaskKind: Send + Sync {
         self.run(payload, inputs)
     }
 
+    /// Whether short tasks of this kind are worth handing over several at
+    /// a time ([`TaskKind::run_batch`]): true where each handing over costs
+    /// more than a short task's run.
+    fn batches(&self) -> bool {
+        false
+    }
+
+    /// Runs `tasks` in order and calls `answer` with each one's index, its
+    /// result and the seconds it ran, as each ends (a kind may answer in
+    /// another order). Every task is answered once.
+    fn run_batch(
+        &self,
+        tasks: &[BatchTask<'_>],
+        answer: &mut dyn FnMut(usize, Result<Data, TaskError>, f64),
+    ) {
+        for (i, t) in tasks.iter().enumerate() {
+            let started = Instant::now();
+            let result = self.run_task(t.task, t.payload, t.inputs);
+            answer(i, result, started.elapsed().as_secs_f64());
+        }
+    }
+
     /// The scheduler no longer wants the running task `task`: stop it if
     /// the kind can. Its run then ends with an error, which is dropped.
     fn cancel(&self, _task: u64) {}
@@ -58,6 +80,13 @@ pub trait TaskKind: Send + Sync {
     /// Stops the running task `task` to give its memory back; its run ends
     /// with an error that says `why`.
     fn stop_for_memory(&self, _task: u64, _why: String) {}
+}
+
+/// One task of a batch: its id, payload and inputs.
+pub struct BatchTask<'a> {
+    pub task: u64,
+    pub payload: &'a [u8],
+    pub inputs: &'a [Data],
 }
 
 impl<F> TaskKind for F

@@ -6,6 +6,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub tasks_executed: IntCounter,
     pub tasks_failed: IntCounter,
+    pub task_batches: IntCounter,
     pub transfer_bytes: IntCounter,
     pub memory_bytes: IntGauge,
     pub spilled_bytes: IntGauge,
@@ -50,6 +51,10 @@ impl Metrics {
         Metrics {
             tasks_executed: counter("tasks_executed_total", "Tasks run to a result"),
             tasks_failed: counter("tasks_failed_total", "Task runs that failed"),
+            task_batches: counter(
+                "task_batches_total",
+                "Jobs of several short tasks handed to a thread (and its executor) at once",
+            ),
             transfer_bytes: counter("transfer_bytes_total", "Bytes fetched from peer workers"),
             memory_bytes: gauge("memory_bytes", "Bytes of results held in memory"),
             spilled_bytes: gauge("spilled_bytes", "Bytes of results spilled to local disk"),

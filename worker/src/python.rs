@@ -9,14 +9,19 @@
 //! frames, then each frame as a `u64` length and its bytes.
 //!
 //! - The executor opens with `hello` and a JSON object of its versions.
-//! - A task is `run`, the payload (the pickled task), a string of one format
-//!   letter per input (`p` pickle, `a` Arrow, `o` opaque), then the inputs.
-//! - The answer is `ok`, the result's format letter and its bytes; or `err`,
-//!   the error as text (type, message, remote traceback) and the exception
-//!   pickled, or empty when it cannot be pickled.
+//! - Tasks are handed over in a `run` message: the number of tasks (`u32`),
+//!   then for each the payload (the pickled task), a string of one format
+//!   letter per input (`p` pickle, `a` Arrow, `o` opaque), and the inputs.
+//!   Short tasks go several to a message (see [`TaskKind::run_batch`]).
+//! - Each task is answered in order by a message of its own: `ok`, the
+//!   result's format letter and its bytes; or `err`, the error as text
+//!   (type, message, remote traceback) and the exception pickled, or empty
+//!   when it cannot be pickled; then the seconds it ran (`f64`).
 //!
-//! An idle executor serves the next task; one that died is replaced. A task
-//! cancelled while it runs is stopped by killing its executor.
+//! An idle executor serves the next tasks; one that died is replaced. A task
+//! cancelled while it runs is stopped by killing its executor. When an
+//! executor dies with several tasks of a batch unanswered, those run again
+//! one at a time, so that only the task that ends its executor fails.
 
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -30,7 +35,7 @@ use daskrs_core::DataFormat;
 
 use crate::TaskError;
 use crate::data::Data;
-use crate::kinds::TaskKind;
+use crate::kinds::{BatchTask, TaskKind};
 
 pub use daskrs_core::kinds::PYTHON as KIND;
 
@@ -127,8 +132,11 @@ impl TaskKind for PythonKind {
                     .collect(),
             )
         })?;
+        // The tasks of a batch share one process: each is read once.
+        let mut seen = std::collections::HashSet::new();
         running
             .into_iter()
+            .filter(|(_, pid)| seen.insert(*pid))
             .filter_map(|(task, pid)| {
                 crate::session::resident_bytes(&pid.to_string()).map(|rss| (task, rss))
             })
@@ -160,87 +168,239 @@ impl TaskKind for PythonKind {
                     .filter_map(|r| r.child.lock().ok().map(|c| c.id())),
             );
         }
+        // The tasks of a batch share one process: it counts once.
+        pids.sort_unstable();
+        pids.dedup();
         pids.into_iter()
             .filter_map(|pid| crate::session::resident_bytes(&pid.to_string()))
             .sum()
     }
 
-    fn run_task(&self, task: u64, payload: &[u8], inputs: &[Data]) -> Result<Data, TaskError> {
-        let mut formats = String::with_capacity(inputs.len());
-        for (i, d) in inputs.iter().enumerate() {
-            formats.push(match d.format {
-                DataFormat::Pickle => 'p',
-                DataFormat::Arrow => 'a',
-                DataFormat::Opaque => 'o',
-                DataFormat::Pieces => {
-                    return Err(TaskError::Corrupt(format!(
-                        "input {i} is a shuffle's pieces; a Python task takes one piece or a whole result"
-                    )));
-                }
-            });
-        }
-        let mut frames: Vec<&[u8]> = vec![b"run", payload, formats.as_bytes()];
-        frames.extend(inputs.iter().map(|d| d.bytes.as_ref()));
+    fn batches(&self) -> bool {
+        true
+    }
 
-        let mut executor = self.take()?;
-        if let Ok(mut r) = self.running.lock() {
-            let child = executor.child.clone();
-            r.insert(
-                task,
-                Running {
-                    child,
-                    killed: false,
-                    stopped: None,
-                },
-            );
-        }
-        let answer = executor.send(&frames).and_then(|()| executor.receive());
-        let (killed, stopped) = self
-            .running
-            .lock()
-            .ok()
-            .and_then(|mut r| r.remove(&task))
-            .map_or((false, None), |r| (r.killed, r.stopped));
-        let mut answer = match answer {
-            Ok(a) => a,
-            Err(io) => {
-                let died = executor.died(&io);
-                return Err(TaskError::Failed(match stopped {
-                    Some(why) => format!("{died}: the worker stopped it, {why}"),
-                    None => died,
-                }));
+    fn run_task(&self, task: u64, payload: &[u8], inputs: &[Data]) -> Result<Data, TaskError> {
+        let mut out = None;
+        let one = [BatchTask {
+            task,
+            payload,
+            inputs,
+        }];
+        self.run_batch(&one, &mut |_, result, _| out = Some(result));
+        out.unwrap_or_else(|| Err(TaskError::Failed("the task was not run".into())))
+    }
+
+    fn run_batch(
+        &self,
+        tasks: &[BatchTask<'_>],
+        answer: &mut dyn FnMut(usize, Result<Data, TaskError>, f64),
+    ) {
+        let mut which = Vec::with_capacity(tasks.len());
+        let mut formats = Vec::with_capacity(tasks.len());
+        for (i, t) in tasks.iter().enumerate() {
+            match input_formats(t.inputs) {
+                Ok(f) => {
+                    which.push(i);
+                    formats.push(f);
+                }
+                Err(e) => answer(i, Err(e), 0.0),
             }
-        };
-        // A process killed just as it answered is dropped, not reused.
-        if !killed {
-            self.put_back(executor);
         }
-        let tag = answer.first().map(|f| f.as_ref());
-        match (tag, answer.len()) {
-            (Some(b"ok"), 3) => {
-                let bytes = answer.pop().unwrap_or_default();
-                let format = match answer[1].as_ref() {
-                    b"p" => DataFormat::Pickle,
-                    b"a" => DataFormat::Arrow,
-                    b"o" => DataFormat::Opaque,
-                    other => {
-                        return Err(TaskError::Corrupt(format!(
-                            "the Python executor answered with an unknown format {:?}",
-                            String::from_utf8_lossy(other)
-                        )));
-                    }
-                };
-                Ok(Data { format, bytes })
+        if which.is_empty() {
+            return;
+        }
+        let lost = self.run_on_executor(tasks, &which, &formats, answer);
+        if let [only] = lost.as_slice() {
+            answer(only.index, Err(TaskError::Failed(only.error.clone())), 0.0);
+            return;
+        }
+        // The executor died with several tasks of the batch unanswered:
+        // which of them it died of is not known, so each runs again alone
+        // (those cancelled meanwhile excepted), and only a task that ends
+        // its own executor fails.
+        for l in lost {
+            if l.cancelled {
+                answer(l.index, Err(TaskError::Failed(l.error)), 0.0);
+                continue;
             }
-            (Some(b"err"), 3) => Err(TaskError::Raised {
-                message: String::from_utf8_lossy(&answer[1]).into_owned(),
-                exception: answer.pop().unwrap_or_default(),
-            }),
-            _ => Err(TaskError::Corrupt(
-                "the Python executor sent a malformed answer".into(),
-            )),
+            let at = which.iter().position(|&w| w == l.index).unwrap_or(0);
+            let again = self.run_on_executor(tasks, &[l.index], &formats[at..=at], answer);
+            for l in again {
+                answer(l.index, Err(TaskError::Failed(l.error)), 0.0);
+            }
         }
     }
+}
+
+/// A task of a batch its executor did not answer: it died first.
+struct Lost {
+    index: usize,
+    /// How the executor ended, and why the worker stopped it if it did.
+    error: String,
+    /// The worker stopped the executor because this task was cancelled.
+    cancelled: bool,
+}
+
+impl PythonKind {
+    /// Hands the tasks `which` of `tasks` to one executor in one message
+    /// and passes on each answer as it comes; the tasks left unanswered
+    /// when the executor died.
+    fn run_on_executor(
+        &self,
+        tasks: &[BatchTask<'_>],
+        which: &[usize],
+        formats: &[String],
+        answer: &mut dyn FnMut(usize, Result<Data, TaskError>, f64),
+    ) -> Vec<Lost> {
+        let mut executor = match self.take() {
+            Ok(e) => e,
+            Err(e) => {
+                let error = e.to_string();
+                return which
+                    .iter()
+                    .map(|&index| Lost {
+                        index,
+                        error: error.clone(),
+                        cancelled: false,
+                    })
+                    .collect();
+            }
+        };
+        let count = (which.len() as u32).to_le_bytes();
+        let mut frames: Vec<&[u8]> = vec![b"run", &count];
+        for (&i, f) in which.iter().zip(formats) {
+            let t = &tasks[i];
+            frames.push(t.payload);
+            frames.push(f.as_bytes());
+            frames.extend(t.inputs.iter().map(|d| d.bytes.as_ref()));
+        }
+        if let Ok(mut r) = self.running.lock() {
+            for &i in which {
+                r.insert(
+                    tasks[i].task,
+                    Running {
+                        child: executor.child.clone(),
+                        killed: false,
+                        stopped: None,
+                    },
+                );
+            }
+        }
+        // The task's entry, gone now that it is answered or lost: whether
+        // it was killed, and why.
+        let ended = |task: u64| {
+            self.running
+                .lock()
+                .ok()
+                .and_then(|mut r| r.remove(&task))
+                .map_or((false, None), |r| (r.killed, r.stopped))
+        };
+        let mut reusable = true;
+        let mut sent = executor.send(&frames);
+        for (k, &i) in which.iter().enumerate() {
+            let received = match sent {
+                Ok(()) => executor.receive(),
+                Err(e) => Err(e),
+            };
+            let frames = match received {
+                Ok(f) => f,
+                Err(io) => {
+                    let died = executor.died(&io);
+                    return which[k..]
+                        .iter()
+                        .map(|&index| {
+                            let (killed, stopped) = ended(tasks[index].task);
+                            Lost {
+                                index,
+                                cancelled: killed && stopped.is_none(),
+                                error: match stopped {
+                                    Some(why) => format!("{died}: the worker stopped it, {why}"),
+                                    None => died.clone(),
+                                },
+                            }
+                        })
+                        .collect();
+                }
+            };
+            sent = Ok(());
+            let (killed, _) = ended(tasks[i].task);
+            // A process killed just as it answered is dropped, not reused.
+            reusable &= !killed;
+            let (result, seconds) = parse_answer(frames);
+            reusable &= !matches!(result, Err(TaskError::Corrupt(_)));
+            answer(i, result, seconds);
+        }
+        if reusable {
+            self.put_back(executor);
+        }
+        Vec::new()
+    }
+}
+
+/// The format letter of each input.
+fn input_formats(inputs: &[Data]) -> Result<String, TaskError> {
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match d.format {
+            DataFormat::Pickle => Ok('p'),
+            DataFormat::Arrow => Ok('a'),
+            DataFormat::Opaque => Ok('o'),
+            DataFormat::Pieces => Err(TaskError::Corrupt(format!(
+                "input {i} is a shuffle's pieces; a Python task takes one piece or a whole result"
+            ))),
+        })
+        .collect()
+}
+
+/// A task's answer: its result and the seconds it ran in the executor.
+fn parse_answer(mut answer: Vec<Bytes>) -> (Result<Data, TaskError>, f64) {
+    let seconds = match answer.get(3).map(|s| <[u8; 8]>::try_from(s.as_ref())) {
+        Some(Ok(b)) if answer.len() == 4 => {
+            answer.pop();
+            f64::from_le_bytes(b)
+        }
+        _ => {
+            return (
+                Err(TaskError::Corrupt(
+                    "the Python executor sent a malformed answer".into(),
+                )),
+                0.0,
+            );
+        }
+    };
+    let result = match answer.first().map(|f| f.as_ref()) {
+        Some(b"ok") => {
+            let bytes = answer.pop().unwrap_or_default();
+            match answer[1].as_ref() {
+                b"p" => Ok(Data {
+                    format: DataFormat::Pickle,
+                    bytes,
+                }),
+                b"a" => Ok(Data {
+                    format: DataFormat::Arrow,
+                    bytes,
+                }),
+                b"o" => Ok(Data {
+                    format: DataFormat::Opaque,
+                    bytes,
+                }),
+                other => Err(TaskError::Corrupt(format!(
+                    "the Python executor answered with an unknown format {:?}",
+                    String::from_utf8_lossy(other)
+                ))),
+            }
+        }
+        Some(b"err") => Err(TaskError::Raised {
+            message: String::from_utf8_lossy(&answer[1]).into_owned(),
+            exception: answer.pop().unwrap_or_default(),
+        }),
+        _ => Err(TaskError::Corrupt(
+            "the Python executor sent a malformed answer".into(),
+        )),
+    };
+    (result, seconds)
 }
 
 struct Running {

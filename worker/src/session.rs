@@ -5,6 +5,7 @@
 //! waits for the disk: the store spills and unlinks outside its lock, and
 //! spilled results are read on blocking threads.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use crate::data::Data;
-use crate::execute::{Ran, run_task};
+use crate::execute::{Ran, run_batch, run_task};
 use crate::kinds::Registry;
 use crate::metrics::Metrics;
 use crate::peer::fetch_from;
@@ -48,10 +49,20 @@ enum Event {
         task: u64,
         result: Result<u64, String>,
     },
+    /// A job handed to the thread pool ended: all its tasks are done.
+    JobEnded,
 }
 
-/// Tasks handed to the thread pool per thread: one running, one waiting.
+/// Jobs (a task or a batch) handed to the thread pool per thread: one
+/// running, one waiting.
 pub const PREFETCH_PER_THREAD: usize = 2;
+/// Tasks of a kind that batches go several to a job once they have run
+/// shorter than this here on average ...
+const BATCH_BELOW_SECONDS: f64 = 0.001;
+/// ... a job of about this much work ...
+const BATCH_SECONDS: f64 = 0.005;
+/// ... and no more tasks than this.
+const MAX_BATCH: usize = 128;
 
 pub struct Shared {
     pub config: WorkerConfig,
@@ -147,6 +158,8 @@ pub async fn session(shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
         executed: 0,
         retiring: false,
         releases: Releases::default(),
+        jobs: 0,
+        mean_seconds: HashMap::new(),
     };
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     let mut retire_deadline: Option<Instant> = None;
@@ -220,6 +233,10 @@ struct Session {
     executed: u64,
     retiring: bool,
     releases: Releases,
+    /// Jobs handed to the thread pool and not yet ended.
+    jobs: usize,
+    /// Each kind's mean run time here, for batching.
+    mean_seconds: HashMap<Arc<str>, f64>,
 }
 
 impl Session {
@@ -342,6 +359,7 @@ impl Session {
                 self.shared.metrics.transfer_bytes.inc_by(n);
             }
             Event::Done { task, ran } => self.done(task, ran),
+            Event::JobEnded => self.jobs = self.jobs.saturating_sub(1),
             Event::Replica { task, result } => match result {
                 Ok(nbytes) => self.out.push(Up::ReplicaAdded(daskrs_proto::ReplicaAdded {
                     task_id: task,
@@ -366,6 +384,9 @@ impl Session {
         let Some(ended) = self.tasks.ended(task) else {
             return;
         };
+        if result.is_ok() {
+            self.observe(ended.kind.clone(), duration);
+        }
         let store = &self.shared.store;
         if ended.cancelled {
             match external {
@@ -415,20 +436,68 @@ impl Session {
             );
             self.heartbeat();
         }
-        let limit = self.shared.config.nthreads as usize * PREFETCH_PER_THREAD;
-        while !self.paused && self.tasks.running() < limit {
-            let Some(started) = self.tasks.start_next() else {
+        let threads = self.shared.config.nthreads.max(1) as usize;
+        let limit = threads * PREFETCH_PER_THREAD;
+        while !self.paused && self.jobs < limit {
+            let Some(first) = self.tasks.start_next() else {
                 break;
             };
+            let mut batch = vec![first];
+            let most = self.batch_size(&batch[0].assignment.kind, threads);
+            while batch.len() < most {
+                match self.tasks.start_next_of(&batch[0].assignment.kind) {
+                    Some(next) => batch.push(next),
+                    None => break,
+                }
+            }
+            if batch.len() > 1 {
+                self.shared.metrics.task_batches.inc();
+            }
+            self.jobs += 1;
             let shared = self.shared.clone();
             let tx = self.ev_tx.clone();
             let generation = shared.store.generation();
             self.shared.pool.submit(move || {
-                let a = started.assignment;
-                let ran = run_task(&shared, generation, &a, started.fetched);
-                let _ = tx.send(Event::Done { task: a.task, ran });
+                if batch.len() == 1 {
+                    let started = batch.pop().expect("one task");
+                    let a = started.assignment;
+                    let ran = run_task(&shared, generation, &a, started.fetched);
+                    let _ = tx.send(Event::Done { task: a.task, ran });
+                } else {
+                    run_batch(&shared, generation, batch, &mut |task, ran| {
+                        let _ = tx.send(Event::Done { task, ran });
+                    });
+                }
+                let _ = tx.send(Event::JobEnded);
             });
         }
+    }
+
+    /// How many ready tasks of `kind` one thread takes at a time: one,
+    /// unless the kind batches and its tasks have been short here. A batch
+    /// holds about `BATCH_SECONDS` of work, at most `MAX_BATCH` tasks, and
+    /// no more than its share of what is ready, so that every thread gets
+    /// some.
+    fn batch_size(&self, kind: &Arc<str>, threads: usize) -> usize {
+        let Some(&mean) = self.mean_seconds.get(kind) else {
+            return 1;
+        };
+        if mean >= BATCH_BELOW_SECONDS
+            || !self.shared.registry.get(kind).is_some_and(|k| k.batches())
+        {
+            return 1;
+        }
+        let by_time = (BATCH_SECONDS / mean.max(1e-6)) as usize;
+        let share = (self.tasks.ready_len() + 1).div_ceil(threads);
+        by_time.min(share).clamp(1, MAX_BATCH)
+    }
+
+    /// Folds a finished task's run time into its kind's running mean.
+    fn observe(&mut self, kind: Arc<str>, seconds: f64) {
+        self.mean_seconds
+            .entry(kind)
+            .and_modify(|m| *m += (seconds - *m) * 0.1)
+            .or_insert(seconds);
     }
 
     fn heartbeat(&mut self) {

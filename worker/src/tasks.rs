@@ -72,6 +72,7 @@ pub struct Started {
 /// A task whose run ended.
 pub struct Ended {
     pub key: std::sync::Arc<str>,
+    pub kind: std::sync::Arc<str>,
     pub transfer_bytes: u64,
     /// Freed while it ran: its result is not wanted.
     pub cancelled: bool,
@@ -189,6 +190,31 @@ impl Tasks {
         None
     }
 
+    /// The best ready task, marked running, if it is of kind `kind`: the
+    /// next of a batch, which takes tasks in the order they would run.
+    pub fn start_next_of(&mut self, kind: &str) -> Option<Started> {
+        loop {
+            let &Reverse((_, id)) = self.ready.peek()?;
+            match self.tasks.get(&id) {
+                Some(t) if matches!(t.stage, Stage::Ready) => {
+                    if &*t.assignment.kind != kind {
+                        return None;
+                    }
+                    return self.start_next();
+                }
+                // Stolen or freed while queued.
+                _ => {
+                    self.ready.pop();
+                }
+            }
+        }
+    }
+
+    /// About how many tasks are ready (some may have been stolen or freed).
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
     /// A task's run ended; `None` when it was not running here.
     pub fn ended(&mut self, task: u64) -> Option<Ended> {
         match self.tasks.get(&task) {
@@ -199,6 +225,7 @@ impl Tasks {
         let t = self.tasks.remove(&task)?;
         Some(Ended {
             key: t.assignment.key,
+            kind: t.assignment.kind,
             transfer_bytes: t.transfer_bytes,
             cancelled: t.cancelled,
         })
@@ -287,6 +314,30 @@ mod tests {
         }
         assert_eq!(order(&mut t), vec![4, 1, 2, 3, 5]);
         assert_eq!(t.running(), 5);
+    }
+
+    #[test]
+    fn a_batch_takes_the_next_tasks_in_order_while_they_are_of_its_kind() {
+        let mut t = Tasks::default();
+        for (id, kind) in [
+            (1, "python"),
+            (2, "python"),
+            (3, "python"),
+            (4, "sql"),
+            (5, "python"),
+        ] {
+            let mut a = task(id, Priority::new(0, 1, id as u32), &[], &[]);
+            a.kind = kind.into();
+            assert_eq!(t.assign(a, |_| false), Admitted::Ready);
+        }
+        // Task 2 was stolen while queued: the batch goes past it.
+        assert!(t.steal(2));
+        let first = t.start_next().map(|s| s.assignment.task);
+        let more = std::iter::from_fn(|| t.start_next_of("python").map(|s| s.assignment.task));
+        assert_eq!((first, more.collect::<Vec<_>>()), (Some(1), vec![3]));
+        // Task 4 runs next, on its own; task 5 waits for its turn.
+        assert_eq!(order(&mut t), vec![4, 5]);
+        assert_eq!(t.running(), 4);
     }
 
     #[test]

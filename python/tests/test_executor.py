@@ -1,0 +1,71 @@
+"""The executor process on its own: the messages a worker sends it and the
+answers it gives (the layout is in the worker's ``python.rs``)."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+
+import pytest
+from dask._task_spec import Task
+
+from daskrs import _executor, _serialize
+
+
+def _double(x: int) -> int:
+    if x < 0:
+        raise ValueError(f"negative {x}")
+    return 2 * x
+
+
+def _task(x: int) -> bytes:
+    return _serialize.dumps_bytes((Task("t", _double, x), []))[1]
+
+
+def _answer(stream) -> tuple[str, object, float]:  # type: ignore[no-untyped-def]
+    frames = _executor.receive(stream)
+    assert frames is not None and len(frames) == 4
+    tag = bytes(frames[0]).decode()
+    (seconds,) = struct.unpack("<d", frames[3])
+    if tag == "ok":
+        return tag, _serialize.loads(bytes(frames[1]).decode(), frames[2]), seconds
+    return tag, bytes(frames[1]).decode(), seconds
+
+
+@pytest.fixture
+def executor():  # type: ignore[no-untyped-def]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daskrs._executor"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    hello = _executor.receive(proc.stdout)  # type: ignore[arg-type]
+    assert hello is not None and bytes(hello[0]) == b"hello"
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def _run(proc, tasks: list[bytes], count: int | None = None) -> None:  # type: ignore[no-untyped-def]
+    frames: list[list[bytes]] = [[b"run"], [struct.pack("<I", len(tasks) if count is None else count)]]
+    for payload in tasks:
+        frames += [[payload], [b""]]
+    _executor.send(proc.stdin, frames)
+
+
+def test_a_batch_is_answered_task_by_task_in_order(executor) -> None:  # type: ignore[no-untyped-def]
+    _run(executor, [_task(1), _task(-5), _task(3)])
+    first, second, third = (_answer(executor.stdout) for _ in range(3))
+    assert first[:2] == ("ok", 2) and third[:2] == ("ok", 6)
+    assert second[0] == "err" and "ValueError: negative -5" in str(second[1])
+    assert all(a[2] >= 0 for a in (first, second, third))
+    # The process serves on.
+    _run(executor, [_task(21)])
+    assert _answer(executor.stdout)[:2] == ("ok", 42)
+
+
+def test_a_batch_cut_short_is_answered_for_every_task_it_counts(executor) -> None:  # type: ignore[no-untyped-def]
+    _run(executor, [_task(4)], count=3)
+    answers = [_answer(executor.stdout) for _ in range(3)]
+    assert answers[0][:2] == ("ok", 8)
+    assert [a[0] for a in answers[1:]] == ["err", "err"]
+    assert "cut short" in str(answers[1][1])
