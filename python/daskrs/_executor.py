@@ -132,7 +132,10 @@ def run(
 
 def _load_task(payload: memoryview) -> Any:
     try:
-        return _serialize.loads("p", payload)
+        task = _serialize.loads("p", payload)
+        if not _quick_subgraphs_installed:
+            _install_quick_subgraphs()
+        return task
     except ModuleNotFoundError as exc:
         raise ModuleNotFoundError(
             f"the task needs module {exc.name!r}, which the worker's Python "
@@ -140,6 +143,72 @@ def _load_task(payload: memoryview) -> Any:
             "install it there",
             name=exc.name,
         ) from None
+
+
+# Dask runs a task it fused from several (a blockwise chain of an array or
+# dataframe graph) by ordering that small subgraph with ``dask.order`` on
+# every run, which costs more than the numpy calls it orders. In this
+# process, subgraphs of up to QUICK_SUBGRAPH nodes run in a plain
+# depth-first order instead: any order that runs inputs first gives the same
+# values, and memory-aware ordering only pays off on big graphs.
+QUICK_SUBGRAPH = 64
+_quick_subgraphs_installed = False
+
+
+def _install_quick_subgraphs() -> None:
+    global _quick_subgraphs_installed
+    spec = sys.modules.get("dask._task_spec")
+    if spec is None:
+        return
+    _quick_subgraphs_installed = True
+    original = getattr(spec, "execute_graph", None)
+    if original is None or not hasattr(spec, "_execute_subgraph"):
+        return
+
+    def execute_graph(dsk: Any, cache: Any = None, keys: Any = None) -> Any:
+        if isinstance(dsk, (list, tuple, set, frozenset)):
+            dsk = {t.key: t for t in dsk}
+        if not isinstance(dsk, dict) or len(dsk) > QUICK_SUBGRAPH:
+            return original(dsk, cache=cache, keys=keys)
+        return run_subgraph(dsk, cache, keys)
+
+    spec.execute_graph = execute_graph
+
+
+def run_subgraph(dsk: dict[Any, Any], cache: Any = None, keys: Any = None) -> Any:
+    """What ``dask._task_spec.execute_graph`` returns for ``dsk``, its nodes
+    run in depth-first order: the values of the nodes, less those no node
+    takes any more that ``keys`` (when given) does not name."""
+    order: list[Any] = []
+    seen: set[Any] = set()
+    for root in dsk:
+        if root in seen:
+            continue
+        seen.add(root)
+        stack = [(root, iter(dsk[root].dependencies))]
+        while stack:
+            key, deps = stack[-1]
+            for d in deps:
+                if d in dsk and d not in seen:
+                    seen.add(d)
+                    stack.append((d, iter(dsk[d].dependencies)))
+                    break
+            else:
+                stack.pop()
+                order.append(key)
+    takers: dict[Any, int] = {}
+    for node in dsk.values():
+        for d in node.dependencies:
+            takers[d] = takers.get(d, 0) + 1
+    cache = cache or {}
+    for key in order:
+        node = dsk[key]
+        cache[key] = node(cache)
+        for d in node.dependencies:
+            takers[d] -= 1
+            if takers[d] == 0 and keys and d not in keys:
+                del cache[d]
+    return cache
 
 
 def _failed(exc: BaseException, text: str) -> list[list[bytes | memoryview]]:

@@ -89,8 +89,6 @@ def fuse_chains(graph: dict[Any, Any], keep: set[Any]) -> dict[Any, Any]:
     task boundary costs its result a round trip as bytes: reading a Parquet
     file, converting its columns and aggregating them is one pass over the
     data in memory rather than three trips of the whole frame."""
-    from dask._task_spec import Task
-
     dependents: dict[Any, int] = {}
     for node in graph.values():
         for d in node.dependencies:
@@ -118,5 +116,31 @@ def fuse_chains(graph: dict[Any, Any], keep: set[Any]) -> dict[Any, Any]:
         while d is not None:
             chain.append(graph[d])
             d = absorbs.get(d)
-        fused[key] = node if len(chain) == 1 else Task.fuse(*reversed(chain), key=key)
+        fused[key] = node if len(chain) == 1 else Chain(key, chain[::-1])
     return fused
+
+
+class Chain:
+    """The tasks of a linear chain as one task: each takes the result of the
+    one before it, the first takes the chain's inputs. (Dask's own fused
+    task works out its subgraph's order on every run, which costs more than
+    a small task itself.)"""
+
+    __slots__ = ("dependencies", "key", "nodes")
+
+    def __init__(self, key: Any, nodes: list[Any]) -> None:
+        self.key = key
+        self.nodes = tuple(nodes)
+        self.dependencies = nodes[0].dependencies
+
+    def __call__(self, values: Mapping[Any, Any]) -> Any:
+        first, *rest = self.nodes
+        value = first(values)
+        before = first.key
+        for node in rest:
+            value = node({before: value})
+            before = node.key
+        return value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Chain, (self.key, list(self.nodes)))

@@ -41,6 +41,21 @@ def test_wanted_and_shared_keys_stay_tasks() -> None:
     assert _names(_graph.to_tasks(w.__dask_graph__(), keep=["w"])) == {"x": [], "a": ["x"], "b": ["x"], "w": ["a", "b"]}
 
 
+def test_a_chain_runs_its_tasks_in_order_on_the_inputs_of_its_first() -> None:
+    from daskrs import _executor, _serialize
+
+    a = dask.delayed(inc)(1, dask_key_name="a")
+    x = dask.delayed(add)(a, 10, dask_key_name="x")
+    y = dask.delayed(inc)(x, dask_key_name="y")
+    z = dask.delayed(str)(y, dask_key_name="z")
+    tasks = {t[0]: t for t in _graph.to_tasks(z.__dask_graph__(), keep=["a", "z"])}
+    assert {k: t[3] for k, t in tasks.items()} == {"a": [], "z": ["a"]}
+    fmt, value = _serialize.dumps_bytes(5)
+    answer = _executor.run(memoryview(tasks["z"][2]), fmt, [memoryview(value)])
+    assert answer[0] == [b"ok"]
+    assert _serialize.loads(bytes(answer[1][0]).decode(), b"".join(answer[2])) == "16"
+
+
 def test_chains_and_wanted_intermediates_compute_right(client: daskrs.Client) -> None:
     x = dask.delayed(inc)(1)
     y = dask.delayed(inc)(x)
