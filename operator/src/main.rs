@@ -65,6 +65,14 @@ struct Args {
     identity: Option<String>,
     #[arg(long, env = "DASKRS_LOG", default_value = "info")]
     log: String,
+    /// Give each cluster a NetworkPolicy that admits only its own pods, the
+    /// operator and pods labelled `daskrs.dev/client=true` to its ports.
+    #[arg(long, env = "DASKRS_NETWORK_POLICIES", default_value_t = true, action = clap::ArgAction::Set)]
+    network_policies: bool,
+    /// The operator's namespace, which those NetworkPolicies admit it
+    /// from; from any namespace when unset.
+    #[arg(long, env = "DASKRS_OPERATOR_NAMESPACE", value_parser = namespace_name)]
+    operator_namespace: Option<String>,
 }
 
 /// A namespace name is a DNS label: at most 63 lowercase letters, digits
@@ -199,6 +207,8 @@ async fn run(args: Args) -> Result<(), String> {
     let settings = Settings {
         defaults: Defaults {
             image: args.default_image.clone(),
+            network_policies: args.network_policies,
+            operator_namespace: args.operator_namespace.clone(),
         },
         scheduler_url: args.scheduler_url.clone(),
         scale_down_delay: Duration::from_secs(args.scale_down_delay_seconds),

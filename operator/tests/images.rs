@@ -39,6 +39,8 @@ fn the_images_run_as_the_user_and_entrypoint_the_pods_expect() {
         &cluster,
         &Defaults {
             image: "daskrs:test".into(),
+            network_policies: true,
+            operator_namespace: None,
         },
         &WorkerSizing {
             threads: 1,

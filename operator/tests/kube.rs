@@ -12,6 +12,7 @@ use std::time::Duration;
 use harness::{ControlPlane, Operator, SchedulerStub, control_plane, stderr, stdout, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
@@ -398,6 +399,7 @@ spec:
         assert_eq!(owner.controller, Some(true));
         assert_eq!(p.labels().get("team").map(String::as_str), Some("data"));
         let spec = p.spec.as_ref().unwrap();
+        assert_eq!(spec.automount_service_account_token, Some(false));
         let c = &spec.containers[0];
         assert_eq!(c.image.as_deref(), Some("daskrs:test"));
         assert_eq!(c.args.as_deref(), Some(&["worker".to_string()][..]));
@@ -432,6 +434,37 @@ spec:
         .await
         .expect("scheduler Deployment");
     assert_eq!(d.owner_references()[0].name, "demo");
+    let spec = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    // The cluster's pods admit each other, the operator and labelled clients.
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    let policy = policies
+        .get("demo-daskrs")
+        .await
+        .expect("the cluster's NetworkPolicy");
+    assert_eq!(policy.owner_references()[0].name, "demo");
+    let policy = policy.spec.unwrap();
+    let selected = policy.pod_selector.and_then(|s| s.match_labels);
+    assert_eq!(
+        selected,
+        Some([("daskrs.dev/cluster".to_string(), "demo".to_string())].into())
+    );
+    let admitted: Vec<String> = policy
+        .ingress
+        .iter()
+        .flatten()
+        .flat_map(|r| r.from.iter().flatten())
+        .filter_map(|f| f.pod_selector.as_ref()?.match_labels.as_ref())
+        .flat_map(|l| l.iter().map(|(k, v)| format!("{k}={v}")))
+        .collect();
+    assert_eq!(
+        admitted,
+        [
+            "daskrs.dev/cluster=demo",
+            "daskrs.dev/client=true",
+            "app.kubernetes.io/name=daskrs-operator"
+        ]
+    );
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let svc = services
         .get("demo-scheduler")
@@ -533,6 +566,12 @@ spec:
                 .items
                 .len()
             + services
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .len()
+            + policies
                 .list(&ListParams::default())
                 .await
                 .ok()?

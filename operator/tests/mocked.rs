@@ -131,7 +131,7 @@ fn answer(world: &World, method: &str, uri: &str, body: &Value, made: &mut u32) 
         });
         return (200, c);
     }
-    if path.contains("/services/") {
+    if path.contains("/services/") || path.contains("/networkpolicies/") {
         return (200, body.clone());
     }
     if path.contains("/events") {
@@ -210,6 +210,8 @@ async fn pass(
         Settings {
             defaults: Defaults {
                 image: "daskrs:test".into(),
+                network_policies: true,
+                operator_namespace: None,
             },
             scheduler_url: "http://scheduler".into(),
             scale_down_delay: Duration::from_secs(60),
@@ -244,6 +246,10 @@ async fn a_new_cluster_applies_its_scheduler_creates_its_workers_and_writes_stat
     );
     assert_eq!(
         r[2],
+        "PATCH /apis/networking.k8s.io/v1/namespaces/data/networkpolicies/demo-daskrs"
+    );
+    assert_eq!(
+        r[3],
         "PATCH /apis/apps/v1/namespaces/data/deployments/demo-scheduler"
     );
     assert_eq!(
@@ -312,6 +318,8 @@ async fn scale_down_deletes_unready_pods_first_then_what_the_scheduler_retires()
         &c,
         &Defaults {
             image: "daskrs:test".into(),
+            network_policies: true,
+            operator_namespace: None,
         },
         &sizing,
     );

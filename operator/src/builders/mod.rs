@@ -3,6 +3,7 @@
 //! operator's defaults and what validation resolved, so they are tested
 //! without an API server.
 
+mod network;
 mod pod;
 mod scheduler;
 mod worker;
@@ -14,6 +15,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::DaskCluster;
 
+pub use network::{LABEL_CLIENT, network_policy, network_policy_name};
 pub use scheduler::{scheduler_deployment, scheduler_service};
 pub use worker::{WorkerSizing, pod_template_hash, worker_pod};
 
@@ -34,6 +36,10 @@ pub const WORKER_HTTP_PORT: i32 = 8789;
 #[derive(Clone, Debug)]
 pub struct Defaults {
     pub image: String,
+    /// Whether each cluster gets a NetworkPolicy (see `network_policy`).
+    pub network_policies: bool,
+    /// The operator's own namespace, which the NetworkPolicy admits it from.
+    pub operator_namespace: Option<String>,
 }
 
 pub fn scheduler_name(cluster: &DaskCluster) -> String {
@@ -136,6 +142,8 @@ pub(crate) mod testing {
     pub fn defaults() -> Defaults {
         Defaults {
             image: "daskrs:default".into(),
+            network_policies: true,
+            operator_namespace: Some("daskrs-system".into()),
         }
     }
 

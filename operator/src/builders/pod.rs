@@ -112,6 +112,8 @@ pub(super) fn pod_spec(
                 .unwrap_or_else(restricted_pod_security),
         ),
         enable_service_links: Some(false),
+        // Scheduler and workers never call the Kubernetes API.
+        automount_service_account_token: Some(false),
         ..PodSpec::default()
     }
 }

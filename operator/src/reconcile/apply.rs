@@ -1,5 +1,5 @@
 //! Apply: make the world look like what build asked for. The scheduler
-//! Deployment and Service are server-side applied with one field manager,
+//! Deployment and Service, and the cluster's NetworkPolicy, are server-side applied with one field manager,
 //! so spec edits always land and repeated passes are no-ops. Worker pods
 //! are made and removed one by one, as the scaling decision says; a busy
 //! worker is never deleted unretired, and if the scheduler cannot be
@@ -11,6 +11,7 @@ use std::time::Instant;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
@@ -109,6 +110,18 @@ async fn apply_scheduler(
             object: format!("{ns}/{name}"),
             source,
         })?;
+    if let Some(policy) = &desired.network_policy {
+        let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), ns);
+        let name = policy.name_any();
+        policies
+            .patch(&name, &params, &Patch::Apply(policy))
+            .await
+            .map_err(|source| Error::Kube {
+                action: "applying the cluster's NetworkPolicy",
+                object: format!("{ns}/{name}"),
+                source,
+            })?;
+    }
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let name = desired.deployment.name_any();
     let deployment = deployments

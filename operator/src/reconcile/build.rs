@@ -3,6 +3,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::validate::Valid;
 use crate::builders::{self, Defaults};
@@ -10,6 +11,8 @@ use crate::crd::DaskCluster;
 
 pub struct Desired {
     pub service: Service,
+    /// None when the operator makes no NetworkPolicies.
+    pub network_policy: Option<NetworkPolicy>,
     pub deployment: Deployment,
     /// Every worker pod is made from this.
     pub worker: Pod,
@@ -24,6 +27,9 @@ pub fn build(cluster: &DaskCluster, valid: &Valid, defaults: &Defaults) -> Desir
         .to_string();
     Desired {
         service: builders::scheduler_service(cluster),
+        network_policy: defaults
+            .network_policies
+            .then(|| builders::network_policy(cluster, defaults)),
         deployment: builders::scheduler_deployment(cluster, defaults),
         worker,
         template_hash,
@@ -52,6 +58,8 @@ mod tests {
         let valid = validate(&c).expect("valid");
         let defaults = Defaults {
             image: "daskrs:test".into(),
+            network_policies: true,
+            operator_namespace: None,
         };
         let desired = build(&c, &valid, &defaults);
         assert_eq!(
