@@ -397,6 +397,62 @@ async fn bad_sql_and_bad_files_are_clear_errors() {
     assert_eq!(compare::rows(&ok.batches).unwrap(), vec!["2"]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_reads_and_writes_local_files_only_under_the_allowed_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let allowed = dir.path().join("allowed");
+    let outside = dir.path().join("outside");
+    make_tpch(&allowed, 0.01, 1);
+    make_tpch(&outside, 0.01, 1);
+    let roots = format!("--sql-local-roots={}", allowed.display());
+    let cluster = Cluster::start(2, &[&roots], &[&roots]);
+    let client = cluster.client(2).await;
+
+    let inside = format!("select count(*) from '{}/nation/'", allowed.display());
+    assert_eq!(rows(&client, &inside).await, vec!["25"]);
+    let written = allowed.join("written");
+    let copy_in = format!(
+        "copy (select 1 as x) to '{}/' stored as parquet",
+        written.display()
+    );
+    client
+        .sql(&copy_in, |_| {})
+        .await
+        .expect("a COPY under the root");
+    assert!(std::fs::read_dir(&written).unwrap().next().is_some());
+
+    let refused = [
+        "select * from '/proc/self/environ'".to_string(),
+        "select * from '/var/run/secrets/kubernetes.io/serviceaccount/token'".to_string(),
+        format!("select count(*) from '{}/nation/'", outside.display()),
+        format!(
+            "create external table t stored as parquet location '{}/nation/'",
+            outside.display()
+        ),
+        format!(
+            "copy (select 1 as x) to '{}/out/' stored as parquet",
+            outside.display()
+        ),
+    ];
+    for sql in &refused {
+        let e = client.sql(sql, |_| {}).await.unwrap_err().to_string();
+        assert!(e.contains("DASKRS_SQL_LOCAL_ROOTS"), "{sql}: {e}");
+        assert!(e.contains(&allowed.display().to_string()), "{sql}: {e}");
+    }
+    assert!(!outside.join("out").exists());
+
+    // `none`: no local file at all, not even under what the other allowed.
+    let closed = Cluster::start(1, &["--sql-local-roots=none"], &["--sql-local-roots=none"]);
+    let client = closed.client(1).await;
+    let e = client.sql(&inside, |_| {}).await.unwrap_err().to_string();
+    assert!(
+        e.contains("no local files") && e.contains("DASKRS_SQL_LOCAL_ROOTS"),
+        "{e}"
+    );
+    // Queries of no files still run.
+    assert_eq!(rows(&client, "select 1 + 1").await, vec!["2"]);
+}
+
 #[test]
 fn a_query_with_no_workers_attached_says_so() {
     let cluster = Cluster::start(0, &[], &[]);

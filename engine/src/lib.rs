@@ -11,6 +11,7 @@
 //! plans and runs, and leaves moving bytes to them.
 
 pub mod compare;
+pub mod confine;
 pub mod error;
 pub mod footer;
 pub mod planner;
@@ -25,6 +26,7 @@ pub mod tpch;
 pub mod urls;
 pub mod write;
 
+pub use confine::LocalFiles;
 pub use error::Error;
 pub use planner::{Planned, Planner, Query};
 pub use s3::{S3Access, S3Settings};

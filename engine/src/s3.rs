@@ -8,6 +8,8 @@ use std::time::{Duration, SystemTime};
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
+
+use crate::confine::{Confined, LocalFiles};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AwsCredential};
 use object_store::{ClientOptions, CredentialProvider, ObjectStore, RetryConfig};
 use url::Url;
@@ -22,6 +24,10 @@ pub struct S3Settings {
     pub endpoint: Option<String>,
     /// Most concurrent requests per store (range reads, parts of uploads).
     pub max_concurrency: Option<usize>,
+    /// The local directories SQL may read and write (see
+    /// [`crate::confine::LocalFiles::parse`]); any when unset.
+    #[serde(default)]
+    pub local_roots: Option<Vec<String>>,
 }
 
 /// Credentials and settings resolved once; cheap to clone.
@@ -31,6 +37,7 @@ pub struct S3Access {
     endpoint: Option<String>,
     credentials: Option<Arc<ChainCredentials>>,
     max_concurrency: usize,
+    local: LocalFiles,
 }
 
 impl std::fmt::Debug for S3Access {
@@ -46,6 +53,11 @@ const DEFAULT_REGION: &str = "us-east-1";
 const DEFAULT_CONCURRENCY: usize = 16;
 
 impl S3Access {
+    /// The local files SQL may read and write.
+    pub fn local_files(&self) -> &LocalFiles {
+        &self.local
+    }
+
     /// Resolves the region and the credential chain: environment, shared
     /// profile, web identity (IRSA), EKS Pod Identity / ECS container
     /// credentials, then instance metadata. Nothing is fetched until a
@@ -76,6 +88,9 @@ impl S3Access {
                 .credentials_provider()
                 .map(|p| Arc::new(ChainCredentials::new(p))),
             max_concurrency: settings.max_concurrency.unwrap_or(DEFAULT_CONCURRENCY),
+            // Checked where the setting is read; a bad one allows nothing.
+            local: LocalFiles::parse(settings.local_roots.as_deref())
+                .unwrap_or(LocalFiles::Under(Vec::new())),
         }
     }
 
@@ -195,6 +210,7 @@ fn store_key(url: &Url) -> String {
 pub struct Registry {
     inner: DefaultObjectStoreRegistry,
     s3: Option<S3Access>,
+    local: LocalFiles,
     opened: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
 }
 
@@ -202,6 +218,7 @@ impl Registry {
     pub fn new(s3: Option<S3Access>) -> Registry {
         Registry {
             inner: DefaultObjectStoreRegistry::new(),
+            local: s3.as_ref().map(|s| s.local.clone()).unwrap_or_default(),
             s3,
             opened: Mutex::new(HashMap::new()),
         }
@@ -228,8 +245,19 @@ impl ObjectStoreRegistry for Registry {
             if let Some(s) = opened.get(&key) {
                 return Ok(s.clone());
             }
-            let store: Arc<dyn ObjectStore> =
-                Arc::new(crate::footer::FooterCheck::new(self.inner.get_store(url)?));
+            let mut inner = self.inner.get_store(url)?;
+            if url.scheme() == "file" {
+                match &self.local {
+                    LocalFiles::Any => {}
+                    LocalFiles::Under(roots) if roots.is_empty() => {
+                        return Err(DataFusionError::Plan(self.local.refusal(url.as_str())));
+                    }
+                    LocalFiles::Under(_) => {
+                        inner = Arc::new(Confined::new(inner, self.local.clone()));
+                    }
+                }
+            }
+            let store: Arc<dyn ObjectStore> = Arc::new(crate::footer::FooterCheck::new(inner));
             opened.insert(key, store.clone());
             return Ok(store);
         }

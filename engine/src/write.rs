@@ -285,6 +285,9 @@ pub async fn write_partition(
             }
         }
         Place::Local(path) => {
+            if let Some(s3) = s3 {
+                s3.local_files().check_file(&path)?;
+            }
             let dir = path
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
@@ -413,6 +416,10 @@ pub async fn abandon(manifests: Vec<RecordBatch>, s3: Option<&S3Access>) {
                     Err(e) => tracing::debug!(%target, error = %e, "aborting an upload"),
                 }
             } else if !temp.is_empty() {
+                if s3.is_some_and(|s3| !s3.local_files().allows_file(std::path::Path::new(temp))) {
+                    tracing::warn!(%temp, "not removing a file outside the allowed local roots");
+                    continue;
+                }
                 match std::fs::remove_file(temp) {
                     Ok(()) => {
                         tracing::info!(%target, "removed the file of a write that was not committed")
@@ -475,6 +482,12 @@ async fn commit_all(manifests: &[RecordBatch], s3: Option<&S3Access>) -> Result<
                     .await
                     .map_err(external)?;
             } else {
+                // A manifest names what it moves: only where writes may go.
+                if let Some(s3) = s3 {
+                    let local = s3.local_files();
+                    local.check_file(std::path::Path::new(temp.value(r)))?;
+                    local.check_file(std::path::Path::new(target))?;
+                }
                 std::fs::rename(temp.value(r), target).map_err(|e| {
                     DataFusionError::Execution(format!("cannot move {} into place: {e}", target))
                 })?;

@@ -420,6 +420,8 @@ spec:
             Some("http://minio:9000")
         );
         assert_eq!(value("RUST_LOG").as_deref(), Some("debug"));
+        // SQL in the pods reads object stores, no local file.
+        assert_eq!(value("DASKRS_SQL_LOCAL_ROOTS").as_deref(), Some("none"));
         let key = env_of(p, "AWS_SECRET_ACCESS_KEY")
             .and_then(|e| e.value_from?.secret_key_ref)
             .unwrap();

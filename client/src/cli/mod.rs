@@ -70,6 +70,16 @@ pub struct S3Args {
     /// Most concurrent S3 requests per bucket and process.
     #[arg(long, env = "DASKRS_S3_MAX_CONCURRENCY")]
     pub s3_max_concurrency: Option<usize>,
+    /// The only local directories SQL may read and write (comma-separated
+    /// absolute paths), or `none`; any local file when unset. Pods the
+    /// operator makes get `none` unless their spec's env says otherwise.
+    #[arg(long, env = "DASKRS_SQL_LOCAL_ROOTS", value_delimiter = ',', value_parser = local_root)]
+    pub sql_local_roots: Option<Vec<String>>,
+}
+
+fn local_root(s: &str) -> Result<String, String> {
+    daskrs_engine::LocalFiles::parse(Some(&[s.to_string()]))?;
+    Ok(s.to_string())
 }
 
 impl S3Args {
@@ -78,6 +88,7 @@ impl S3Args {
             region: self.s3_region.clone(),
             endpoint: self.s3_endpoint.clone(),
             max_concurrency: self.s3_max_concurrency,
+            local_roots: self.sql_local_roots.clone(),
         }
     }
 }

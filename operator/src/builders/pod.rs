@@ -18,11 +18,14 @@ const RUNTIME_UID: i64 = 65532;
 /// Longer than the worker's own 25 s hand-off on SIGTERM.
 const TERMINATION_GRACE_SECONDS: i64 = 60;
 
+/// Where SQL finds its data: object stores (S3 per the spec) and no local
+/// files, unless the spec's `env` sets `DASKRS_SQL_LOCAL_ROOTS` to the
+/// directories it may use.
 pub(super) fn s3_env(cluster: &DaskCluster) -> Vec<EnvVar> {
+    let mut out = vec![env("DASKRS_SQL_LOCAL_ROOTS", "none")];
     let Some(s3) = &cluster.spec.s3 else {
-        return Vec::new();
+        return out;
     };
-    let mut out = Vec::new();
     if let Some(region) = &s3.region {
         out.push(env("DASKRS_S3_REGION", region));
         out.push(env("AWS_REGION", region));
