@@ -72,10 +72,13 @@ impl LocalFiles {
     /// Whether the local file `path` (made absolute against the current
     /// directory) is allowed; a path that climbs with `..` is not, unless
     /// any file is.
+    ///
+    /// Symbolic links are followed first, in the path and in the roots: a
+    /// link under a root that leads out of it does not open the way.
     pub fn allows_file(&self, path: &std::path::Path) -> bool {
-        if *self == LocalFiles::Any {
+        let LocalFiles::Under(roots) = self else {
             return true;
-        }
+        };
         let Ok(abs) = std::path::absolute(path) else {
             return false;
         };
@@ -85,10 +88,11 @@ impl LocalFiles {
         {
             return false;
         }
-        match abs.to_str() {
-            Some(s) => self.allows(&Path::from(s.trim_start_matches('/'))),
-            None => false,
-        }
+        let real = resolved(&abs);
+        roots.iter().any(|r| {
+            let root = resolved(std::path::Path::new(&format!("/{r}")));
+            real.starts_with(&root)
+        })
     }
 
     /// An error for the local file `path` unless it is allowed.
@@ -121,6 +125,26 @@ impl LocalFiles {
     }
 }
 
+/// `path` with the symbolic links of its longest existing part resolved;
+/// the part that does not exist yet (a file about to be written) follows
+/// as it is.
+fn resolved(path: &std::path::Path) -> std::path::PathBuf {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            return rest.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
 /// The local file system, with every path checked against the roots.
 #[derive(Debug)]
 pub struct Confined {
@@ -134,7 +158,11 @@ impl Confined {
     }
 
     fn check(&self, path: &Path) -> Result<()> {
-        if self.local.allows(path) {
+        if self.local.allows(path)
+            && self
+                .local
+                .allows_file(std::path::Path::new(&format!("/{path}")))
+        {
             return Ok(());
         }
         Err(object_store::Error::PermissionDenied {
@@ -150,7 +178,21 @@ impl Confined {
     ) -> BoxStream<'static, Result<ObjectMeta>> {
         let root = Path::default();
         match self.check(prefix.unwrap_or(&root)) {
-            Ok(()) => list(),
+            // What a link under a root leads to is not listed either.
+            Ok(()) => {
+                let local = self.local.clone();
+                list()
+                    .filter(move |m| {
+                        let keep = match m {
+                            Ok(m) => {
+                                local.allows_file(std::path::Path::new(&format!("/{}", m.location)))
+                            }
+                            Err(_) => true,
+                        };
+                        futures::future::ready(keep)
+                    })
+                    .boxed()
+            }
             Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
         }
     }
@@ -228,7 +270,14 @@ impl ObjectStore for Confined {
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
         self.check(prefix.unwrap_or(&Path::default()))?;
-        self.inner.list_with_delimiter(prefix).await
+        let mut listed = self.inner.list_with_delimiter(prefix).await?;
+        let allowed = |p: &Path| {
+            self.local
+                .allows_file(std::path::Path::new(&format!("/{p}")))
+        };
+        listed.objects.retain(|m| allowed(&m.location));
+        listed.common_prefixes.retain(|p| allowed(p));
+        Ok(listed)
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
@@ -320,6 +369,14 @@ mod tests {
                 .await
                 .is_err()
         );
+        // A link under the root that leads out of it is refused.
+        std::os::unix::fs::symlink("/etc", dir.path().join("etc")).unwrap();
+        let through = Path::from(format!("{}/etc/hostname", root.trim_start_matches('/')));
+        let err = store.get(&through).await.unwrap_err().to_string();
+        assert!(err.contains("DASKRS_SQL_LOCAL_ROOTS"), "{err}");
+        let l = LocalFiles::parse(Some(std::slice::from_ref(&root))).unwrap();
+        assert!(!l.allows_file(&dir.path().join("etc/passwd")));
+        assert!(l.allows_file(&dir.path().join("new/part-0.parquet")));
         let listed: Vec<_> = store.list(Some(&Path::from("etc"))).collect().await;
         assert!(matches!(listed.as_slice(), [Err(_)]));
         let listed: Vec<_> = store

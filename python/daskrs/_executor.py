@@ -12,6 +12,7 @@ import json
 import os
 import struct
 import sys
+import threading
 import time
 import traceback
 from typing import Any, BinaryIO
@@ -22,7 +23,7 @@ _COUNT = struct.Struct("<I")
 _LEN = struct.Struct("<Q")
 _SECONDS = struct.Struct("<d")
 # The longest a finished task's answer waits in the buffer for the rest of
-# its batch.
+# its batch (see Answers).
 FLUSH_SECONDS = 0.002
 
 
@@ -68,18 +69,45 @@ def send(stream: BinaryIO, frames: list[list[bytes | memoryview]], flush: bool =
         stream.flush()
 
 
-def run_batch(frames: list[memoryview], out: BinaryIO) -> None:
+class Answers:
+    """The pipe to the worker. A task's answer waits in the buffer for the
+    rest of its batch, so that the worker hears of a batch of short tasks
+    in one read; but never longer than ``FLUSH_SECONDS``: a thread flushes
+    what waits that long, however long the task that follows runs."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self._lock = threading.Lock()
+        self._waiting = threading.Event()
+        threading.Thread(target=self._flush_late, name="flush", daemon=True).start()
+
+    def send(self, frames: list[list[bytes | memoryview]], last: bool = True) -> None:
+        with self._lock:
+            send(self.stream, frames, flush=last)
+            if last:
+                self._waiting.clear()
+            else:
+                self._waiting.set()
+
+    def _flush_late(self) -> None:
+        while True:
+            self._waiting.wait()
+            time.sleep(FLUSH_SECONDS)
+            with self._lock:
+                if self._waiting.is_set():
+                    self._waiting.clear()
+                    self.stream.flush()
+
+
+def run_batch(frames: list[memoryview], out: Answers) -> None:
     """Runs the tasks a `run` message carries, in order, and sends one answer
-    each. Answers wait in the stream's buffer until the last task, or until
-    ``FLUSH_SECONDS`` passed since the last flush: the worker hears of a
-    batch of short tasks in one read, and of a long one when it ends."""
+    each, the last one flushed."""
     try:
         (count,) = _COUNT.unpack(frames[1])
     except (IndexError, struct.error):
-        send(out, _failed_text("the worker sent a `run` message without a task count") + [[_SECONDS.pack(0.0)]])
+        out.send(_failed_text("the worker sent a `run` message without a task count") + [[_SECONDS.pack(0.0)]])
         return
     i = 2
-    last_flush = time.perf_counter()
     for n in range(count):
         start = time.perf_counter()
         if i + 2 <= len(frames):
@@ -92,12 +120,8 @@ def run_batch(frames: list[memoryview], out: BinaryIO) -> None:
         else:
             answer = run(frames[i], formats, frames[i + 2 : end])
         i = end
-        now = time.perf_counter()
-        answer.append([_SECONDS.pack(now - start)])
-        flush = n == count - 1 or now - last_flush >= FLUSH_SECONDS
-        send(out, answer, flush)
-        if flush:
-            last_flush = now
+        answer.append([_SECONDS.pack(time.perf_counter() - start)])
+        out.send(answer, last=n == count - 1)
 
 
 def run(
@@ -241,16 +265,17 @@ def main() -> None:
     pipe_in = os.fdopen(os.dup(0), "rb", buffering=1 << 16)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
-    send(pipe_out, [[b"hello"], [json.dumps(_versions.versions()).encode()]])
+    out = Answers(pipe_out)
+    out.send([[b"hello"], [json.dumps(_versions.versions()).encode()]])
     while True:
         frames = receive(pipe_in)
         if frames is None:
             return
         tag = bytes(frames[0]) if frames else b""
         if tag == b"run":
-            run_batch(frames, pipe_out)
+            run_batch(frames, out)
         else:
-            send(pipe_out, _failed_text(f"unknown request {tag!r}") + [[_SECONDS.pack(0.0)]])
+            out.send(_failed_text(f"unknown request {tag!r}") + [[_SECONDS.pack(0.0)]])
 
 
 if __name__ == "__main__":

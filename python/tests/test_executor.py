@@ -107,3 +107,32 @@ def test_a_fused_task_runs_in_the_executor(executor) -> None:  # type: ignore[no
     # Without its input, the second fails and says so.
     tag, text, _ = _answer(executor.stdout)
     assert tag == "err" and "ValueError" in str(text)
+
+
+def _wait_for(path: str) -> str:
+    import os
+    import time
+
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return "never released"
+        time.sleep(0.01)
+    return "released"
+
+
+def test_an_answer_does_not_wait_for_a_long_task_after_it(executor, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import select
+
+    from dask._task_spec import Task
+
+    gate = str(tmp_path / "gate")
+    held = _serialize.dumps_bytes((Task("held", _wait_for, gate), []))[1]
+    _run(executor, [_task(1), held])
+    # The first answer comes while the second task still runs: it is not
+    # kept in the buffer until the batch ends.
+    ready, _, _ = select.select([executor.stdout], [], [], 30)
+    assert ready, "the first answer did not come while the second task ran"
+    assert _answer(executor.stdout)[:2] == ("ok", 2)
+    open(gate, "w").close()
+    assert _answer(executor.stdout)[:2] == ("ok", "released")

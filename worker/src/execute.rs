@@ -98,13 +98,14 @@ pub fn run_batch(
             let Some((a, _)) = runnable.get(i) else {
                 return;
             };
-            if std::mem::replace(&mut answered[i], true) {
+            if answered[i] {
                 return;
             }
             done(
                 a.task,
                 finish(shared, generation, Some(&kind), a, result, seconds),
             );
+            answered[i] = true;
         })
     }));
     for (i, (a, _)) in runnable.iter().enumerate() {

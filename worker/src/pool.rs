@@ -29,7 +29,10 @@ impl Pool {
                             Err(p) => p.into_inner().recv(),
                         };
                         match job {
-                            Ok(job) => job(),
+                            // A job that panics costs itself, not the thread.
+                            Ok(job) => {
+                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                            }
                             Err(_) => return, // the pool was dropped
                         }
                     }

@@ -210,22 +210,26 @@ impl TaskKind for PythonKind {
         if which.is_empty() {
             return;
         }
-        let lost = self.run_on_executor(tasks, &which, &formats, answer);
-        if let [only] = lost.as_slice() {
+        let (lost, killed) = self.run_on_executor(tasks, &which, &formats, answer);
+        // One task unanswered: it ended its executor, or the worker ended
+        // it for that task's sake. (Killed for another task, whose answer
+        // was on its way, it is not to blame.)
+        if let [only] = lost.as_slice()
+            && (only.targeted || !killed)
+        {
             answer(only.index, Err(TaskError::Failed(only.error.clone())), 0.0);
             return;
         }
-        // The executor died with several tasks of the batch unanswered:
-        // which of them it died of is not known, so each runs again alone
-        // (those cancelled meanwhile excepted), and only a task that ends
-        // its own executor fails.
+        // Several: which of them the executor died of is not known, so each
+        // runs again alone (those cancelled meanwhile excepted), and only a
+        // task that ends its own executor fails.
         for l in lost {
             if l.cancelled {
                 answer(l.index, Err(TaskError::Failed(l.error)), 0.0);
                 continue;
             }
             let at = which.iter().position(|&w| w == l.index).unwrap_or(0);
-            let again = self.run_on_executor(tasks, &[l.index], &formats[at..=at], answer);
+            let (again, _) = self.run_on_executor(tasks, &[l.index], &formats[at..=at], answer);
             for l in again {
                 answer(l.index, Err(TaskError::Failed(l.error)), 0.0);
             }
@@ -240,31 +244,63 @@ struct Lost {
     error: String,
     /// The worker stopped the executor because this task was cancelled.
     cancelled: bool,
+    /// The worker stopped the executor for this task (cancelled, or for memory).
+    targeted: bool,
+}
+
+/// The running-task entries of a batch, removed however its run ends.
+struct Entries<'a> {
+    running: &'a Mutex<HashMap<u64, Running>>,
+    tasks: Vec<u64>,
+}
+
+impl Entries<'_> {
+    /// The task's entry, gone now that it is answered or lost: whether it
+    /// was killed, and why.
+    fn end(&self, task: u64) -> (bool, Option<String>) {
+        self.running
+            .lock()
+            .ok()
+            .and_then(|mut r| r.remove(&task))
+            .map_or((false, None), |r| (r.killed, r.stopped))
+    }
+}
+
+impl Drop for Entries<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.running.lock() {
+            for t in &self.tasks {
+                r.remove(t);
+            }
+        }
+    }
 }
 
 impl PythonKind {
     /// Hands the tasks `which` of `tasks` to one executor in one message
-    /// and passes on each answer as it comes; the tasks left unanswered
-    /// when the executor died.
+    /// and passes on each answer as it comes. Returns the tasks left
+    /// unanswered when the executor died, and whether the worker killed it.
     fn run_on_executor(
         &self,
         tasks: &[BatchTask<'_>],
         which: &[usize],
         formats: &[String],
         answer: &mut dyn FnMut(usize, Result<Data, TaskError>, f64),
-    ) -> Vec<Lost> {
+    ) -> (Vec<Lost>, bool) {
         let mut executor = match self.take() {
             Ok(e) => e,
             Err(e) => {
                 let error = e.to_string();
-                return which
+                let lost = which
                     .iter()
                     .map(|&index| Lost {
                         index,
                         error: error.clone(),
                         cancelled: false,
+                        targeted: false,
                     })
                     .collect();
+                return (lost, false);
             }
         };
         let count = (which.len() as u32).to_le_bytes();
@@ -287,15 +323,11 @@ impl PythonKind {
                 );
             }
         }
-        // The task's entry, gone now that it is answered or lost: whether
-        // it was killed, and why.
-        let ended = |task: u64| {
-            self.running
-                .lock()
-                .ok()
-                .and_then(|mut r| r.remove(&task))
-                .map_or((false, None), |r| (r.killed, r.stopped))
+        let entries = Entries {
+            running: &self.running,
+            tasks: which.iter().map(|&i| tasks[i].task).collect(),
         };
+        let mut killed_any = false;
         let mut reusable = true;
         let mut sent = executor.send(&frames);
         for (k, &i) in which.iter().enumerate() {
@@ -307,13 +339,15 @@ impl PythonKind {
                 Ok(f) => f,
                 Err(io) => {
                     let died = executor.died(&io);
-                    return which[k..]
+                    let lost = which[k..]
                         .iter()
                         .map(|&index| {
-                            let (killed, stopped) = ended(tasks[index].task);
+                            let (killed, stopped) = entries.end(tasks[index].task);
+                            killed_any |= killed;
                             Lost {
                                 index,
                                 cancelled: killed && stopped.is_none(),
+                                targeted: killed,
                                 error: match stopped {
                                     Some(why) => format!("{died}: the worker stopped it, {why}"),
                                     None => died.clone(),
@@ -321,10 +355,12 @@ impl PythonKind {
                             }
                         })
                         .collect();
+                    return (lost, killed_any);
                 }
             };
             sent = Ok(());
-            let (killed, _) = ended(tasks[i].task);
+            let (killed, _) = entries.end(tasks[i].task);
+            killed_any |= killed;
             // A process killed just as it answered is dropped, not reused.
             reusable &= !killed;
             let (result, seconds) = parse_answer(frames);
@@ -334,7 +370,7 @@ impl PythonKind {
         if reusable {
             self.put_back(executor);
         }
-        Vec::new()
+        (Vec::new(), killed_any)
     }
 }
 

@@ -53,6 +53,15 @@ enum Event {
     JobEnded,
 }
 
+/// Tells the session that a job of the thread pool ended, when dropped.
+struct JobEnded(mpsc::UnboundedSender<Event>);
+
+impl Drop for JobEnded {
+    fn drop(&mut self) {
+        let _ = self.0.send(Event::JobEnded);
+    }
+}
+
 /// Jobs (a task or a batch) handed to the thread pool per thread: one
 /// running, one waiting.
 pub const PREFETCH_PER_THREAD: usize = 2;
@@ -458,6 +467,8 @@ impl Session {
             let tx = self.ev_tx.clone();
             let generation = shared.store.generation();
             self.shared.pool.submit(move || {
+                // Sent however the job ends, so its slot is never lost.
+                let _ended = JobEnded(tx.clone());
                 if batch.len() == 1 {
                     let started = batch.pop().expect("one task");
                     let a = started.assignment;
@@ -468,7 +479,6 @@ impl Session {
                         let _ = tx.send(Event::Done { task, ran });
                     });
                 }
-                let _ = tx.send(Event::JobEnded);
             });
         }
     }
