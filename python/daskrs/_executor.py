@@ -22,6 +22,9 @@ from daskrs import _serialize, _versions
 _COUNT = struct.Struct("<I")
 _LEN = struct.Struct("<Q")
 _SECONDS = struct.Struct("<d")
+# The layout of the messages below, which the worker checks at hello:
+# 2 hands over tasks in batches and answers each with its seconds.
+PROTOCOL = 2
 # The longest a finished task's answer waits in the buffer for the rest of
 # its batch (see Answers).
 FLUSH_SECONDS = 0.002
@@ -266,7 +269,8 @@ def main() -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     out = Answers(pipe_out)
-    out.send([[b"hello"], [json.dumps(_versions.versions()).encode()]])
+    hello = {**_versions.versions(), "executor_protocol": PROTOCOL}
+    out.send([[b"hello"], [json.dumps(hello).encode()]])
     while True:
         frames = receive(pipe_in)
         if frames is None:

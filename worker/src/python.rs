@@ -39,6 +39,10 @@ use crate::kinds::{BatchTask, TaskKind};
 
 pub use daskrs_core::kinds::PYTHON as KIND;
 
+/// The message layout worker and executor speak (`PROTOCOL` in
+/// `_executor.py`), which the executor's hello names.
+const PROTOCOL: u64 = 2;
+
 /// Largest frame an executor may send: a result bigger than this is refused
 /// rather than allocated.
 const MAX_FRAME: u64 = 16 << 30;
@@ -487,8 +491,20 @@ impl Executor {
         };
         match hello.as_slice() {
             [tag, versions] if tag.as_ref() == b"hello" => {
-                let versions = serde_json::from_slice(versions)
+                let versions: serde_json::Value = serde_json::from_slice(versions)
                     .map_err(|err| cannot(&format!("its greeting is not JSON: {err}")))?;
+                let protocol = versions
+                    .get("executor_protocol")
+                    .and_then(|p| p.as_u64())
+                    .unwrap_or(1);
+                if protocol != PROTOCOL {
+                    return Err(cannot(&format!(
+                        "its daskrs package ({}) speaks executor protocol {protocol}, this worker \
+                         {PROTOCOL}: install this worker's daskrs release ({}) in that Python",
+                        versions["daskrs"].as_str().unwrap_or("unknown version"),
+                        env!("CARGO_PKG_VERSION"),
+                    )));
+                }
                 Ok((e, versions))
             }
             _ => Err(cannot(&"it did not greet as a daskrs executor")),
@@ -588,6 +604,41 @@ pub fn describe_exit(status: ExitStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_executor_of_another_protocol_is_refused_naming_both() {
+        // A stand-in for an older daskrs package's executor: it greets
+        // without a protocol (the first one) and waits.
+        let dir = tempfile::tempdir().unwrap();
+        let python = dir.path().join("python");
+        let greet = r#"import json, struct, sys
+hello = json.dumps({"python": "3.12.1", "daskrs": "0.0.9"}).encode()
+out = sys.stdout.buffer
+out.write(struct.pack("<I", 2))
+for f in (b"hello", hello):
+    out.write(struct.pack("<Q", len(f)) + f)
+out.flush()
+sys.stdin.read()
+"#;
+        std::fs::write(dir.path().join("greet.py"), greet).unwrap();
+        std::fs::write(
+            &python,
+            format!(
+                "#!/bin/sh\nexec python3 {}\n",
+                dir.path().join("greet.py").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&python, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let Err(e) = PythonKind::start(python) else {
+            panic!("an executor of protocol 1 was taken");
+        };
+        assert!(
+            e.contains("0.0.9") && e.contains("protocol 1") && e.contains("this worker 2"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn exits_are_described_by_signal_name_or_status() {
