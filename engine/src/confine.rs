@@ -76,23 +76,20 @@ impl LocalFiles {
     /// Symbolic links are followed first, in the path and in the roots: a
     /// link under a root that leads out of it does not open the way.
     pub fn allows_file(&self, path: &std::path::Path) -> bool {
+        self.real_roots().is_none_or(|roots| within(&roots, path))
+    }
+
+    /// The roots with their symbolic links resolved; None when any file goes.
+    fn real_roots(&self) -> Option<Vec<std::path::PathBuf>> {
         let LocalFiles::Under(roots) = self else {
-            return true;
+            return None;
         };
-        let Ok(abs) = std::path::absolute(path) else {
-            return false;
-        };
-        if abs
-            .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return false;
-        }
-        let real = resolved(&abs);
-        roots.iter().any(|r| {
-            let root = resolved(std::path::Path::new(&format!("/{r}")));
-            real.starts_with(&root)
-        })
+        Some(
+            roots
+                .iter()
+                .map(|r| resolved(std::path::Path::new(&format!("/{r}"))))
+                .collect(),
+        )
     }
 
     /// An error for the local file `path` unless it is allowed.
@@ -125,6 +122,22 @@ impl LocalFiles {
     }
 }
 
+/// Whether `path`, made absolute and with its links resolved, lies under
+/// one of the (resolved) `roots`; a path that climbs with `..` does not.
+fn within(roots: &[std::path::PathBuf], path: &std::path::Path) -> bool {
+    let Ok(abs) = std::path::absolute(path) else {
+        return false;
+    };
+    if abs
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return false;
+    }
+    let real = resolved(&abs);
+    roots.iter().any(|root| real.starts_with(root))
+}
+
 /// `path` with the symbolic links of its longest existing part resolved;
 /// the part that does not exist yet (a file about to be written) follows
 /// as it is.
@@ -149,26 +162,45 @@ fn resolved(path: &std::path::Path) -> std::path::PathBuf {
 #[derive(Debug)]
 pub struct Confined {
     inner: Arc<dyn ObjectStore>,
-    local: LocalFiles,
+    rules: Arc<Rules>,
 }
 
-impl Confined {
-    pub fn new(inner: Arc<dyn ObjectStore>, local: LocalFiles) -> Confined {
-        Confined { inner, local }
+/// The roots as given, and resolved once for the store's life (a store
+/// lives as long as the session that opened it).
+#[derive(Debug)]
+struct Rules {
+    local: LocalFiles,
+    real_roots: Vec<std::path::PathBuf>,
+}
+
+impl Rules {
+    fn allows(&self, path: &Path) -> bool {
+        self.local.allows(path)
+            && within(&self.real_roots, std::path::Path::new(&format!("/{path}")))
     }
 
     fn check(&self, path: &Path) -> Result<()> {
-        if self.local.allows(path)
-            && self
-                .local
-                .allows_file(std::path::Path::new(&format!("/{path}")))
-        {
+        if self.allows(path) {
             return Ok(());
         }
         Err(object_store::Error::PermissionDenied {
             path: format!("/{path}"),
             source: self.local.refusal(&format!("/{path}")).into(),
         })
+    }
+}
+
+impl Confined {
+    pub fn new(inner: Arc<dyn ObjectStore>, local: LocalFiles) -> Confined {
+        let real_roots = local.real_roots().unwrap_or_default();
+        Confined {
+            inner,
+            rules: Arc::new(Rules { local, real_roots }),
+        }
+    }
+
+    fn check(&self, path: &Path) -> Result<()> {
+        self.rules.check(path)
     }
 
     fn listing(
@@ -180,15 +212,10 @@ impl Confined {
         match self.check(prefix.unwrap_or(&root)) {
             // What a link under a root leads to is not listed either.
             Ok(()) => {
-                let local = self.local.clone();
+                let rules = self.rules.clone();
                 list()
                     .filter(move |m| {
-                        let keep = match m {
-                            Ok(m) => {
-                                local.allows_file(std::path::Path::new(&format!("/{}", m.location)))
-                            }
-                            Err(_) => true,
-                        };
+                        let keep = m.as_ref().map_or(true, |m| rules.allows(&m.location));
                         futures::future::ready(keep)
                     })
                     .boxed()
@@ -239,18 +266,12 @@ impl ObjectStore for Confined {
         &self,
         locations: BoxStream<'static, Result<Path>>,
     ) -> BoxStream<'static, Result<Path>> {
-        let local = self.local.clone();
+        let rules = self.rules.clone();
         let checked = locations
             .map(move |p| {
                 let p = p?;
-                if local.allows(&p) {
-                    Ok(p)
-                } else {
-                    Err(object_store::Error::PermissionDenied {
-                        path: format!("/{p}"),
-                        source: local.refusal(&format!("/{p}")).into(),
-                    })
-                }
+                rules.check(&p)?;
+                Ok(p)
             })
             .boxed();
         self.inner.delete_stream(checked)
@@ -271,12 +292,8 @@ impl ObjectStore for Confined {
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
         self.check(prefix.unwrap_or(&Path::default()))?;
         let mut listed = self.inner.list_with_delimiter(prefix).await?;
-        let allowed = |p: &Path| {
-            self.local
-                .allows_file(std::path::Path::new(&format!("/{p}")))
-        };
-        listed.objects.retain(|m| allowed(&m.location));
-        listed.common_prefixes.retain(|p| allowed(p));
+        listed.objects.retain(|m| self.rules.allows(&m.location));
+        listed.common_prefixes.retain(|p| self.rules.allows(p));
         Ok(listed)
     }
 

@@ -52,12 +52,13 @@ impl std::fmt::Debug for S3Access {
 const DEFAULT_REGION: &str = "us-east-1";
 const DEFAULT_CONCURRENCY: usize = 16;
 
-impl S3Access {
-    /// The local files SQL may read and write.
-    pub fn local_files(&self) -> &LocalFiles {
-        &self.local
-    }
+/// The local files SQL may read and write: any without settings.
+pub fn local_files(s3: Option<&S3Access>) -> &LocalFiles {
+    static ANY: LocalFiles = LocalFiles::Any;
+    s3.map_or(&ANY, |s| &s.local)
+}
 
+impl S3Access {
     /// Resolves the region and the credential chain: environment, shared
     /// profile, web identity (IRSA), EKS Pod Identity / ECS container
     /// credentials, then instance metadata. Nothing is fetched until a
@@ -210,7 +211,6 @@ fn store_key(url: &Url) -> String {
 pub struct Registry {
     inner: DefaultObjectStoreRegistry,
     s3: Option<S3Access>,
-    local: LocalFiles,
     opened: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
 }
 
@@ -218,7 +218,6 @@ impl Registry {
     pub fn new(s3: Option<S3Access>) -> Registry {
         Registry {
             inner: DefaultObjectStoreRegistry::new(),
-            local: s3.as_ref().map(|s| s.local.clone()).unwrap_or_default(),
             s3,
             opened: Mutex::new(HashMap::new()),
         }
@@ -247,13 +246,14 @@ impl ObjectStoreRegistry for Registry {
             }
             let mut inner = self.inner.get_store(url)?;
             if url.scheme() == "file" {
-                match &self.local {
+                let local = local_files(self.s3.as_ref());
+                match local {
                     LocalFiles::Any => {}
                     LocalFiles::Under(roots) if roots.is_empty() => {
-                        return Err(DataFusionError::Plan(self.local.refusal(url.as_str())));
+                        return Err(DataFusionError::Plan(local.refusal(url.as_str())));
                     }
                     LocalFiles::Under(_) => {
-                        inner = Arc::new(Confined::new(inner, self.local.clone()));
+                        inner = Arc::new(Confined::new(inner, local.clone()));
                     }
                 }
             }

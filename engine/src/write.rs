@@ -27,7 +27,7 @@ use futures::StreamExt;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjectPath;
 
-use crate::s3::S3Access;
+use crate::s3::{S3Access, local_files};
 
 /// How daskrs writes Parquet: ZSTD, and row groups small enough to split a
 /// file across tasks and to prune.
@@ -285,9 +285,7 @@ pub async fn write_partition(
             }
         }
         Place::Local(path) => {
-            if let Some(s3) = s3 {
-                s3.local_files().check_file(&path)?;
-            }
+            local_files(s3).check_file(&path)?;
             let dir = path
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
@@ -416,7 +414,7 @@ pub async fn abandon(manifests: Vec<RecordBatch>, s3: Option<&S3Access>) {
                     Err(e) => tracing::debug!(%target, error = %e, "aborting an upload"),
                 }
             } else if !temp.is_empty() {
-                if s3.is_some_and(|s3| !s3.local_files().allows_file(std::path::Path::new(temp))) {
+                if !local_files(s3).allows_file(std::path::Path::new(temp)) {
                     tracing::warn!(%temp, "not removing a file outside the allowed local roots");
                     continue;
                 }
@@ -483,11 +481,9 @@ async fn commit_all(manifests: &[RecordBatch], s3: Option<&S3Access>) -> Result<
                     .map_err(external)?;
             } else {
                 // A manifest names what it moves: only where writes may go.
-                if let Some(s3) = s3 {
-                    let local = s3.local_files();
-                    local.check_file(std::path::Path::new(temp.value(r)))?;
-                    local.check_file(std::path::Path::new(target))?;
-                }
+                let local = local_files(s3);
+                local.check_file(std::path::Path::new(temp.value(r)))?;
+                local.check_file(std::path::Path::new(target))?;
                 std::fs::rename(temp.value(r), target).map_err(|e| {
                     DataFusionError::Execution(format!("cannot move {} into place: {e}", target))
                 })?;

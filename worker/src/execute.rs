@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use daskrs_core::{Assignment, DataFormat, Input};
 
@@ -24,37 +23,10 @@ pub struct Ran {
     pub external: Option<Arc<dyn TaskKind>>,
 }
 
-/// Runs one task on the current (blocking) thread and stores its result,
-/// unless the store was cleared since `generation`.
-pub fn run_task(
-    shared: &Shared,
-    generation: u64,
-    a: &Assignment,
-    fetched: HashMap<Input, Data>,
-) -> Ran {
-    let started = Instant::now();
-    let kind = shared.registry.get(&a.kind);
-    let result = (|| {
-        let kind = kind.clone().ok_or_else(|| no_kind(a))?;
-        let inputs = gather_inputs(shared, a, fetched)?;
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            kind.run_task(a.task, &a.payload, &inputs)
-        }))
-        .map_err(|p| panicked(a, &*p))?
-    })();
-    finish(
-        shared,
-        generation,
-        kind.as_ref(),
-        a,
-        result,
-        started.elapsed().as_secs_f64(),
-    )
-}
-
-/// Runs tasks of one kind on the current (blocking) thread in one go (see
-/// [`TaskKind::run_batch`]), storing each result and passing each task's
-/// end to `done` as it comes.
+/// Runs a job, one task or several of one kind, on the current (blocking)
+/// thread (see [`TaskKind::run_batch`]), storing each result unless the
+/// store was cleared since `generation`, and passing each task's end to
+/// `done` as it comes.
 pub fn run_batch(
     shared: &Shared,
     generation: u64,

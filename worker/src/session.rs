@@ -18,7 +18,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use crate::data::Data;
-use crate::execute::{Ran, run_batch, run_task};
+use crate::execute::{Ran, run_batch};
 use crate::kinds::Registry;
 use crate::metrics::Metrics;
 use crate::peer::fetch_from;
@@ -469,16 +469,9 @@ impl Session {
             self.shared.pool.submit(move || {
                 // Sent however the job ends, so its slot is never lost.
                 let _ended = JobEnded(tx.clone());
-                if batch.len() == 1 {
-                    let started = batch.pop().expect("one task");
-                    let a = started.assignment;
-                    let ran = run_task(&shared, generation, &a, started.fetched);
-                    let _ = tx.send(Event::Done { task: a.task, ran });
-                } else {
-                    run_batch(&shared, generation, batch, &mut |task, ran| {
-                        let _ = tx.send(Event::Done { task, ran });
-                    });
-                }
+                run_batch(&shared, generation, batch, &mut |task, ran| {
+                    let _ = tx.send(Event::Done { task, ran });
+                });
             });
         }
     }

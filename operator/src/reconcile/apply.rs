@@ -9,9 +9,8 @@
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
@@ -99,40 +98,49 @@ async fn apply_scheduler(
     ns: &str,
     desired: &Desired,
 ) -> Result<SchedulerState, Error> {
-    let params = PatchParams::apply(MANAGER).force();
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
-    let name = desired.service.name_any();
-    services
-        .patch(&name, &params, &Patch::Apply(&desired.service))
-        .await
-        .map_err(|source| Error::Kube {
-            action: "applying the scheduler Service",
-            object: format!("{ns}/{name}"),
-            source,
-        })?;
+    apply_object(ctx, ns, &desired.service, "applying the scheduler Service").await?;
     if let Some(policy) = &desired.network_policy {
-        let policies: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), ns);
-        let name = policy.name_any();
-        policies
-            .patch(&name, &params, &Patch::Apply(policy))
-            .await
-            .map_err(|source| Error::Kube {
-                action: "applying the cluster's NetworkPolicy",
-                object: format!("{ns}/{name}"),
-                source,
-            })?;
+        apply_object(ctx, ns, policy, "applying the cluster's NetworkPolicy").await?;
     }
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    let name = desired.deployment.name_any();
-    let deployment = deployments
-        .patch(&name, &params, &Patch::Apply(&desired.deployment))
-        .await
-        .map_err(|source| Error::Kube {
-            action: "applying the scheduler Deployment",
-            object: format!("{ns}/{name}"),
-            source,
-        })?;
+    let deployment = apply_object(
+        ctx,
+        ns,
+        &desired.deployment,
+        "applying the scheduler Deployment",
+    )
+    .await?;
     Ok(read::scheduler_state(&deployment))
+}
+
+/// Server-side applies `object` in `ns` as the operator's field manager;
+/// the object as the API server has it now.
+async fn apply_object<K>(
+    ctx: &Context,
+    ns: &str,
+    object: &K,
+    action: &'static str,
+) -> Result<K, Error>
+where
+    K: kube::Resource<Scope = NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::Serialize
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let name = object.name_any();
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .map_err(|source| Error::Kube {
+        action,
+        object: format!("{ns}/{name}"),
+        source,
+    })
 }
 
 /// Ended pods go: a retired worker's pod has finished its job, a failed
