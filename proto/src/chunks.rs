@@ -64,46 +64,89 @@ impl From<AssembleError> for tonic::Status {
 /// Collects the tagged chunks of `n` results (see `GatheredChunk`) back into
 /// one buffer each, checking every announced size.
 pub async fn assemble_many<S>(
-    mut stream: S,
+    stream: S,
     n: usize,
 ) -> Result<Vec<(DataFormat, Bytes)>, AssembleError>
 where
     S: Stream<Item = Result<crate::GatheredChunk, tonic::Status>> + Unpin,
 {
-    let mut parts: Vec<Option<(DataFormat, u64, BytesMut)>> = (0..n).map(|_| None).collect();
+    let mut out: Vec<Option<(DataFormat, Bytes)>> = (0..n).map(|_| None).collect();
+    assemble_each(stream, n, |index, format, bytes| {
+        out[index] = Some((format, bytes));
+    })
+    .await?;
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// Like [`assemble_many`], handing each result to `done` (with its position
+/// in the request) as soon as its last byte arrives rather than when the
+/// stream ends. Results already handed over stay handed over when a later
+/// one fails.
+pub async fn assemble_each<S, F>(mut stream: S, n: usize, mut done: F) -> Result<(), AssembleError>
+where
+    S: Stream<Item = Result<crate::GatheredChunk, tonic::Status>> + Unpin,
+    F: FnMut(usize, DataFormat, Bytes),
+{
+    enum Slot {
+        Waiting,
+        Filling(DataFormat, u64, BytesMut),
+        Done(u64),
+    }
+    let mut slots: Vec<Slot> = (0..n).map(|_| Slot::Waiting).collect();
+    let mut left = n;
     while let Some(item) = stream.next().await {
         let crate::GatheredChunk { index, chunk } = item?;
         let chunk = chunk.ok_or(AssembleError::Empty)?;
-        let slot = parts
-            .get_mut(index as usize)
-            .ok_or(AssembleError::Index { index, n })?;
-        if slot.is_none() {
-            // The result's first chunk: its format and size.
-            let format =
-                crate::convert::data_format(chunk.format).map_err(AssembleError::Format)?;
-            let want = chunk.total_bytes;
-            let cap = (want as usize).min(64 * CHUNK_SIZE);
-            *slot = Some((format, want, BytesMut::with_capacity(cap)));
-        }
-        let (_, want, buf) = slot.as_mut().expect("set above");
-        if buf.len() as u64 + chunk.data.len() as u64 > *want {
-            return Err(AssembleError::Long { want: *want });
-        }
-        buf.extend_from_slice(&chunk.data);
-    }
-    parts
-        .into_iter()
-        .map(|p| {
-            let (format, want, buf) = p.ok_or(AssembleError::Empty)?;
-            if buf.len() as u64 != want {
-                return Err(AssembleError::Short {
-                    got: buf.len() as u64,
-                    want,
-                });
+        let at = index as usize;
+        let slot = slots.get_mut(at).ok_or(AssembleError::Index { index, n })?;
+        match slot {
+            Slot::Done(want) => return Err(AssembleError::Long { want: *want }),
+            Slot::Waiting => {
+                // The result's first chunk: its format and size.
+                let format =
+                    crate::convert::data_format(chunk.format).map_err(AssembleError::Format)?;
+                let want = chunk.total_bytes;
+                if chunk.data.len() as u64 == want {
+                    // A small result arrives whole: keep its buffer as it is.
+                    *slot = Slot::Done(want);
+                    left -= 1;
+                    done(at, format, chunk.data);
+                    continue;
+                }
+                if chunk.data.len() as u64 > want {
+                    return Err(AssembleError::Long { want });
+                }
+                // Never trust the announced size for an allocation beyond
+                // one chunk's worth.
+                let mut buf = BytesMut::with_capacity((want as usize).min(64 * CHUNK_SIZE));
+                buf.extend_from_slice(&chunk.data);
+                *slot = Slot::Filling(format, want, buf);
             }
-            Ok((format, buf.freeze()))
-        })
-        .collect()
+            Slot::Filling(format, want, buf) => {
+                if buf.len() as u64 + chunk.data.len() as u64 > *want {
+                    return Err(AssembleError::Long { want: *want });
+                }
+                buf.extend_from_slice(&chunk.data);
+                if buf.len() as u64 == *want {
+                    let (format, want) = (*format, *want);
+                    let bytes = std::mem::take(buf).freeze();
+                    *slot = Slot::Done(want);
+                    left -= 1;
+                    done(at, format, bytes);
+                }
+            }
+        }
+    }
+    if left == 0 {
+        return Ok(());
+    }
+    match slots.iter().find(|s| !matches!(s, Slot::Done(_))) {
+        Some(Slot::Filling(_, want, buf)) => Err(AssembleError::Short {
+            got: buf.len() as u64,
+            want: *want,
+        }),
+        _ => Err(AssembleError::Empty),
+    }
 }
 
 /// Collects a chunk stream back into one buffer, checking the announced size.

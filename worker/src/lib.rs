@@ -146,13 +146,15 @@ pub async fn run_with(
     let metrics = Arc::new(Metrics::new(&name));
     let (ready, ready_rx) = watch::channel(false);
     let pool = pool::Pool::new(config.nthreads as usize, &name).map_err(Error::Threads)?;
+    let channels = Channels::default();
     let shared = Arc::new(Shared {
         pool,
         config: config.clone(),
         registry,
         store: store.clone(),
         metrics: metrics.clone(),
-        channels: Channels::default(),
+        fetcher: peer::Fetcher::new(channels.clone(), metrics.peer_calls.clone()),
+        channels,
         address: address.clone(),
         ready,
         process_bytes: Default::default(),

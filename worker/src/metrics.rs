@@ -8,6 +8,7 @@ pub struct Metrics {
     pub tasks_failed: IntCounter,
     pub task_batches: IntCounter,
     pub transfer_bytes: IntCounter,
+    pub peer_calls: IntCounter,
     pub memory_bytes: IntGauge,
     pub spilled_bytes: IntGauge,
     pub held_results: IntGauge,
@@ -56,6 +57,10 @@ impl Metrics {
                 "Jobs of several short tasks handed to a thread (and its executor) at once",
             ),
             transfer_bytes: counter("transfer_bytes_total", "Bytes fetched from peer workers"),
+            peer_calls: counter(
+                "peer_calls_total",
+                "Calls to peer workers for results (under load, one call carries several)",
+            ),
             memory_bytes: gauge("memory_bytes", "Bytes of results held in memory"),
             spilled_bytes: gauge("spilled_bytes", "Bytes of results spilled to local disk"),
             held_results: gauge("held_results", "Results held, in memory or on disk"),

@@ -21,7 +21,7 @@ use crate::data::Data;
 use crate::execute::{Ran, run_batch};
 use crate::kinds::Registry;
 use crate::metrics::Metrics;
-use crate::peer::fetch_from;
+use crate::peer::{Fetcher, fetch_from};
 use crate::release::{Releases, release};
 use crate::store::Store;
 use crate::tasks::{Admitted, AfterFetch, Freed, Tasks};
@@ -80,6 +80,8 @@ pub struct Shared {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
     pub channels: Channels,
+    /// Fetches inputs from peers, several to a call under load.
+    pub fetcher: Fetcher,
     /// The peer address other workers reach this one at.
     pub address: String,
     pub ready: watch::Sender<bool>,
@@ -309,8 +311,10 @@ impl Session {
                     let shared = self.shared.clone();
                     let tx = self.ev_tx.clone();
                     tokio::spawn(async move {
-                        let result =
-                            fetch_from(&shared.channels, input.task, input.piece, &addresses).await;
+                        let result = shared
+                            .fetcher
+                            .fetch(input.task, input.piece, &addresses)
+                            .await;
                         let _ = tx.send(Event::Fetched {
                             task: id,
                             input,
