@@ -169,7 +169,7 @@ async fn main() {
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     let client = loop {
-        match Client::connect(&address).await {
+        match Client::connect(&address, None).await {
             Ok(c) => break c,
             Err(e) if Instant::now() > deadline => panic!("{e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,

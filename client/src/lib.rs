@@ -21,7 +21,6 @@ use daskrs_proto::scheduler_client::SchedulerClient;
 use daskrs_proto::{RunRequest, run_event, run_request};
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -35,15 +34,35 @@ pub enum Error {
     Lost(String),
     #[error("cannot gather {key:?}: {message}")]
     Gather { key: String, message: String },
+    /// The cluster refused the call: no token, or the wrong one.
+    #[error("{0}")]
+    Refused(String),
     #[error("scheduler answered: {0}")]
-    Status(#[from] tonic::Status),
+    Status(tonic::Status),
+}
+
+impl From<tonic::Status> for Error {
+    fn from(s: tonic::Status) -> Error {
+        match s.code() {
+            tonic::Code::Unauthenticated => Error::Refused(s.message().to_string()),
+            _ => Error::Status(s),
+        }
+    }
 }
 
 impl Error {
+    /// A stream the scheduler ended with `s`: refused, or lost.
+    pub(crate) fn ended(s: tonic::Status) -> Error {
+        match s.code() {
+            tonic::Code::Unauthenticated => Error::Refused(s.message().to_string()),
+            _ => Error::Lost(s.message().to_string()),
+        }
+    }
+
     /// The exit code the `daskrs` command uses for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Rejected(_) => 2,
+            Error::Rejected(_) | Error::Refused(_) => 2,
             Error::Failed(_) => 1,
             Error::Connect(_) | Error::Lost(_) => 3,
             Error::Gather { .. } | Error::Status(_) => 4,
@@ -91,7 +110,7 @@ pub struct Output {
 
 #[derive(Clone)]
 pub struct Client {
-    grpc: SchedulerClient<Channel>,
+    grpc: SchedulerClient<daskrs_proto::net::Conn>,
     address: String,
 }
 
@@ -115,8 +134,12 @@ pub(crate) enum Ran {
 }
 
 impl Client {
-    pub async fn connect(address: &str) -> Result<Client, Error> {
-        let channel = daskrs_proto::net::connect(address)
+    /// Connects to the scheduler at `address`; calls carry `token`.
+    pub async fn connect(
+        address: &str,
+        token: Option<&daskrs_proto::auth::Token>,
+    ) -> Result<Client, Error> {
+        let channel = daskrs_proto::net::connect(address, token)
             .await
             .map_err(|e| Error::Connect(format!("{e} (is a scheduler running there?)")))?;
         Ok(Client {
@@ -164,7 +187,7 @@ impl Client {
             .await
             .map_err(|s| match s.code() {
                 tonic::Code::InvalidArgument => Error::Rejected(s.message().to_string()),
-                tonic::Code::Unavailable => Error::Lost(s.message().to_string()),
+                tonic::Code::Unavailable | tonic::Code::Unauthenticated => Error::ended(s),
                 _ => Error::Status(s),
             })?
             .into_inner();
@@ -172,7 +195,7 @@ impl Client {
         let mut tasks = 0;
         let mut planned = None;
         while let Some(ev) = events.next().await {
-            let ev = ev.map_err(|s| Error::Lost(s.message().to_string()))?;
+            let ev = ev.map_err(Error::ended)?;
             match ev.event {
                 Some(run_event::Event::Planned(p)) => planned = Some(p),
                 Some(run_event::Event::Local(answer)) => return Ok(Ran::Local(answer.into())),

@@ -20,10 +20,13 @@ pub struct LocalConfig {
     pub http_listen: Option<SocketAddr>,
     pub local_dir: PathBuf,
     pub s3: daskrs_engine::S3Settings,
+    /// The cluster token; `None` admits whoever reaches the ports.
+    pub token: Option<daskrs_proto::auth::Token>,
 }
 
 pub struct LocalCluster {
     pub scheduler_addr: SocketAddr,
+    pub token: Option<daskrs_proto::auth::Token>,
     pub http_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     stop_scheduler: watch::Sender<bool>,
@@ -48,6 +51,7 @@ impl LocalCluster {
                 listen: cfg.listen,
                 http_listen: cfg.http_listen,
                 s3: cfg.s3.clone(),
+                token: cfg.token.clone(),
                 ..SchedulerConfig::default()
             },
             scheduler_rx,
@@ -75,6 +79,8 @@ impl LocalCluster {
                 shutdown_timeout: Duration::from_secs(10),
                 pause_on_process_memory: false,
                 port_file: None,
+                token: cfg.token.clone(),
+                open_metrics: false,
             };
             workers.push(tokio::spawn(daskrs_worker::run(
                 wc,
@@ -84,6 +90,7 @@ impl LocalCluster {
         }
         Ok(LocalCluster {
             scheduler_addr: addr,
+            token: cfg.token,
             http_addr: scheduler.http_addr,
             stop,
             stop_scheduler,

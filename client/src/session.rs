@@ -54,13 +54,13 @@ impl Client {
             .clone()
             .run(merged(rx))
             .await
-            .map_err(|s| Error::Lost(s.message().to_string()))?
+            .map_err(Error::ended)?
             .into_inner();
         let graph_id = match events.next().await {
             Some(Ok(RunEvent {
                 event: Some(run_event::Event::Accepted(a)),
             })) => a.graph_id,
-            Some(Err(s)) => return Err(Error::Lost(s.message().to_string())),
+            Some(Err(s)) => return Err(Error::ended(s)),
             _ => {
                 return Err(Error::Lost("the scheduler did not open the session".into()));
             }
@@ -140,7 +140,7 @@ impl Session {
         loop {
             match next {
                 Some(Ok(ev)) => out.extend(convert(ev)),
-                Some(Err(s)) => return Err(Error::Lost(s.message().to_string())),
+                Some(Err(s)) => return Err(Error::ended(s)),
                 None if out.is_empty() => {
                     return Err(Error::Lost("the scheduler closed the session".into()));
                 }

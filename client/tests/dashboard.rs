@@ -63,7 +63,11 @@ async fn the_dashboard_shows_workers_and_a_running_graph() {
     };
     let run = start_graph(&client, graph).await;
 
-    let url = format!("http://127.0.0.1:{}/", cluster.http_port);
+    let url = format!(
+        "http://127.0.0.1:{}/?token={}",
+        cluster.http_port,
+        cluster.token.expose()
+    );
     let dom = tokio::task::spawn_blocking(move || rendered(&url, 3000))
         .await
         .unwrap();
@@ -98,7 +102,11 @@ async fn the_dashboard_shows_workers_and_a_running_graph() {
     }
 
     // Idle, the page says so.
-    let url = format!("http://127.0.0.1:{}/", cluster.http_port);
+    let url = format!(
+        "http://127.0.0.1:{}/?token={}",
+        cluster.http_port,
+        cluster.token.expose()
+    );
     let idle = {
         let url = url.clone();
         tokio::task::spawn_blocking(move || rendered(&url, 1500))

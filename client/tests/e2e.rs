@@ -344,7 +344,35 @@ async fn helm_install_apply_query_scale_and_delete_a_cluster() {
         scheduler_target(&client)
     })
     .await;
-    let scheduler = Client::connect(&target.to_string())
+    // The token, as the README tells a user to get it for `port-forward`.
+    let secret = format!("{CLUSTER}-daskrs-token");
+    let encoded = plane.kubectl_ok(&[
+        "get",
+        "secret",
+        &secret,
+        "-n",
+        NS,
+        "-o",
+        "jsonpath={.data.token}",
+    ]);
+    let decoded: k8s_openapi::ByteString =
+        serde_json::from_value(serde_json::json!(encoded.trim())).expect("base64 token");
+    let token = daskrs_proto::auth::Token::parse(
+        std::str::from_utf8(&decoded.0).expect("a text token"),
+        "the cluster's Secret",
+    )
+    .expect("a usable token");
+    let refused = Client::connect(&target.to_string(), None)
+        .await
+        .expect("connect to the scheduler pod")
+        .info()
+        .await
+        .expect_err("no call without the token");
+    assert!(
+        refused.to_string().contains("requires a token"),
+        "{refused}"
+    );
+    let scheduler = Client::connect(&target.to_string(), Some(&token))
         .await
         .expect("connect to the scheduler pod");
     wait_for(
@@ -373,6 +401,7 @@ async fn helm_install_apply_query_scale_and_delete_a_cluster() {
         .arg("-o")
         .arg(&answer)
         .env("DASKRS_LOG", "warn")
+        .env(daskrs_proto::auth::TOKEN_ENV, token.expose())
         .output()
         .expect("run daskrs sql");
     assert!(
@@ -621,6 +650,16 @@ async fn helm_install_apply_query_scale_and_delete_a_cluster() {
 
     let left = plane.kubectl_ok(&["get", "deployments,services", "-n", NS, "-o", "name"]);
     assert_eq!(left.trim(), "", "left behind by the deleted cluster");
+    wait_for(
+        "the cluster's token Secret to go with it",
+        WAIT,
+        &diag,
+        || async {
+            let out = plane.kubectl(&["get", "secret", &secret, "-n", NS]);
+            (!out.status.success() && stderr(&out).contains("NotFound")).then_some(())
+        },
+    )
+    .await;
 }
 
 /// What the node does to a container's configuration, checked without a

@@ -134,7 +134,7 @@ async fn submit_command_prints_results_and_json() {
         ], "outputs": ["total"]}"#,
     )
     .unwrap();
-    let out = submit(&cluster.address(), &file, &[]);
+    let out = submit(&cluster.address(), Some(&cluster.token), &file, &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -144,7 +144,12 @@ async fn submit_command_prints_results_and_json() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "total = 328350"
     );
-    let out = submit(&cluster.address(), &file, &["--format", "json"]);
+    let out = submit(
+        &cluster.address(),
+        Some(&cluster.token),
+        &file,
+        &["--format", "json"],
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v, serde_json::json!({"total": [328350]}));
 }
@@ -201,7 +206,7 @@ async fn bad_graph_files_are_rejected_with_a_clear_message() {
     for (i, (graph, code, msg)) in cases.iter().enumerate() {
         let file = cluster.dir.path().join(format!("bad{i}.json"));
         std::fs::write(&file, graph).unwrap();
-        let out = submit(&cluster.address(), &file, &[]);
+        let out = submit(&cluster.address(), Some(&cluster.token), &file, &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(*code), "case {i}: {stderr}");
         assert!(
@@ -211,12 +216,18 @@ async fn bad_graph_files_are_rejected_with_a_clear_message() {
     }
     let missing = submit(
         &cluster.address(),
+        Some(&cluster.token),
         &cluster.dir.path().join("nope.json"),
         &[],
     );
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read"));
-    let unreachable = submit("127.0.0.1:1", &cluster.dir.path().join("bad0.json"), &[]);
+    let unreachable = submit(
+        "127.0.0.1:1",
+        None,
+        &cluster.dir.path().join("bad0.json"),
+        &[],
+    );
     assert_eq!(
         unreachable.status.code(),
         Some(2),
@@ -277,7 +288,7 @@ async fn scheduler_rejects_bad_graphs_before_running_anything() {
 async fn malformed_protobuf_is_an_error_and_the_scheduler_keeps_serving() {
     let cluster = Cluster::start(1, &[], &[]);
     let client = cluster.client(1).await;
-    let channel = daskrs_proto::net::connect(&cluster.address())
+    let channel = daskrs_proto::net::connect(&cluster.address(), Some(&cluster.token))
         .await
         .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
@@ -405,20 +416,10 @@ async fn http_endpoints_serve_health_metrics_and_the_worker_api() {
         "idle cluster wants no workers: {a}"
     );
     assert_eq!(a["current_workers"], 2);
-    let (code, body) = harness::http(
-        cluster.http_port,
-        "POST",
-        "/api/v1/retire",
-        r#"{"workerz": []}"#,
-    );
+    let (code, body) = cluster.http("POST", "/api/v1/retire", r#"{"workerz": []}"#);
     assert_eq!(code, 400);
     assert!(body.contains("workerz"), "{body}");
-    let (code, body) = harness::http(
-        cluster.http_port,
-        "POST",
-        "/api/v1/retire",
-        r#"{"workers": ["nobody"]}"#,
-    );
+    let (code, body) = cluster.http("POST", "/api/v1/retire", r#"{"workers": ["nobody"]}"#);
     assert_eq!(code, 404);
     assert!(body.contains("nobody"), "{body}");
 }
@@ -475,11 +476,11 @@ async fn worker_serves_health_readiness_and_metrics() {
     let client = cluster.client(1).await;
     check_slow_sum(&client, 4, 10, 0).await;
     assert_eq!(
-        harness::http(port, "GET", "/health", ""),
+        harness::http_as(port, "GET", "/health", "", None),
         (200, "ok\n".into())
     );
-    assert_eq!(harness::http(port, "GET", "/ready", "").0, 200);
-    let (code, metrics) = harness::http(port, "GET", "/metrics", "");
+    assert_eq!(harness::http_as(port, "GET", "/ready", "", None).0, 200);
+    let (code, metrics) = harness::http_as(port, "GET", "/metrics", "", Some(&cluster.token));
     assert_eq!(code, 200);
     assert!(
         metrics.contains(r#"daskrs_worker_tasks_executed_total{worker="w0"} 15"#),
@@ -496,14 +497,14 @@ async fn worker_serves_health_readiness_and_metrics() {
     // Without its scheduler it is alive but not ready.
     cluster.scheduler.take().unwrap().signal("KILL");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while harness::http(port, "GET", "/ready", "").0 != 503 {
+    while harness::http_as(port, "GET", "/ready", "", None).0 != 503 {
         assert!(
             std::time::Instant::now() < deadline,
             "worker still claims to be ready"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(harness::http(port, "GET", "/health", "").0, 200);
+    assert_eq!(harness::http_as(port, "GET", "/health", "", None).0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -522,14 +523,16 @@ async fn local_cluster_serves_clients_and_stops_on_sigterm() {
     };
     let port = harness::read_ports(&port_file, &mut local)["grpc"];
     let address = format!("127.0.0.1:{port}");
-    let client = daskrs_client::Client::connect(&address).await.unwrap();
+    let client = daskrs_client::Client::connect(&address, None)
+        .await
+        .unwrap();
     client
         .wait_for_workers(2, Duration::from_secs(20))
         .await
         .unwrap();
     let file = dir.path().join("g.json");
     std::fs::write(&file, r#"{"tasks": [{"key": "n", "kind": "range", "args": {"start": 1, "stop": 11}}, {"key": "s", "kind": "sum", "deps": ["n"]}]}"#).unwrap();
-    let out = submit(&address, &file, &[]);
+    let out = submit(&address, None, &file, &[]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "s = 55");
     let info = std::process::Command::new(harness::BIN)
         .args(["info", "--scheduler", &address])

@@ -456,7 +456,8 @@ async fn sql_reads_and_writes_local_files_only_under_the_allowed_roots() {
 #[test]
 fn a_query_with_no_workers_attached_says_so() {
     let cluster = Cluster::start(0, &[], &[]);
-    let out = Command::new(BIN)
+    let out = cluster
+        .command()
         .args(["sql", "--scheduler", &cluster.address(), "select 1 + 1"])
         .output()
         .unwrap();
@@ -475,7 +476,8 @@ fn sql_command_prints_saves_and_explains() {
     make_tpch(&data, 0.01, 2);
     let sched = cluster.address();
     let run = |args: &[&str]| {
-        Command::new(BIN)
+        cluster
+            .command()
             .args(["sql", "--scheduler", &sched])
             .args(args)
             .env("DASKRS_LOG", "error")
@@ -486,7 +488,8 @@ fn sql_command_prints_saves_and_explains() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let out = Command::new(BIN)
-            .args(["info", "--scheduler", &sched])
+            .args(["info", "--scheduler", &sched, "--token-file"])
+            .arg(cluster.token_file())
             .output()
             .unwrap();
         if String::from_utf8_lossy(&out.stdout).matches("w").count() >= 2 {
@@ -533,7 +536,8 @@ fn sql_command_prints_saves_and_explains() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let read = Command::new(BIN)
+    let read = cluster
+        .command()
         .args(["sql", "--scheduler", &sched, "--format", "csv"])
         .arg(format!("select count(*) as n from '{}'", file.display()))
         .output()

@@ -31,17 +31,33 @@ pub enum ApiError {
     },
 }
 
+/// A cluster's scheduler API: its base URL and the cluster token its
+/// calls carry.
+#[derive(Clone)]
+pub struct SchedulerAt {
+    pub base: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for SchedulerAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchedulerAt")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The calls the reconciler makes; a trait so reconcile tests can answer
 /// them without a scheduler.
 #[async_trait::async_trait]
 pub trait SchedulerApi: Send + Sync {
-    async fn adaptive(&self, base: &str) -> Result<Adaptive, ApiError>;
+    async fn adaptive(&self, at: &SchedulerAt) -> Result<Adaptive, ApiError>;
     /// Retires `count` workers of the scheduler's choosing, or the named
     /// ones, and waits until they have handed off their results and left.
     /// Returns the names of the retired workers.
     async fn retire(
         &self,
-        base: &str,
+        at: &SchedulerAt,
         names: &[String],
         count: usize,
     ) -> Result<Vec<String>, ApiError>;
@@ -73,19 +89,23 @@ struct Retired {
 
 #[async_trait::async_trait]
 impl SchedulerApi for HttpScheduler {
-    async fn adaptive(&self, base: &str) -> Result<Adaptive, ApiError> {
-        let url = format!("{base}/api/v1/adaptive");
-        let req = self.http.get(&url).timeout(Duration::from_secs(5));
+    async fn adaptive(&self, at: &SchedulerAt) -> Result<Adaptive, ApiError> {
+        let url = format!("{}/api/v1/adaptive", at.base);
+        let req = self
+            .http
+            .get(&url)
+            .bearer_auth(&at.token)
+            .timeout(Duration::from_secs(5));
         send_json(req, &url).await
     }
 
     async fn retire(
         &self,
-        base: &str,
+        at: &SchedulerAt,
         names: &[String],
         count: usize,
     ) -> Result<Vec<String>, ApiError> {
-        let url = format!("{base}/api/v1/retire");
+        let url = format!("{}/api/v1/retire", at.base);
         let body = serde_json::json!({
             "workers": names,
             "count": if names.is_empty() { count } else { 0 },
@@ -94,6 +114,7 @@ impl SchedulerApi for HttpScheduler {
         let req = self
             .http
             .post(&url)
+            .bearer_auth(&at.token)
             .json(&body)
             .timeout(self.retire_timeout + Duration::from_secs(10));
         let r: Retired = send_json(req, &url).await?;

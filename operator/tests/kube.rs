@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use harness::{ControlPlane, Operator, SchedulerStub, control_plane, stderr, stdout, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
@@ -467,6 +467,41 @@ spec:
             "app.kubernetes.io/name=daskrs-operator"
         ]
     );
+    // The cluster's token: in a Secret of its own, which the pods read by
+    // reference; nowhere in the status.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secret = secrets
+        .get("demo-daskrs-token")
+        .await
+        .expect("the cluster's token Secret");
+    assert_eq!(secret.owner_references()[0].name, "demo");
+    let token = String::from_utf8(secret.data.as_ref().unwrap()["token"].0.clone()).unwrap();
+    assert!(
+        token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{token}"
+    );
+    let from = |pod: &Pod| {
+        let var = env_of(pod, "DASKRS_TOKEN").expect("DASKRS_TOKEN");
+        assert_eq!(
+            var.value, None,
+            "the token is never written into a pod spec"
+        );
+        let r = var.value_from.unwrap().secret_key_ref.unwrap();
+        (r.name, r.key)
+    };
+    for pod in workers(&client, &ns, "demo").await {
+        assert_eq!(from(&pod), ("demo-daskrs-token".into(), "token".into()));
+    }
+    let template = Pod {
+        spec: d.spec.as_ref().unwrap().template.spec.clone(),
+        ..Pod::default()
+    };
+    assert_eq!(
+        from(&template),
+        ("demo-daskrs-token".into(), "token".into())
+    );
+    let status = serde_json::to_string(&cluster(&client, &ns, "demo").await.status).unwrap();
+    assert!(!status.contains(&token), "{status}");
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let svc = services
         .get("demo-scheduler")
@@ -578,7 +613,8 @@ spec:
                 .await
                 .ok()?
                 .items
-                .len();
+                .len()
+            + usize::from(secrets.get_opt("demo-daskrs-token").await.ok()?.is_some());
         (left == 0).then_some(())
     })
     .await;
@@ -628,6 +664,13 @@ async fn kubectl_scale_adds_workers_and_retires_through_the_scheduler() {
     let left: Vec<String> = left.iter().map(|p| p.name_any()).collect();
     assert_eq!(left, vec![names[0].clone(), names[2].clone()]);
     assert_eq!(stub.state.lock().unwrap().retire_calls, vec![(vec![], 2)]);
+    // With the cluster's token, from its Secret.
+    let secret: Secret = Api::namespaced(client.clone(), &ns)
+        .get("demo-daskrs-token")
+        .await
+        .expect("the cluster's token Secret");
+    let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+    assert_eq!(stub.state.lock().unwrap().retire_tokens, vec![Some(token)]);
     let c = wait_status(&client, &ns, "demo", "status 2 replicas", |c| {
         c.status
             .as_ref()

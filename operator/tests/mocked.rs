@@ -16,7 +16,7 @@ use daskrs_operator::builders::{self, Defaults, WorkerSizing};
 use daskrs_operator::crd::{DaskCluster, DaskClusterSpec, DaskClusterStatus, WorkerSpec};
 use daskrs_operator::metrics::Metrics;
 use daskrs_operator::reconcile::{Context, Error, Settings, error_policy, reconcile};
-use daskrs_operator::scheduler_api::{Adaptive, ApiError, SchedulerApi};
+use daskrs_operator::scheduler_api::{Adaptive, ApiError, SchedulerApi, SchedulerAt};
 
 /// The scheduler's API: retires the workers it is told it holds.
 #[derive(Default)]
@@ -27,16 +27,18 @@ struct FakeScheduler {
 
 #[async_trait::async_trait]
 impl SchedulerApi for FakeScheduler {
-    async fn adaptive(&self, _base: &str) -> Result<Adaptive, ApiError> {
+    async fn adaptive(&self, _at: &SchedulerAt) -> Result<Adaptive, ApiError> {
         Ok(Adaptive::default())
     }
 
     async fn retire(
         &self,
-        _base: &str,
+        at: &SchedulerAt,
         names: &[String],
         count: usize,
     ) -> Result<Vec<String>, ApiError> {
+        // The Secret's token, as the mocked API server holds it.
+        assert_eq!(at.token, TOKEN, "retire calls carry the cluster's token");
         self.calls.lock().unwrap().push((names.to_vec(), count));
         let mut w = self.workers.lock().unwrap();
         let chosen: Vec<String> = if names.is_empty() {
@@ -58,6 +60,15 @@ struct World {
     scheduler_available: bool,
     /// Answer a Deployment patch with this status code instead.
     deployment_error: Option<u16>,
+    /// The cluster's token Secret exists, holding [`TOKEN`].
+    token_secret: bool,
+}
+
+const TOKEN: &str = "the-clusters-token";
+
+/// Bytes as the API server writes them in a Secret's data.
+fn base64(text: &str) -> Value {
+    serde_json::to_value(k8s_openapi::ByteString(text.as_bytes().to_vec())).unwrap()
 }
 
 /// One request as the mock saw it.
@@ -130,6 +141,22 @@ fn answer(world: &World, method: &str, uri: &str, body: &Value, made: &mut u32) 
             "status": body["status"],
         });
         return (200, c);
+    }
+    if path.contains("/secrets") {
+        return match (method, world.token_secret) {
+            ("GET", true) => (
+                200,
+                json!({ "apiVersion": "v1", "kind": "Secret",
+                    "metadata": { "name": "demo-daskrs-token", "namespace": "data" },
+                    "data": { "token": base64(TOKEN) } }),
+            ),
+            ("GET", false) => (
+                404,
+                json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404 }),
+            ),
+            ("POST", _) => (201, body.clone()),
+            _ => (405, json!({})),
+        };
     }
     if path.contains("/services/") || path.contains("/networkpolicies/") {
         return (200, body.clone());
@@ -240,6 +267,25 @@ async fn a_new_cluster_applies_its_scheduler_creates_its_workers_and_writes_stat
     result.expect("the pass succeeds");
     let r = requests(&seen);
     assert_eq!(r[0], "GET /api/v1/namespaces/data/pods");
+    // The cluster's token Secret, made since there was none.
+    assert_eq!(
+        r[1..3],
+        [
+            "GET /api/v1/namespaces/data/secrets/demo-daskrs-token",
+            "POST /api/v1/namespaces/data/secrets"
+        ]
+    );
+    let made = seen
+        .iter()
+        .find(|s| s.method == "POST" && s.path.contains("/secrets"))
+        .unwrap();
+    let token = made.body["data"]["token"].as_str().unwrap();
+    assert_eq!(
+        token.len(),
+        88,
+        "32 random bytes as hex, base64-encoded: {token}"
+    );
+    let r = [&r[..1], &r[3..]].concat();
     assert_eq!(
         r[1],
         "PATCH /api/v1/namespaces/data/services/demo-scheduler"
@@ -270,7 +316,7 @@ async fn a_new_cluster_applies_its_scheduler_creates_its_workers_and_writes_stat
 
     // The scheduler and the status: server-side apply, one field manager,
     // forced.
-    for applied in [&seen[1], &seen[2], seen.last().unwrap()] {
+    for applied in [&seen[3], &seen[4], seen.last().unwrap()] {
         assert!(
             applied.path.contains("fieldManager=daskrs-operator")
                 && applied.path.contains("force=true")
@@ -331,6 +377,7 @@ async fn scale_down_deletes_unready_pods_first_then_what_the_scheduler_retires()
             pod("demo-worker-c", &hash, false),
         ],
         scheduler_available: true,
+        token_secret: true,
         ..World::default()
     };
     let scheduler = Arc::new(FakeScheduler::default());
@@ -377,6 +424,7 @@ async fn stale_pods_are_replaced_before_they_are_retired() {
             pod("demo-worker-b", "old", true),
         ],
         scheduler_available: true,
+        token_secret: true,
         ..World::default()
     };
     let scheduler = Arc::new(FakeScheduler::default());
@@ -400,6 +448,7 @@ async fn stale_pods_are_replaced_before_they_are_retired() {
 async fn api_errors_fail_the_pass_and_back_off_exponentially() {
     let world = World {
         deployment_error: Some(500),
+        token_secret: true,
         ..World::default()
     };
     let (result, seen, ctx) = pass(cluster(2), world, Arc::default()).await;

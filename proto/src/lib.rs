@@ -3,6 +3,7 @@
 //! their limits. No scheduling or execution logic lives here, and nothing
 //! but `daskrs-core` of daskrs: no scheduler, worker or engine code.
 
+pub mod auth;
 pub mod chunks;
 pub mod convert;
 pub mod net;

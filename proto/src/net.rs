@@ -5,7 +5,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Server};
+
+use crate::auth::{Bearer, Token};
+
+/// A channel whose calls carry the cluster token (when there is one).
+pub type Conn = InterceptedService<Channel, Bearer>;
 
 /// Largest single message. Bulk data moves as streams of [`crate::chunks::CHUNK_SIZE`]
 /// chunks, so only a huge graph submission comes near this.
@@ -44,37 +50,51 @@ pub fn endpoint(address: &str) -> Result<Endpoint, AddressError> {
         })
 }
 
-/// Connects now, failing after [`CONNECT_TIMEOUT`].
-pub async fn connect(address: &str) -> Result<Channel, ConnectError> {
+/// Connects now, failing after [`CONNECT_TIMEOUT`]; calls carry `token`.
+pub async fn connect(address: &str, token: Option<&Token>) -> Result<Conn, ConnectError> {
     let ep = endpoint(address).map_err(ConnectError::Address)?;
-    ep.connect()
+    let channel = ep
+        .connect()
         .await
         .map_err(|source| ConnectError::Unreachable {
             address: address.to_string(),
             source,
-        })
+        })?;
+    Ok(InterceptedService::new(channel, Bearer::new(token)))
 }
 
 /// A channel that connects on first use and reconnects after failures.
-pub fn connect_lazy(address: &str) -> Result<Channel, AddressError> {
-    Ok(endpoint(address)?.connect_lazy())
+pub fn connect_lazy(address: &str, token: Option<&Token>) -> Result<Conn, AddressError> {
+    Ok(InterceptedService::new(
+        endpoint(address)?.connect_lazy(),
+        Bearer::new(token),
+    ))
 }
 
 /// Channels to peers, one per address, made on first use and shared by
 /// every task that talks to that peer (HTTP/2 multiplexes their calls).
+/// Their calls carry the cluster's token.
 #[derive(Clone, Default)]
 pub struct Channels {
-    inner: Arc<Mutex<HashMap<String, Channel>>>,
+    inner: Arc<Mutex<HashMap<String, Conn>>>,
+    token: Option<Token>,
 }
 
 impl Channels {
-    pub fn get(&self, address: &str) -> Result<Channel, AddressError> {
+    pub fn new(token: Option<Token>) -> Channels {
+        Channels {
+            inner: Default::default(),
+            token,
+        }
+    }
+
+    pub fn get(&self, address: &str) -> Result<Conn, AddressError> {
         // A panic elsewhere while holding the lock leaves a plain map behind.
         let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = m.get(address) {
             return Ok(c.clone());
         }
-        let c = connect_lazy(address)?;
+        let c = connect_lazy(address, self.token.as_ref())?;
         m.insert(address.to_string(), c.clone());
         Ok(c)
     }
@@ -112,6 +132,11 @@ pub fn server() -> Server {
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .http2_adaptive_window(Some(true))
+}
+
+/// A service that refuses calls without `token` (when there is one).
+pub fn guarded<S>(svc: S, token: Option<Token>) -> InterceptedService<S, crate::auth::Guard> {
+    InterceptedService::new(svc, crate::auth::Guard::new(token))
 }
 
 /// Applies the message limits to a generated client or server.

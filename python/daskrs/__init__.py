@@ -24,6 +24,7 @@ from daskrs._futures import (  # noqa: E402
 from daskrs._local import LocalCluster  # noqa: E402
 from daskrs._native import __version__  # noqa: E402
 from daskrs.errors import (  # noqa: E402
+    AuthenticationError,
     ConnectError,
     DaskrsError,
     GatherError,
@@ -36,6 +37,7 @@ from daskrs.errors import (  # noqa: E402
 
 __all__ = [
     "ALL_COMPLETED",
+    "AuthenticationError",
     "FIRST_COMPLETED",
     "FIRST_EXCEPTION",
     "Client",

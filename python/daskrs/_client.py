@@ -50,7 +50,8 @@ class Client:
     ``Client("host:8786")`` (or ``"tcp://host:8786"``) connects to a running
     scheduler; ``Client()`` starts a local cluster of processes, which is
     closed with the client. Unless ``set_as_default=False``, the client
-    becomes Dask's scheduler, so ``x.compute()`` runs on it.
+    becomes Dask's scheduler, so ``x.compute()`` runs on it. ``token`` is the
+    cluster's token (default: ``$DASKRS_TOKEN``); a local cluster makes its own.
     """
 
     # Dask asks this of a client before it hands it a graph.
@@ -66,6 +67,7 @@ class Client:
         set_as_default: bool = True,
         timeout: float = 60.0,
         check_versions: bool = True,
+        token: str | None = None,
     ) -> None:
         from daskrs._local import LocalCluster
 
@@ -87,10 +89,16 @@ class Client:
                 timeout=timeout,
             )
             address = self.cluster.scheduler_address
+            token = self.cluster.token
         elif hasattr(address, "scheduler_address"):
+            token = token or getattr(address, "token", None)
             address = address.scheduler_address  # a cluster object
+        if token is None:
+            from daskrs._local import token_for
+
+            token = token_for(_address(address)) or os.environ.get("DASKRS_TOKEN") or None
         try:
-            self._native: NativeClient | None = NativeClient.connect(_address(address))
+            self._native: NativeClient | None = NativeClient.connect(_address(address), token)
             self._session = self._native.session(f"client-{os.getpid()}-{uuid.uuid4().hex[:8]}")
             self._listener = threading.Thread(
                 target=self._listen, args=(self._session,), name="daskrs-events", daemon=True

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,17 @@ def _memory() -> int:
         return 8 << 30
 
 
+# The tokens of the local clusters this process started, by scheduler
+# address: a client of this process connecting to one by its address needs
+# no token of its own.
+_TOKENS: dict[str, str] = {}
+
+
+def token_for(address: str) -> str | None:
+    """The token of a local cluster this process started at ``address``."""
+    return _TOKENS.get(address)
+
+
 class LocalCluster:
     """A scheduler and workers as separate processes on this machine."""
 
@@ -59,7 +71,10 @@ class LocalCluster:
         self._binary = find_binary()
         self._dir = tempfile.mkdtemp(prefix="daskrs-local-")
         self._procs: list[subprocess.Popen[bytes]] = []
-        self._env = {**os.environ, **(env or {})}
+        #: The cluster's token, made for it: even on loopback, other users
+        #: of this machine cannot use the cluster.
+        self.token = secrets.token_hex(32)
+        self._env = {**os.environ, **(env or {}), "DASKRS_TOKEN": self.token}
         self._python = python or sys.executable
         self.threads_per_worker = threads_per_worker
         self.memory_limit = memory_limit or _memory() // max(1, n_workers)
@@ -71,7 +86,9 @@ class LocalCluster:
                 timeout,
             )
             self.scheduler_address = f"127.0.0.1:{ports['grpc']}"
-            self.dashboard_link = f"http://127.0.0.1:{ports['http']}/"
+            _TOKENS[self.scheduler_address] = self.token
+            # The dashboard keeps the token in a cookie once opened so.
+            self.dashboard_link = f"http://127.0.0.1:{ports['http']}/?token={self.token}"
             self._workers = 0
             #: Each worker's HTTP address (``/metrics``, ``/health``).
             self.worker_links: dict[str, str] = {}
@@ -131,6 +148,7 @@ class LocalCluster:
         return list(self._procs)
 
     def close(self) -> None:
+        _TOKENS.pop(getattr(self, "scheduler_address", ""), None)
         self._finalizer()
 
     def __enter__(self) -> LocalCluster:

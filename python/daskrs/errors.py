@@ -12,6 +12,11 @@ class ConnectError(DaskrsError, ConnectionError):
     """No scheduler answered at the address."""
 
 
+class AuthenticationError(DaskrsError, PermissionError):
+    """The cluster refused the client: it needs a token (``token=`` or
+    ``$DASKRS_TOKEN``), or the one given is wrong."""
+
+
 class SchedulerLost(DaskrsError, ConnectionError):
     """The scheduler went away while a call was under way."""
 

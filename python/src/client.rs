@@ -26,11 +26,19 @@ pub struct PyTask(String, String, PyBackedBytes, Vec<String>, i32, u32);
 
 #[pymethods]
 impl NativeClient {
-    /// Connects to the scheduler at `address` (host:port).
+    /// Connects to the scheduler at `address` (host:port); calls carry
+    /// `token`, the cluster's token, when given.
     #[staticmethod]
-    fn connect(py: Python<'_>, address: String) -> PyResult<NativeClient> {
-        let client =
-            wait(py, async move { Client::connect(&address).await })?.map_err(|e| to_py(py, e))?;
+    #[pyo3(signature = (address, token=None))]
+    fn connect(py: Python<'_>, address: String, token: Option<String>) -> PyResult<NativeClient> {
+        let token = token
+            .map(|t| daskrs_proto::auth::Token::parse(&t, "token="))
+            .transpose()
+            .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+        let client = wait(py, async move {
+            Client::connect(&address, token.as_ref()).await
+        })?
+        .map_err(|e| to_py(py, e))?;
         Ok(NativeClient { client })
     }
 

@@ -17,6 +17,7 @@ fn build(py: Python<'_>, e: daskrs_client::Error) -> PyResult<PyErr> {
     let message = e.to_string();
     let (class, extra) = match e {
         daskrs_client::Error::Connect(_) => ("ConnectError", None),
+        daskrs_client::Error::Refused(_) => ("AuthenticationError", None),
         daskrs_client::Error::Rejected(_) => ("Rejected", None),
         daskrs_client::Error::Lost(_) => ("SchedulerLost", None),
         daskrs_client::Error::Gather { key, .. } => {

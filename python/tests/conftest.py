@@ -33,7 +33,7 @@ def daskrs_bin() -> str:
 
 
 def start_worker(
-    binary: str, scheduler: str, name: str, *, python: str | None = None
+    binary: str, scheduler: str, name: str, *, token: str, python: str | None = None
 ) -> subprocess.Popen[bytes]:
     """A worker process of its own, which the test stops."""
     args = [
@@ -56,4 +56,5 @@ def start_worker(
     ]
     if python:
         args += ["--python", python]
-    return subprocess.Popen(args, env=dict(os.environ), stdin=subprocess.DEVNULL)
+    env = {**os.environ, "DASKRS_TOKEN": token}
+    return subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pathlib
+import subprocess
 import threading
+import time
 
 import pytest
 
@@ -67,7 +71,9 @@ def test_a_worker_with_other_versions_is_refused_at_connect(daskrs_bin: str) -> 
     if not other:
         pytest.skip("DASKRS_OTHER_PYTHON names no second environment with daskrs installed")
     cluster = daskrs.LocalCluster(n_workers=0)
-    worker = start_worker(daskrs_bin, cluster.scheduler_address, "other", python=other)
+    worker = start_worker(
+        daskrs_bin, cluster.scheduler_address, "other", token=cluster.token, python=other
+    )
     try:
         with daskrs.Client(
             cluster.scheduler_address, set_as_default=False, check_versions=False
@@ -84,3 +90,69 @@ def test_a_worker_with_other_versions_is_refused_at_connect(daskrs_bin: str) -> 
         worker.terminate()
         worker.wait()
         cluster.close()
+
+
+def test_a_cluster_refuses_clients_without_its_token_and_says_so(
+    daskrs_bin: str, tmp_path: pathlib.Path
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    # A scheduler as on a cluster's pod: its token from the environment.
+    token = "a-token-for-this-test"
+    ports = tmp_path / "ports"
+    scheduler = subprocess.Popen(
+        [daskrs_bin, "scheduler", "--host", "127.0.0.1", "--port", "0", "--http-port", "0"]
+        + ["--port-file", str(ports)],
+        env={**os.environ, "DASKRS_TOKEN": token},
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                got = json.loads(ports.read_text())
+                break
+            except (OSError, json.JSONDecodeError):  # not yet (fully) written
+                assert scheduler.poll() is None and time.monotonic() < deadline
+                time.sleep(0.02)
+        address, http = f"127.0.0.1:{got['grpc']}", f"http://127.0.0.1:{got['http']}/"
+        with pytest.raises(daskrs.AuthenticationError, match="requires a token"):
+            daskrs.Client(address, set_as_default=False, check_versions=False)
+        with pytest.raises(daskrs.AuthenticationError, match="token presented is wrong"):
+            daskrs.Client(address, token="nope", set_as_default=False, check_versions=False)
+        with pytest.raises(ValueError, match="not a valid token"):
+            daskrs.Client(address, token="has space", set_as_default=False)
+        with daskrs.Client(address, token=token, set_as_default=False) as client:
+            assert client.scheduler_info()["workers"] == []
+        # From the environment, as on a cluster's pods and in a shell.
+        os.environ["DASKRS_TOKEN"] = token
+        try:
+            with daskrs.Client(address, set_as_default=False) as client:
+                assert client.scheduler_info()["workers"] == []
+        finally:
+            del os.environ["DASKRS_TOKEN"]
+        # HTTP: the probes are open, the API is not, the token logs a browser in.
+        with urllib.request.urlopen(http + "health", timeout=10) as page:
+            assert page.status == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(http + "api/v1/status", timeout=10)
+        assert refused.value.code == 401
+        assert "requires a token" in refused.value.read().decode()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with opener.open(f"{http}?token={token}", timeout=10) as page:
+            assert page.status == 200 and "/api/v1/status" in page.read().decode()
+        with opener.open(http + "api/v1/status", timeout=10) as page:
+            assert page.status == 200
+    finally:
+        scheduler.kill()
+        scheduler.wait()
+
+
+def test_a_local_cluster_has_a_token_its_clients_use(client: daskrs.Client) -> None:
+    assert client.cluster is not None
+    assert len(client.cluster.token) == 64
+    assert client.dashboard_link.endswith(f"?token={client.cluster.token}")
+    # A client of this process reaches the cluster by its address alone.
+    with daskrs.Client(client.cluster.scheduler_address, set_as_default=False) as other:
+        assert len(other.scheduler_info()["workers"]) == 2

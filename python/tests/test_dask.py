@@ -160,7 +160,10 @@ def _batches_run(client: daskrs.Client) -> int:
     assert client.cluster is not None
     total = 0
     for link in client.cluster.worker_links.values():
-        with urllib.request.urlopen(link + "metrics", timeout=10) as page:
+        request = urllib.request.Request(
+            link + "metrics", headers={"Authorization": f"Bearer {client.cluster.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as page:
             for line in page.read().decode().splitlines():
                 if line.startswith("daskrs_worker_task_batches_total"):
                     total += int(float(line.rsplit(" ", 1)[1]))

@@ -17,7 +17,7 @@ def _double(v: int) -> int:
 
 def test_python_tasks_wait_for_a_python_worker_and_say_why(daskrs_bin: str) -> None:
     cluster = daskrs.LocalCluster(n_workers=0)
-    plain = start_worker(daskrs_bin, cluster.scheduler_address, "plain")
+    plain = start_worker(daskrs_bin, cluster.scheduler_address, "plain", token=cluster.token)
     try:
         client = daskrs.Client(cluster.scheduler_address, set_as_default=False)
         client.wait_for_workers(1, timeout=30)

@@ -2,16 +2,23 @@
 //! the cluster's state as JSON (`/api/v1/status`, which the dashboard
 //! polls), and the API the operator uses (`/api/v1/workers`,
 //! `/api/v1/retire`, `/api/v1/adaptive`).
+//!
+//! With a cluster token, everything but `/health` and `/ready` (and
+//! `/metrics` when opened for scrapers) needs it: as `Authorization: Bearer`
+//! for programs, or, in a browser, typed once into the dashboard's login
+//! form (or passed as `/?token=`), which keeps it in an HTTP-only cookie.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State as AxState;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json};
+use axum::extract::{Request, State as AxState};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
+use daskrs_proto::auth::{COOKIE, Refusal, Token, check_http};
 use serde::{Deserialize, Serialize};
 
 use crate::service::Core;
@@ -43,7 +50,120 @@ struct RetireBody {
     timeout_seconds: Option<u64>,
 }
 
-pub fn router(core: Arc<Core>) -> Router {
+/// The routes; with a token, behind [`guard`].
+pub fn router(core: Arc<Core>, token: Option<Token>, open_metrics: bool) -> Router {
+    let app = routes(core);
+    match token {
+        None => app,
+        Some(token) => app.layer(axum::middleware::from_fn_with_state(
+            Arc::new(Access {
+                token,
+                open_metrics,
+            }),
+            guard,
+        )),
+    }
+}
+
+struct Access {
+    token: Token,
+    open_metrics: bool,
+}
+
+/// Longest login form accepted.
+const MOST_LOGIN_BYTES: usize = 4096;
+
+/// Lets a request through when it carries the token or needs none; logs a
+/// browser in; refuses the rest with a reason.
+async fn guard(AxState(access): AxState<Arc<Access>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let path = path.as_str();
+    let open = matches!(path, "/health" | "/ready") || (path == "/metrics" && access.open_metrics);
+    if open {
+        return next.run(req).await;
+    }
+    let refusal = match check_http(req.headers(), &access.token) {
+        Ok(()) => return next.run(req).await,
+        Err(r) => r,
+    };
+    // A browser logging in: the login form's POST, or `/?token=` as printed.
+    let presented = if path == "/login" && req.method() == Method::POST {
+        let body = axum::body::to_bytes(req.into_body(), MOST_LOGIN_BYTES)
+            .await
+            .unwrap_or_default();
+        Some(form_token(&body))
+    } else if path == "/" {
+        req.uri()
+            .query()
+            .and_then(|q| form_token(q.as_bytes()))
+            .map(Some)
+    } else {
+        None
+    };
+    match presented {
+        Some(Some(t)) if access.token.matches(t.as_bytes()) => (
+            StatusCode::SEE_OTHER,
+            [
+                (header::LOCATION, "/".to_string()),
+                (
+                    header::SET_COOKIE,
+                    format!("{COOKIE}={t}; Path=/; HttpOnly; SameSite=Strict"),
+                ),
+            ],
+        )
+            .into_response(),
+        Some(_) => login_page(Refusal::Wrong),
+        None if path == "/" => login_page(refusal),
+        None => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            format!("{refusal}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// The `token` field of a form or query string, if it has one.
+fn form_token(form: &[u8]) -> Option<String> {
+    form_urlencoded::parse(form)
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+}
+
+fn login_page(refusal: Refusal) -> Response {
+    let note = match refusal {
+        Refusal::Missing => "This cluster needs its token.",
+        Refusal::Wrong => "That token is wrong for this cluster.",
+    };
+    let page = LOGIN.replace("{note}", note);
+    (
+        StatusCode::UNAUTHORIZED,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+            ),
+        ],
+        page,
+    )
+        .into_response()
+}
+
+const LOGIN: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>daskrs: token</title>
+<style>body{font:15px system-ui,sans-serif;margin:4em auto;max-width:28em}
+input{font:inherit;width:100%;margin:.5em 0;padding:.3em}</style></head>
+<body><h1>daskrs</h1><p>{note}</p>
+<form method="post" action="/login">
+<label for="token">Token</label>
+<input id="token" name="token" type="password" autocomplete="current-password" autofocus>
+<button type="submit">Open the dashboard</button></form>
+<p>Find it where the cluster was started, or on Kubernetes in the cluster's Secret.</p>
+</body></html>
+"#;
+
+fn routes(core: Arc<Core>) -> Router {
     Router::new()
         .route("/", get(dashboard))
         .route("/api/v1/status", get(status))
@@ -210,10 +330,12 @@ async fn adaptive(AxState(core): AxState<Arc<Core>>) -> Json<serde_json::Value> 
 pub async fn serve(
     addr: SocketAddr,
     core: Arc<Core>,
+    token: Option<Token>,
+    open_metrics: bool,
 ) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), std::io::Error> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = router(core);
+    let app = router(core, token, open_metrics);
     Ok((
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {

@@ -38,6 +38,11 @@ pub struct SchedulerConfig {
     pub worker_ttl: Duration,
     /// How SQL planning reaches S3 (schemas, file listings).
     pub s3: daskrs_engine::S3Settings,
+    /// The cluster token every call must present (see `daskrs_proto::auth`);
+    /// `None` admits anyone who can reach the ports.
+    pub token: Option<daskrs_proto::auth::Token>,
+    /// Serve `/metrics` without the token, for scrapers.
+    pub open_metrics: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -48,6 +53,8 @@ impl Default for SchedulerConfig {
             heartbeat_interval: Duration::from_secs(1),
             worker_ttl: Duration::from_secs(30),
             s3: Default::default(),
+            token: None,
+            open_metrics: false,
         }
     }
 }
@@ -80,7 +87,7 @@ impl Scheduler {
         let state = State::new(StateConfig {
             worker_ttl: config.worker_ttl,
         });
-        let core = Core::new(state, config.heartbeat_interval);
+        let core = Core::new(state, config.heartbeat_interval, config.token.clone());
         let s3 = daskrs_engine::S3Access::load(&config.s3).await;
         let planner = Arc::new(daskrs_engine::Planner::new(Some(s3)));
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -95,9 +102,14 @@ impl Scheduler {
         })?;
         let http = match config.http_listen {
             Some(addr) => Some(
-                http::serve(addr, core.clone())
-                    .await
-                    .map_err(|source| Error::Listen { addr, source })?,
+                http::serve(
+                    addr,
+                    core.clone(),
+                    config.token.clone(),
+                    config.open_metrics,
+                )
+                .await
+                .map_err(|source| Error::Listen { addr, source })?,
             ),
             None => None,
         };
@@ -114,7 +126,9 @@ impl Scheduler {
                 service::worker::WorkerService { core: core.clone() }
             )
         );
-        tracing::info!(grpc = %grpc_addr, http = ?http_addr, worker_ttl_s = config.worker_ttl.as_secs_f64(), "scheduler listening");
+        let clients = daskrs_proto::net::guarded(clients, config.token.clone());
+        let workers = daskrs_proto::net::guarded(workers, config.token.clone());
+        tracing::info!(grpc = %grpc_addr, http = ?http_addr, token = config.token.is_some(), worker_ttl_s = config.worker_ttl.as_secs_f64(), "scheduler listening");
         let mut stop = shutdown;
         let mut stopped = stop.clone();
         let drain = core.clone();

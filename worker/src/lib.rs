@@ -58,6 +58,12 @@ pub struct WorkerConfig {
     pub pause_on_process_memory: bool,
     /// Once listening, the peer and HTTP ports are written here (JSON).
     pub port_file: Option<PathBuf>,
+    /// The cluster token: presented to the scheduler and peers, required of
+    /// every caller of the peer service and of `/metrics` (see
+    /// `daskrs_proto::auth`). `None` for a cluster without one.
+    pub token: Option<daskrs_proto::auth::Token>,
+    /// Serve `/metrics` without the token, for scrapers.
+    pub open_metrics: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +152,7 @@ pub async fn run_with(
     let metrics = Arc::new(Metrics::new(&name));
     let (ready, ready_rx) = watch::channel(false);
     let pool = pool::Pool::new(config.nthreads as usize, &name).map_err(Error::Threads)?;
-    let channels = Channels::default();
+    let channels = Channels::new(config.token.clone());
     let shared = Arc::new(Shared {
         pool,
         config: config.clone(),
@@ -168,6 +174,7 @@ pub async fn run_with(
                 store: store.clone()
             }
         ));
+        let svc = daskrs_proto::net::guarded(svc, config.token.clone());
         let mut stop = stop_rx.clone();
         tokio::spawn(
             daskrs_proto::net::server()
@@ -178,7 +185,19 @@ pub async fn run_with(
         )
     };
     let http = match config.http_listen {
-        Some(addr) => Some(http::serve(addr, metrics.clone(), ready_rx, stop_rx.clone()).await?),
+        Some(addr) => Some(
+            http::serve(
+                addr,
+                http::Access {
+                    token: config.token.clone(),
+                    open_metrics: config.open_metrics,
+                },
+                metrics.clone(),
+                ready_rx,
+                stop_rx.clone(),
+            )
+            .await?,
+        ),
         None => None,
     };
     if let Some(path) = &config.port_file {

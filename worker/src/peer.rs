@@ -411,7 +411,10 @@ mod tests {
         assert!((2..=4).contains(&calls), "{calls} calls for 60 results");
         // Nothing is left waiting, and a later fetch starts a call of its own.
         assert!(fetcher.waiting.lock().unwrap().is_empty());
-        let again = fetcher.fetch(7, None, std::slice::from_ref(&address)).await.unwrap();
+        let again = fetcher
+            .fetch(7, None, std::slice::from_ref(&address))
+            .await
+            .unwrap();
         assert_eq!(again, Data::opaque(b"result 7".to_vec()));
         assert_eq!(fetcher.calls.get(), calls + 1);
     }

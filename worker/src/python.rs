@@ -469,6 +469,8 @@ impl Executor {
         let mut child = Command::new(python)
             .args(["-m", "daskrs._executor"])
             .env("PYTHONUNBUFFERED", "1")
+            // User code has no business with the cluster's secret.
+            .env_remove(daskrs_proto::auth::TOKEN_ENV)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

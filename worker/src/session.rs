@@ -106,12 +106,16 @@ pub async fn session(shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
             "the scheduler did not answer the registration within {REGISTER_TIMEOUT:?}"
         ))
     };
-    let channel =
-        match tokio::time::timeout_at(deadline, daskrs_proto::net::connect(&cfg.scheduler)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return SessionEnd::Lost(e.to_string()),
-            Err(_) => return late(),
-        };
+    let channel = match tokio::time::timeout_at(
+        deadline,
+        daskrs_proto::net::connect(&cfg.scheduler, cfg.token.as_ref()),
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return SessionEnd::Lost(e.to_string()),
+        Err(_) => return late(),
+    };
     let mut client = daskrs_proto::limits!(
         daskrs_proto::worker_control_client::WorkerControlClient::new(channel)
     );

@@ -114,6 +114,8 @@ async fn worker_keeps_heartbeating_while_it_spills() {
         shutdown_timeout: Duration::from_secs(1),
         pause_on_process_memory: false,
         port_file: None,
+        token: None,
+        open_metrics: false,
     };
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(run_with(config, Registry::builtin(), gate, shutdown));

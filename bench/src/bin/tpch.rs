@@ -254,7 +254,7 @@ async fn main() {
         ));
     }
     let client = loop {
-        if let Ok(c) = Client::connect(&address).await {
+        if let Ok(c) = Client::connect(&address, None).await {
             break c;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

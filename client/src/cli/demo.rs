@@ -62,6 +62,7 @@ pub async fn demo(a: DemoArgs) -> Result<(), Failure> {
         http_listen: None,
         local_dir: dir.path().to_path_buf(),
         s3: Default::default(),
+        token: Some(daskrs_proto::auth::Token::generate()),
     })
     .await
     .map_err(|e| Failure::new(3, e.to_string()))?;
@@ -76,7 +77,7 @@ async fn run_queries(
     data: &std::path::Path,
     queries: &[usize],
 ) -> Result<(), Failure> {
-    let client = Client::connect(&cluster.address()).await?;
+    let client = Client::connect(&cluster.address(), cluster.token.as_ref()).await?;
     client
         .wait_for_workers(a.workers as usize, Duration::from_secs(10))
         .await?;

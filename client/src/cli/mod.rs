@@ -54,6 +54,30 @@ pub struct Target {
     /// The scheduler's gRPC address.
     #[arg(long, env = "DASKRS_SCHEDULER", default_value = "127.0.0.1:8786")]
     pub scheduler: String,
+    #[command(flatten)]
+    pub token: TokenArgs,
+}
+
+/// The cluster token (see `daskrs_proto::auth`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct TokenArgs {
+    /// Read the cluster token from this file; default: $DASKRS_TOKEN, if set.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    pub fn load(&self) -> Result<Option<daskrs_proto::auth::Token>, Failure> {
+        daskrs_proto::auth::Token::load(self.token_file.as_deref())
+            .map_err(|e| Failure::new(2, e.to_string()))
+    }
+}
+
+impl Target {
+    pub async fn connect(&self) -> Result<daskrs_client::Client, Failure> {
+        let token = self.token.load()?;
+        Ok(daskrs_client::Client::connect(&self.scheduler, token.as_ref()).await?)
+    }
 }
 
 /// How the cluster reaches S3. Credentials come from the AWS default chain:
@@ -122,6 +146,18 @@ pub struct SqlArgs {
 pub struct SchedulerArgs {
     #[command(flatten)]
     pub s3: S3Args,
+    /// The token every client and worker must present; without one (no
+    /// --token-file, no $DASKRS_TOKEN) anyone who reaches the ports may use
+    /// the cluster, so a scheduler listening beyond loopback refuses to start
+    /// unless --no-token says so.
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// Run without a token on a non-loopback address (a network you trust).
+    #[arg(long, env = "DASKRS_NO_TOKEN")]
+    pub no_token: bool,
+    /// Serve /metrics without the token, for Prometheus.
+    #[arg(long, env = "DASKRS_OPEN_METRICS")]
+    pub open_metrics: bool,
     #[arg(long, env = "DASKRS_HOST", default_value = "0.0.0.0")]
     pub host: String,
     #[arg(long, env = "DASKRS_PORT", default_value_t = 8786)]
@@ -161,6 +197,12 @@ pub struct WorkerArgs {
     /// HTTP port for /metrics and /health; 0 picks a free one.
     #[arg(long, env = "DASKRS_HTTP_PORT", default_value_t = 8789)]
     pub http_port: u16,
+    /// Serve /metrics without the token, for Prometheus.
+    #[arg(long, env = "DASKRS_OPEN_METRICS")]
+    pub open_metrics: bool,
+    /// Run without a token on a non-loopback address (a network you trust).
+    #[arg(long, env = "DASKRS_NO_TOKEN")]
+    pub no_token: bool,
     /// Address peers reach this worker at (e.g. the pod IP and port).
     #[arg(long, env = "DASKRS_CONTACT_ADDRESS")]
     pub contact_address: Option<String>,
@@ -194,8 +236,12 @@ pub struct LocalArgs {
     /// Per worker; default: the machine's memory divided among the workers.
     #[arg(long)]
     pub memory_limit: Option<ByteSize>,
+    /// Listen here; beyond loopback the cluster makes a token (unless
+    /// --token-file or $DASKRS_TOKEN gives one) and prints how to use it.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    #[command(flatten)]
+    pub token: TokenArgs,
     #[arg(long, default_value_t = 8786)]
     pub port: u16,
     #[arg(long, default_value_t = 8787)]

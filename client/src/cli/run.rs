@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Read};
 use std::time::Instant;
 
-use daskrs_client::{Client, Graph, output};
+use daskrs_client::{Graph, output};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{CancelArgs, Failure, RetireArgs, SubmitArgs, Target};
@@ -47,7 +47,7 @@ pub async fn submit(a: SubmitArgs) -> Result<(), Failure> {
     // Structure is checked here too, so a bad graph fails before any connection.
     daskrs_core::validate(doc.tasks.clone(), &doc.outputs, |_| true, String::new)
         .map_err(|e| Failure::new(2, format!("{}: {e}", a.graph.display())))?;
-    let client = Client::connect(&a.target.scheduler).await?;
+    let client = a.target.connect().await?;
     let bar = progress_bar(!a.no_progress);
     let started = Instant::now();
     let graph = Graph {
@@ -76,7 +76,7 @@ pub async fn submit(a: SubmitArgs) -> Result<(), Failure> {
 }
 
 pub async fn info(t: Target) -> Result<(), Failure> {
-    let client = Client::connect(&t.scheduler).await?;
+    let client = t.connect().await?;
     let info = client.info().await?;
     println!(
         "scheduler {} (version {})",
@@ -119,7 +119,7 @@ pub async fn retire(a: RetireArgs) -> Result<(), Failure> {
     if a.workers.is_empty() && a.count == 0 {
         return Err(Failure::new(2, "name --workers to retire, or a --count"));
     }
-    let client = Client::connect(&a.target.scheduler).await?;
+    let client = a.target.connect().await?;
     let retired = client.retire(a.workers, a.count, a.timeout).await?;
     for r in &retired {
         println!("retired {r}");
@@ -128,7 +128,7 @@ pub async fn retire(a: RetireArgs) -> Result<(), Failure> {
 }
 
 pub async fn cancel(a: CancelArgs) -> Result<(), Failure> {
-    let client = Client::connect(&a.target.scheduler).await?;
+    let client = a.target.connect().await?;
     if client.cancel(a.graph_id).await? {
         println!("cancelled graph {}", a.graph_id);
         Ok(())

@@ -9,7 +9,11 @@ use daskrs_scheduler::{Scheduler, SchedulerConfig};
 use daskrs_worker::WorkerConfig;
 use daskrs_worker::kinds::Registry;
 
-use super::{Failure, LocalArgs, SchedulerArgs, WorkerArgs, shutdown_signal, system_memory};
+use daskrs_proto::auth::{TOKEN_ENV, Token};
+
+use super::{
+    Failure, LocalArgs, SchedulerArgs, TokenArgs, WorkerArgs, shutdown_signal, system_memory,
+};
 
 fn addr(host: &str, port: u16) -> Result<SocketAddr, Failure> {
     let ip: IpAddr = host
@@ -39,13 +43,38 @@ fn announce(path: &std::path::Path, ports: &[(&str, u16)]) -> Result<(), Failure
     })
 }
 
+/// The token a server runs with: refuses to run without one beyond
+/// loopback, where anyone on the network could use the cluster, unless
+/// told that is meant.
+fn server_token(
+    args: &TokenArgs,
+    listen: IpAddr,
+    no_token: bool,
+) -> Result<Option<Token>, Failure> {
+    let token = args.load()?;
+    if token.is_none() && !listen.is_loopback() && !no_token {
+        return Err(Failure::new(
+            2,
+            format!(
+                "refusing to listen on {listen} without a cluster token: anyone who reaches it \
+                 could run code and read data. Give one with --token-file or ${TOKEN_ENV}, \
+                 listen on 127.0.0.1, or pass --no-token on a network you trust"
+            ),
+        ));
+    }
+    Ok(token)
+}
+
 pub async fn scheduler(a: SchedulerArgs) -> Result<(), Failure> {
+    let listen = addr(&a.host, a.port)?;
     let config = SchedulerConfig {
-        listen: addr(&a.host, a.port)?,
+        listen,
         http_listen: Some(addr(&a.host, a.http_port)?),
         heartbeat_interval: seconds("--heartbeat", a.heartbeat)?,
         worker_ttl: seconds("--worker-ttl", a.worker_ttl)?,
         s3: a.s3.settings(),
+        token: server_token(&a.token, listen.ip(), a.no_token)?,
+        open_metrics: a.open_metrics,
     };
     tracing::info!(?config, "configuration");
     let s = Scheduler::start(config, shutdown_signal())
@@ -71,18 +100,22 @@ pub async fn worker(a: WorkerArgs) -> Result<(), Failure> {
         return Err(Failure::new(2, "--nthreads must be at least 1"));
     }
     let memory_limit = a.memory_limit.unwrap_or(ByteSize(system_memory())).0;
+    let listen = addr(&a.host, a.port)?;
+    let token = server_token(&a.target.token, listen.ip(), a.no_token)?;
     let config = WorkerConfig {
         scheduler: a.target.scheduler,
         name: a.name,
         nthreads,
         memory_limit,
         local_dir: a.local_dir.unwrap_or_else(std::env::temp_dir),
-        listen: addr(&a.host, a.port)?,
+        listen,
         http_listen: Some(addr(&a.host, a.http_port)?),
         contact_address: a.contact_address,
         shutdown_timeout: seconds("--shutdown-timeout", a.shutdown_timeout)?,
         pause_on_process_memory: a.pause_on_process_memory,
         port_file: a.port_file,
+        token,
+        open_metrics: a.open_metrics,
     };
     tracing::info!(?config, "configuration");
     let s3 = daskrs_engine::S3Access::load(&a.s3.settings()).await;
@@ -110,14 +143,25 @@ pub async fn local(a: LocalArgs) -> Result<(), Failure> {
         .memory_limit
         .map(|b| b.0)
         .unwrap_or(system_memory() / u64::from(a.workers));
+    let listen = addr(&a.host, a.port)?;
+    // Beyond loopback, never without a token: one is made if none is given.
+    let mut made = false;
+    let token = match a.token.load()? {
+        None if !listen.ip().is_loopback() => {
+            made = true;
+            Some(Token::generate())
+        }
+        t => t,
+    };
     let cluster = daskrs_client::local::LocalCluster::start(daskrs_client::local::LocalConfig {
         workers: a.workers,
         threads_per_worker: a.threads_per_worker,
         memory_limit,
-        listen: addr(&a.host, a.port)?,
+        listen,
         http_listen: Some(addr(&a.host, a.http_port)?),
         local_dir: a.local_dir.unwrap_or_else(std::env::temp_dir),
         s3: a.s3.settings(),
+        token: token.clone(),
     })
     .await
     .map_err(|e| Failure::new(3, e.to_string()))?;
@@ -129,6 +173,17 @@ pub async fn local(a: LocalArgs) -> Result<(), Failure> {
         ByteSize(memory_limit),
         cluster.http_addr.map(|a| a.to_string()).unwrap_or_default(),
     );
+    if let (true, Some(token)) = (made, &token) {
+        let t = token.expose();
+        eprintln!(
+            "it listens beyond this machine, so it needs this token (made for this run):\n\
+             \n    export {TOKEN_ENV}={t}\n\
+             \nthen `daskrs sql ...`, or in Python daskrs.Client(\"HOST:{port}\", token=\"{t}\");\n\
+             the dashboard asks for it once: http://HOST:{http}/?token={t}",
+            port = cluster.scheduler_addr.port(),
+            http = cluster.http_addr.map(|a| a.port()).unwrap_or_default(),
+        );
+    }
     if let Some(path) = &a.port_file {
         let mut ports = vec![("grpc", cluster.scheduler_addr.port())];
         ports.extend(cluster.http_addr.map(|h| ("http", h.port())));

@@ -5,7 +5,6 @@ use std::path::Path;
 use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
-use daskrs_client::Client;
 use daskrs_client::sql::{Answer, Plan};
 
 use super::{Failure, SqlArgs};
@@ -32,7 +31,7 @@ pub async fn sql(a: SqlArgs) -> Result<(), Failure> {
         }
     };
     let format = output_format(a.format.as_deref(), a.output.as_deref())?;
-    let client = Client::connect(&a.target.scheduler).await?;
+    let client = a.target.connect().await?;
     if a.explain {
         match client.plan_sql(&text).await? {
             Plan::Query { explain, .. } => print!("{explain}"),

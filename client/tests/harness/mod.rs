@@ -142,8 +142,11 @@ pub struct Cluster {
     pub worker_names: Vec<String>,
     pub dir: tempfile::TempDir,
     scheduler_args: Vec<String>,
-    /// Environment for every process of the cluster (S3 credentials).
+    /// Environment for every process of the cluster (S3 credentials, the
+    /// cluster token).
     env: Vec<(String, String)>,
+    /// The cluster's token: every cluster of the tests has one.
+    pub token: daskrs_proto::auth::Token,
     /// Dropped last (fields drop in order): the port stays this cluster's
     /// until its processes are gone.
     _reserved: ReservedPort,
@@ -168,7 +171,14 @@ impl Cluster {
         env: &[(String, String)],
     ) -> Cluster {
         let reserved = ReservedPort::new();
+        let token = daskrs_proto::auth::Token::generate();
+        let mut env = env.to_vec();
+        env.push((
+            daskrs_proto::auth::TOKEN_ENV.to_string(),
+            token.expose().to_string(),
+        ));
         let mut c = Cluster {
+            token,
             port: reserved.port,
             _reserved: reserved,
             // Chosen by the scheduler each time it starts.
@@ -178,7 +188,7 @@ impl Cluster {
             worker_names: Vec::new(),
             dir: tempfile::tempdir().unwrap(),
             scheduler_args: scheduler_args.iter().map(|s| s.to_string()).collect(),
-            env: env.to_vec(),
+            env,
         };
         c.start_scheduler();
         for _ in 0..workers {
@@ -223,6 +233,12 @@ impl Cluster {
         self.dir.path().join(format!("w{i}.ports"))
     }
 
+    /// Worker `i`'s peer data port.
+    pub fn worker_peer_port(&mut self, i: usize) -> u16 {
+        let path = self.worker_port_file(i);
+        read_ports(&path, &mut self.workers[i])["peer"]
+    }
+
     /// Worker `i`'s HTTP port (`/health`, `/ready`, `/metrics`).
     pub fn worker_http_port(&mut self, i: usize) -> u16 {
         let path = self.worker_port_file(i);
@@ -261,7 +277,9 @@ impl Cluster {
     }
 
     pub async fn client(&self, workers: usize) -> Client {
-        let client = Client::connect(&self.address()).await.unwrap();
+        let client = Client::connect(&self.address(), Some(&self.token))
+            .await
+            .unwrap();
         client
             .wait_for_workers(workers, Duration::from_secs(30))
             .await
@@ -269,8 +287,27 @@ impl Cluster {
         client
     }
 
+    /// The `daskrs` command, with the cluster's token in its environment.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.env(daskrs_proto::auth::TOKEN_ENV, self.token.expose());
+        cmd
+    }
+
+    /// The cluster's token in a file, for `--token-file`.
+    pub fn token_file(&self) -> PathBuf {
+        let path = self.dir.path().join("token");
+        std::fs::write(&path, format!("{}\n", self.token.expose())).unwrap();
+        path
+    }
+
+    /// A request to the scheduler's HTTP port, with the cluster's token.
     pub fn http_get(&self, path: &str) -> (u16, String) {
-        http(self.http_port, "GET", path, "")
+        self.http("GET", path, "")
+    }
+
+    pub fn http(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        http_as(self.http_port, method, path, body, Some(&self.token))
     }
 }
 
@@ -282,13 +319,23 @@ pub fn wait_port(port: u16) {
     }
 }
 
-/// A minimal HTTP/1.1 request; returns status and body.
-pub fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+/// A minimal HTTP/1.1 request, with `token` as a bearer token if given;
+/// returns status and body.
+pub fn http_as(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&daskrs_proto::auth::Token>,
+) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {}\r\n", t.expose()))
+        .unwrap_or_default();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -302,10 +349,19 @@ pub fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     (status, body)
 }
 
-/// Runs `daskrs submit` on a graph file and returns its output.
-pub fn submit(scheduler: &str, graph: &Path, extra: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(["submit", "--scheduler", scheduler])
+/// Runs `daskrs submit` on a graph file and returns its output; `token`
+/// goes in `DASKRS_TOKEN`.
+pub fn submit(
+    scheduler: &str,
+    token: Option<&daskrs_proto::auth::Token>,
+    graph: &Path,
+    extra: &[&str],
+) -> Output {
+    let mut cmd = Command::new(BIN);
+    if let Some(t) = token {
+        cmd.env(daskrs_proto::auth::TOKEN_ENV, t.expose());
+    }
+    cmd.args(["submit", "--scheduler", scheduler])
         .arg(graph)
         .args(extra)
         .env("DASKRS_LOG", "error")

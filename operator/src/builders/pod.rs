@@ -21,8 +21,18 @@ const TERMINATION_GRACE_SECONDS: i64 = 60;
 /// Where SQL finds its data: object stores (S3 per the spec) and no local
 /// files, unless the spec's `env` sets `DASKRS_SQL_LOCAL_ROOTS` to the
 /// directories it may use.
+///
+/// Also the cluster token, from the cluster's Secret.
 pub(super) fn s3_env(cluster: &DaskCluster) -> Vec<EnvVar> {
-    let mut out = vec![env("DASKRS_SQL_LOCAL_ROOTS", "none")];
+    let mut out = vec![
+        env("DASKRS_SQL_LOCAL_ROOTS", "none"),
+        secret_env(
+            "DASKRS_TOKEN",
+            &super::token_secret_name(cluster),
+            super::TOKEN_KEY,
+            false,
+        ),
+    ];
     let Some(s3) = &cluster.spec.s3 else {
         return out;
     };

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
@@ -21,7 +21,7 @@ use super::read::{self, ObservedPod, SchedulerState};
 use super::scale::{self, Scaling, WorkerPod, Workers};
 use super::validate::Valid;
 use super::{Context, Error, key, lock};
-use crate::builders::MANAGER;
+use crate::builders::{self, MANAGER};
 use crate::crd::DaskCluster;
 
 /// Pods created or deleted at once.
@@ -45,12 +45,13 @@ pub async fn apply(
     desired: &Desired,
     observed: &[ObservedPod],
 ) -> Result<Applied, Error> {
+    let token = ensure_token(ctx, cluster, ns).await?;
     let scheduler = apply_scheduler(ctx, ns, desired).await?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let mut workers = Workers::classify(observed, &desired.template_hash);
     remove_ended(ctx, cluster, &pods, &mut workers).await?;
 
-    let target = decide_target(ctx, cluster, valid, &workers, &scheduler).await;
+    let target = decide_target(ctx, cluster, valid, &workers, &scheduler, &token).await;
 
     // Create: as many current-template pods as the target asks for.
     let fresh = workers.count(None, Some(true));
@@ -82,7 +83,7 @@ pub async fn apply(
     }
 
     // Remove: what is beyond the target, in the order that loses least.
-    let removed = scale_down(ctx, cluster, &pods, &workers, target).await?;
+    let removed = scale_down(ctx, cluster, &pods, &workers, target, &token).await?;
     workers.live.retain(|p| !removed.contains(&p.name));
     Ok(Applied {
         scheduler,
@@ -90,6 +91,47 @@ pub async fn apply(
         target,
         created,
         removed: removed.len(),
+    })
+}
+
+/// The cluster's token, from its Secret, which is made (once, with a fresh
+/// token) if it does not exist. A Secret someone emptied or spoilt is an
+/// error that names it, never silently replaced: pods running with the old
+/// token would be locked out.
+async fn ensure_token(ctx: &Context, cluster: &DaskCluster, ns: &str) -> Result<String, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let name = builders::token_secret_name(cluster);
+    let kube_error = |action, source| Error::Kube {
+        action,
+        object: format!("{ns}/{name}"),
+        source,
+    };
+    let found = api
+        .get_opt(&name)
+        .await
+        .map_err(|e| kube_error("reading the cluster's token Secret", e))?;
+    let secret = match found {
+        Some(s) => s,
+        None => {
+            let fresh = builders::token_secret(cluster, &builders::new_token());
+            match api.create(&PostParams::default(), &fresh).await {
+                Ok(s) => s,
+                // Made meanwhile (another pass, another replica): use that one.
+                Err(kube::Error::Api(e)) if e.code == 409 => api
+                    .get(&name)
+                    .await
+                    .map_err(|e| kube_error("reading the cluster's token Secret", e))?,
+                Err(e) => return Err(kube_error("creating the cluster's token Secret", e)),
+            }
+        }
+    };
+    builders::token_of(&secret).ok_or_else(|| Error::BadSecret {
+        object: format!("{ns}/{name}"),
+        problem: format!(
+            "its `{}` key holds no usable token (printable ASCII, no spaces); \
+             delete the Secret to have a new one made, then restart the cluster's pods",
+            builders::TOKEN_KEY
+        ),
     })
 }
 
@@ -177,11 +219,12 @@ async fn decide_target(
     valid: &Valid,
     workers: &Workers,
     scheduler: &SchedulerState,
+    token: &str,
 ) -> usize {
     let autoscaling = cluster.spec.autoscaling.as_ref();
     let asks = scale::asks_scheduler(autoscaling, valid.idle_timeout);
     let adaptive = if asks && scheduler.ready {
-        read::adaptive(ctx, cluster).await
+        read::adaptive(ctx, cluster, token).await
     } else {
         None
     };
@@ -248,10 +291,11 @@ async fn scale_down(
     pods: &Api<Pod>,
     workers: &Workers,
     target: usize,
+    token: &str,
 ) -> Result<Vec<String>, Error> {
     let plan = scale::removal(workers, target);
     let mut delete = plan.delete;
-    let base = ctx.scheduler_base(cluster);
+    let base = ctx.scheduler_at(cluster, token);
     if plan.retire_count > 0 {
         match ctx.scheduler.retire(&base, &[], plan.retire_count).await {
             Ok(chosen) => {

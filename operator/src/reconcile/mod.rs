@@ -32,7 +32,7 @@ use kube::{Client, ResourceExt};
 use crate::builders::{self, Defaults};
 use crate::crd::{DaskCluster, Phase};
 use crate::metrics::Metrics;
-use crate::scheduler_api::SchedulerApi;
+use crate::scheduler_api::{SchedulerApi, SchedulerAt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -45,6 +45,8 @@ pub enum Error {
     },
     #[error("DaskCluster {0} has no namespace")]
     NoNamespace(String),
+    #[error("the token Secret {object} is unusable: {problem}")]
+    BadSecret { object: String, problem: String },
 }
 
 /// How the operator is set up.
@@ -92,12 +94,17 @@ impl Context {
         }
     }
 
-    fn scheduler_base(&self, cluster: &DaskCluster) -> String {
-        self.settings
+    fn scheduler_at(&self, cluster: &DaskCluster, token: &str) -> SchedulerAt {
+        let base = self
+            .settings
             .scheduler_url
             .replace("{service}", &builders::scheduler_name(cluster))
             .replace("{name}", &cluster.name_any())
-            .replace("{namespace}", &cluster.namespace().unwrap_or_default())
+            .replace("{namespace}", &cluster.namespace().unwrap_or_default());
+        SchedulerAt {
+            base,
+            token: token.to_string(),
+        }
     }
 }
 

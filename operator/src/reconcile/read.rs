@@ -122,8 +122,12 @@ pub fn scheduler_state(d: &Deployment) -> SchedulerState {
 
 /// How many workers the scheduler wants; None when it does not answer,
 /// which the scaling decision treats as "keep what there is".
-pub async fn adaptive(ctx: &Context, cluster: &DaskCluster) -> Option<Adaptive> {
-    match ctx.scheduler.adaptive(&ctx.scheduler_base(cluster)).await {
+pub async fn adaptive(ctx: &Context, cluster: &DaskCluster, token: &str) -> Option<Adaptive> {
+    match ctx
+        .scheduler
+        .adaptive(&ctx.scheduler_at(cluster, token))
+        .await
+    {
         Ok(a) => Some(a),
         Err(e) => {
             tracing::info!(cluster = %key(cluster), error = %e, "no adaptive answer");

@@ -286,6 +286,8 @@ pub struct StubState {
     pub idle_seconds: f64,
     /// Each retire request: (named workers, count).
     pub retire_calls: Vec<(Vec<String>, usize)>,
+    /// The bearer token of each retire request.
+    pub retire_tokens: Vec<Option<String>>,
 }
 
 impl SchedulerStub {
@@ -312,27 +314,35 @@ impl SchedulerStub {
             )
             .route(
                 "/api/v1/retire",
-                post(move |Json(body): Json<serde_json::Value>| {
-                    let mut s = s2.state.lock().unwrap();
-                    let named: Vec<String> = body["workers"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|v| v.as_str().map(String::from))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let count = body["count"].as_u64().unwrap_or(0) as usize;
-                    s.retire_calls.push((named.clone(), count));
-                    let retired: Vec<String> = if named.is_empty() {
-                        s.workers.iter().take(count).cloned().collect()
-                    } else {
-                        named
-                    };
-                    s.workers.retain(|w| !retired.contains(w));
-                    let v = serde_json::json!({ "retired": retired });
-                    async move { Json(v) }
-                }),
+                post(
+                    move |headers: axum::http::HeaderMap, Json(body): Json<serde_json::Value>| {
+                        let mut s = s2.state.lock().unwrap();
+                        let bearer = headers
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.strip_prefix("Bearer "))
+                            .map(String::from);
+                        s.retire_tokens.push(bearer);
+                        let named: Vec<String> = body["workers"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .filter_map(|v| v.as_str().map(String::from))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        let count = body["count"].as_u64().unwrap_or(0) as usize;
+                        s.retire_calls.push((named.clone(), count));
+                        let retired: Vec<String> = if named.is_empty() {
+                            s.workers.iter().take(count).cloned().collect()
+                        } else {
+                            named
+                        };
+                        s.workers.retain(|w| !retired.contains(w));
+                        let v = serde_json::json!({ "retired": retired });
+                        async move { Json(v) }
+                    },
+                ),
             );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

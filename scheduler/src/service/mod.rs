@@ -34,7 +34,12 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(state: State, heartbeat_interval: Duration) -> Arc<Core> {
+    /// Calls to workers carry `token`.
+    pub fn new(
+        state: State,
+        heartbeat_interval: Duration,
+        token: Option<daskrs_proto::auth::Token>,
+    ) -> Arc<Core> {
         Arc::new(Core {
             inner: Mutex::new(Inner {
                 state,
@@ -43,7 +48,7 @@ impl Core {
             }),
             metrics: Metrics::new(),
             heartbeat_interval,
-            channels: daskrs_proto::net::Channels::default(),
+            channels: daskrs_proto::net::Channels::new(token),
         })
     }
 
