@@ -16,10 +16,14 @@ impl Drop for Proc {
 
 /// Starts `daskrs scheduler` on loopback ports of its choosing and returns
 /// it with the address of its gRPC port, read from the port file it writes
-/// in `dir` once it listens.
-pub fn start_scheduler(daskrs: &Path, dir: &Path) -> (Proc, String) {
+/// in `dir` once it listens. With `token`, it requires that cluster token.
+pub fn start_scheduler(daskrs: &Path, dir: &Path, token: Option<&str>) -> (Proc, String) {
     let port_file = dir.join("scheduler.ports");
-    let child = Command::new(daskrs)
+    let mut cmd = Command::new(daskrs);
+    if let Some(t) = token {
+        cmd.env("DASKRS_TOKEN", t);
+    }
+    let child = cmd
         .args([
             "scheduler",
             "--host",

@@ -16,6 +16,7 @@ use clap::Parser;
 use daskrs_bench::{Proc, start_scheduler};
 use daskrs_client::{Client, Graph};
 use daskrs_core::TaskSpec;
+use daskrs_proto::auth::Token;
 
 #[derive(Parser)]
 struct Args {
@@ -139,37 +140,47 @@ async fn measure(
     }
 }
 
-#[tokio::main]
-async fn main() {
-    let args = Args::parse();
+/// A scheduler and two workers, with or without a cluster token.
+struct Cluster {
+    client: Client,
+    pid: u32,
+    _procs: Vec<Proc>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_cluster(daskrs: &std::path::Path, token: Option<&Token>) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
-    let (scheduler, address) = start_scheduler(&args.daskrs, dir.path());
-    let mut workers = Vec::new();
+    let (scheduler, address) = start_scheduler(daskrs, dir.path(), token.map(Token::expose));
+    let pid = scheduler.0.id();
+    let mut procs = vec![scheduler];
     for i in 0..2 {
-        workers.push(Proc(
-            Command::new(&args.daskrs)
-                .args([
-                    "worker",
-                    "--scheduler",
-                    &address,
-                    "--nthreads",
-                    "1",
-                    "--port",
-                    "0",
-                    "--http-port",
-                    "0",
-                ])
-                .args(["--name", &format!("bench-{i}"), "--host", "127.0.0.1"])
-                .arg("--local-dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("the daskrs binary starts"),
+        let mut cmd = Command::new(daskrs);
+        if let Some(t) = token {
+            cmd.env("DASKRS_TOKEN", t.expose());
+        }
+        procs.push(Proc(
+            cmd.args([
+                "worker",
+                "--scheduler",
+                &address,
+                "--nthreads",
+                "1",
+                "--port",
+                "0",
+                "--http-port",
+                "0",
+            ])
+            .args(["--name", &format!("bench-{i}"), "--host", "127.0.0.1"])
+            .arg("--local-dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the daskrs binary starts"),
         ));
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     let client = loop {
-        match Client::connect(&address, None).await {
+        match Client::connect(&address, token).await {
             Ok(c) => break c,
             Err(e) if Instant::now() > deadline => panic!("{e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -179,26 +190,47 @@ async fn main() {
         .wait_for_workers(2, Duration::from_secs(20))
         .await
         .unwrap();
-    let pid = scheduler.0.id();
-
     // Warm up: connections, and the scheduler's estimates of each kind.
     measure(&client, pid, map_graph(200), None).await;
     let (g, root) = tree_graph(200);
     measure(&client, pid, g, Some(&root)).await;
+    Cluster {
+        client,
+        pid,
+        _procs: procs,
+        _dir: dir,
+    }
+}
 
-    let mut best_map: Option<Measured> = None;
-    let mut best_tree: Option<Measured> = None;
+fn keep_best(best: &mut Option<Measured>, m: Measured) {
+    if best.as_ref().is_none_or(|b| m.seconds < b.seconds) {
+        *best = Some(m);
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    // The same workloads on a cluster without a token and on one with, in
+    // turns, so both see the same machine.
+    let plain = start_cluster(&args.daskrs, None).await;
+    let token = Token::generate();
+    let guarded = start_cluster(&args.daskrs, Some(&token)).await;
+    let mut best: [[Option<Measured>; 2]; 2] = Default::default();
     for _ in 0..args.repeat {
-        let m = measure(&client, pid, map_graph(args.map_tasks), None).await;
-        if best_map.as_ref().is_none_or(|b| m.seconds < b.seconds) {
-            best_map = Some(m);
-        }
-        let (g, root) = tree_graph(args.tree_leaves);
-        let m = measure(&client, pid, g, Some(&root)).await;
-        if best_tree.as_ref().is_none_or(|b| m.seconds < b.seconds) {
-            best_tree = Some(m);
+        for (i, c) in [&plain, &guarded].into_iter().enumerate() {
+            keep_best(
+                &mut best[i][0],
+                measure(&c.client, c.pid, map_graph(args.map_tasks), None).await,
+            );
+            let (g, root) = tree_graph(args.tree_leaves);
+            keep_best(
+                &mut best[i][1],
+                measure(&c.client, c.pid, g, Some(&root)).await,
+            );
         }
     }
+    let [[best_map, best_tree], [token_map, token_tree]] = best;
     let read = |p: &Option<PathBuf>| -> Option<serde_json::Value> {
         let text = std::fs::read_to_string(p.as_ref()?).ok()?;
         serde_json::from_str(text.lines().last()?).ok()
@@ -227,7 +259,8 @@ async fn main() {
             None => ("-".into(), "-".into()),
         }
     };
-    for (name, m) in [("map", best_map.unwrap()), ("tree", best_tree.unwrap())] {
+    for (name, m) in [("map", &best_map), ("tree", &best_tree)] {
+        let m = m.as_ref().unwrap();
         let rate = m.tasks as f64 / m.seconds;
         let (d, dr) = cell(&dask, name, rate);
         let (t, tr) = cell(&tuned, name, rate);
@@ -242,6 +275,28 @@ async fn main() {
             dr,
             t,
             tr
+        );
+    }
+    println!("With a cluster token on every call (same run, turn about):");
+    println!(
+        "{:<6} {:>12} {:>12} {:>8}",
+        "shape", "off task/s", "on task/s", "cost"
+    );
+    for (name, off, on) in [
+        ("map", &best_map, &token_map),
+        ("tree", &best_tree, &token_tree),
+    ] {
+        let rate = |m: &Option<Measured>| {
+            let m = m.as_ref().unwrap();
+            m.tasks as f64 / m.seconds
+        };
+        let (off, on) = (rate(off), rate(on));
+        println!(
+            "{:<6} {:>12.0} {:>12.0} {:>7.1}%",
+            name,
+            off,
+            on,
+            (off - on) / off * 100.0
         );
     }
     if let Some(d) = dask.as_ref().or(tuned.as_ref()) {

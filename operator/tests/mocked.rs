@@ -147,7 +147,9 @@ fn answer(world: &World, method: &str, uri: &str, body: &Value, made: &mut u32) 
             ("GET", true) => (
                 200,
                 json!({ "apiVersion": "v1", "kind": "Secret",
-                    "metadata": { "name": "demo-daskrs-token", "namespace": "data" },
+                    "metadata": { "name": "demo-daskrs-token", "namespace": "data",
+                        "ownerReferences": [{ "apiVersion": "daskrs.dev/v1alpha1", "kind": "DaskCluster",
+                            "name": "demo", "uid": "uid-1", "controller": true }] },
                     "data": { "token": base64(TOKEN) } }),
             ),
             ("GET", false) => (

@@ -2,11 +2,14 @@
 //! request but the probes must present, as `Authorization: Bearer <token>`
 //! (or, for the dashboard in a browser, a cookie). Clients and workers read
 //! it from `DASKRS_TOKEN` or a file; servers compare it in constant time.
+//! The dashboard's cookie holds a digest of the token, never the token, and
+//! is named per port: browsers share cookies across the ports of a host.
 
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -14,8 +17,8 @@ use tonic::{Request, Status};
 
 /// The environment variable clients, workers and schedulers read the token from.
 pub const TOKEN_ENV: &str = "DASKRS_TOKEN";
-/// The cookie the dashboard keeps the token in.
-pub const COOKIE: &str = "daskrs_token";
+/// The dashboard's cookie is this, then the port the browser used.
+pub const COOKIE_PREFIX: &str = "daskrs_token_";
 
 /// Tokens are at most this long: they travel in every request's headers.
 const MAX_TOKEN_BYTES: usize = 512;
@@ -35,7 +38,8 @@ pub enum TokenError {
     #[error("the token in {0} is empty")]
     Empty(String),
     #[error(
-        "the token in {0} is not a valid token: use up to {MAX_TOKEN_BYTES} printable ASCII characters without spaces"
+        "the token in {0} is not a valid token: use up to {MAX_TOKEN_BYTES} letters, digits and . _ ~ - \
+         (e.g. `openssl rand -hex 32`)"
     )]
     Invalid(String),
     #[error("cannot read the token file {path}: {source}")]
@@ -53,7 +57,9 @@ impl Token {
         if t.is_empty() {
             return Err(TokenError::Empty(from.to_string()));
         }
-        if t.len() > MAX_TOKEN_BYTES || !t.bytes().all(|b| b.is_ascii_graphic()) {
+        // Characters that travel unchanged in headers, cookies and URLs.
+        let plain = |b: u8| b.is_ascii_alphanumeric() || b"._~-".contains(&b);
+        if t.len() > MAX_TOKEN_BYTES || !t.bytes().all(plain) {
             return Err(TokenError::Invalid(from.to_string()));
         }
         Ok(Token(t.into()))
@@ -93,6 +99,16 @@ impl Token {
         self.0.as_bytes().ct_eq(presented).into()
     }
 
+    /// What the dashboard's cookie holds: a digest of the token, so the
+    /// cookie, sent to every port of the host, does not carry the token.
+    pub fn cookie_value(&self) -> String {
+        let digest = Sha256::new()
+            .chain_update(b"daskrs dashboard cookie\0")
+            .chain_update(self.0.as_bytes())
+            .finalize();
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     fn bearer(&self) -> MetadataValue<Ascii> {
         format!("Bearer {}", self.0)
             .parse()
@@ -124,15 +140,20 @@ impl fmt::Display for Refusal {
     }
 }
 
+/// The credentials of an `Authorization` header if it is a bearer token
+/// (the scheme's name in any case, spaces around the token ignored).
+fn bearer_of(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    let spaced = rest.first() == Some(&b' ');
+    (scheme.eq_ignore_ascii_case(b"bearer") && spaced).then(|| rest.trim_ascii())
+}
+
 /// Checks the value of an `Authorization` header (`Bearer <token>`), if any.
 pub fn check_bearer(header: Option<&[u8]>, token: &Token) -> Result<(), Refusal> {
     let Some(value) = header else {
         return Err(Refusal::Missing);
     };
-    let presented = value
-        .strip_prefix(b"Bearer ")
-        .or_else(|| value.strip_prefix(b"bearer "))
-        .ok_or(Refusal::Wrong)?;
+    let presented = bearer_of(value).ok_or(Refusal::Wrong)?;
     if token.matches(presented) {
         Ok(())
     } else {
@@ -140,23 +161,41 @@ pub fn check_bearer(header: Option<&[u8]>, token: &Token) -> Result<(), Refusal>
     }
 }
 
-/// Checks an HTTP request's credentials: the `Authorization` header, else
-/// the dashboard's cookie.
+/// The name of the dashboard's cookie for a request to `host` (its `Host`
+/// header): one per port the browser sees.
+pub fn cookie_name(host: Option<&[u8]>) -> String {
+    let port = host
+        .and_then(|h| {
+            let at = h.iter().rposition(|b| *b == b':')?;
+            let port = &h[at + 1..];
+            (!port.is_empty() && port.iter().all(u8::is_ascii_digit)).then_some(port)
+        })
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_else(|| "80".into());
+    format!("{COOKIE_PREFIX}{port}")
+}
+
+/// Checks an HTTP request's credentials: a bearer `Authorization` header,
+/// else the dashboard's cookie. (Another scheme's header, from a proxy in
+/// front, is not this cluster's business.)
 pub fn check_http(headers: &http::HeaderMap, token: &Token) -> Result<(), Refusal> {
-    if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+    if let Some(value) = headers.get(http::header::AUTHORIZATION)
+        && bearer_of(value.as_bytes()).is_some()
+    {
         return check_bearer(Some(value.as_bytes()), token);
     }
+    let name = cookie_name(headers.get(http::header::HOST).map(|h| h.as_bytes()));
     let cookie = headers
         .get_all(http::header::COOKIE)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
         .find_map(|pair| {
             let pair = pair.trim_ascii();
-            pair.strip_prefix(COOKIE.as_bytes())?.strip_prefix(b"=")
+            pair.strip_prefix(name.as_bytes())?.strip_prefix(b"=")
         });
     match cookie {
         None => Err(Refusal::Missing),
-        Some(presented) if token.matches(presented) => Ok(()),
+        Some(presented) if bool::from(token.cookie_value().as_bytes().ct_eq(presented)) => Ok(()),
         Some(_) => Err(Refusal::Wrong),
     }
 }
@@ -218,15 +257,13 @@ mod tests {
             Token::parse(" \n", "f"),
             Err(TokenError::Empty(_))
         ));
-        assert!(matches!(
-            Token::parse("a b", "f"),
-            Err(TokenError::Invalid(_))
-        ));
-        assert!(matches!(
-            Token::parse("é", "f"),
-            Err(TokenError::Invalid(_))
-        ));
-        assert!(format!("{:?}", token()).find("s3cret").is_none());
+        for odd in ["a b", "é", "a;b", "a+b", "a&b"] {
+            assert!(
+                matches!(Token::parse(odd, "f"), Err(TokenError::Invalid(_))),
+                "{odd}"
+            );
+        }
+        assert!(!format!("{:?}", token()).contains("s3cret"));
         let (a, b) = (Token::generate(), Token::generate());
         assert_eq!(a.expose().len(), 64);
         assert_ne!(a, b);
@@ -235,28 +272,41 @@ mod tests {
     #[test]
     fn bearer_headers_and_cookies_are_checked() {
         let t = token();
+        let bearer = |h: &[u8]| check_bearer(Some(h), &t);
         assert_eq!(check_bearer(None, &t), Err(Refusal::Missing));
-        assert_eq!(check_bearer(Some(b"Bearer s3cret-token"), &t), Ok(()));
-        assert_eq!(
-            check_bearer(Some(b"Bearer s3cret-tokeN"), &t),
-            Err(Refusal::Wrong)
-        );
-        assert_eq!(
-            check_bearer(Some(b"Bearer s3cret-token2"), &t),
-            Err(Refusal::Wrong)
-        );
-        assert_eq!(check_bearer(Some(b"s3cret-token"), &t), Err(Refusal::Wrong));
+        assert_eq!(bearer(b"Bearer s3cret-token"), Ok(()));
+        assert_eq!(bearer(b"BEARER  s3cret-token "), Ok(()));
+        assert_eq!(bearer(b"Bearer s3cret-tokeN"), Err(Refusal::Wrong));
+        assert_eq!(bearer(b"Bearer s3cret-token2"), Err(Refusal::Wrong));
+        assert_eq!(bearer(b"Bearers3cret-token"), Err(Refusal::Wrong));
+        assert_eq!(bearer(b"s3cret-token"), Err(Refusal::Wrong));
+
         let mut h = http::HeaderMap::new();
         assert_eq!(check_http(&h, &t), Err(Refusal::Missing));
-        h.insert(
-            "cookie",
-            "a=1; daskrs_token=s3cret-token; b=2".parse().unwrap(),
-        );
+        h.insert("host", "localhost:8787".parse().unwrap());
+        let value = t.cookie_value();
+        assert!(!value.contains("s3cret"));
+        let cookie = format!("a=1; daskrs_token_8787={value}; b=2");
+        h.insert("cookie", cookie.parse().unwrap());
         assert_eq!(check_http(&h, &t), Ok(()));
-        h.insert("cookie", "daskrs_token=nope".parse().unwrap());
+        // Another port's cookie is not this one's; the token is no cookie.
+        h.insert("host", "localhost:9999".parse().unwrap());
+        assert_eq!(check_http(&h, &t), Err(Refusal::Missing));
+        h.insert("host", "localhost:8787".parse().unwrap());
+        h.insert("cookie", "daskrs_token_8787=s3cret-token".parse().unwrap());
+        assert_eq!(check_http(&h, &t), Err(Refusal::Wrong));
+        // A proxy's own credentials leave the cookie to speak.
+        let cookie = format!("daskrs_token_8787={value}");
+        h.insert("cookie", cookie.parse().unwrap());
+        h.insert("authorization", "Basic dXNlcjpwdw==".parse().unwrap());
+        assert_eq!(check_http(&h, &t), Ok(()));
+        h.insert("authorization", "Bearer nope".parse().unwrap());
         assert_eq!(check_http(&h, &t), Err(Refusal::Wrong));
         h.insert("authorization", "Bearer s3cret-token".parse().unwrap());
         assert_eq!(check_http(&h, &t), Ok(()));
+        assert_eq!(cookie_name(Some(b"[::1]:8787")), "daskrs_token_8787");
+        assert_eq!(cookie_name(Some(b"example.com")), "daskrs_token_80");
+        assert_eq!(cookie_name(None), "daskrs_token_80");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use daskrs_proto::auth::{COOKIE, Refusal, Token, check_http};
+use daskrs_proto::auth::{Refusal, Token, check_http, cookie_name};
 use serde::{Deserialize, Serialize};
 
 use crate::service::Core;
@@ -77,6 +77,7 @@ const MOST_LOGIN_BYTES: usize = 4096;
 /// browser in; refuses the rest with a reason.
 async fn guard(AxState(access): AxState<Arc<Access>>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
+    let cookie = cookie_name(req.headers().get(header::HOST).map(|h| h.as_bytes()));
     let path = path.as_str();
     let open = matches!(path, "/health" | "/ready") || (path == "/metrics" && access.open_metrics);
     if open {
@@ -107,7 +108,10 @@ async fn guard(AxState(access): AxState<Arc<Access>>, req: Request, next: Next) 
                 (header::LOCATION, "/".to_string()),
                 (
                     header::SET_COOKIE,
-                    format!("{COOKIE}={t}; Path=/; HttpOnly; SameSite=Strict"),
+                    format!(
+                        "{cookie}={}; Path=/; HttpOnly; SameSite=Strict",
+                        access.token.cookie_value()
+                    ),
                 ),
             ],
         )

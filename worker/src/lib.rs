@@ -80,6 +80,8 @@ pub enum Error {
     },
     #[error("cannot start task threads: {0}")]
     Threads(std::io::Error),
+    #[error("the scheduler refused this worker: {0}")]
+    Refused(String),
     #[error("peer data server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
     #[error("cannot write the port file {path}: {source}")]
@@ -211,12 +213,17 @@ pub async fn run_with(
 
     let guard = tokio::spawn(session::memory_guard(shared.clone(), stop_rx.clone()));
     let mut backoff = Duration::from_millis(100);
+    let mut refused = None;
     loop {
         if *shutdown.borrow() {
             break;
         }
         match session::session(&shared, shutdown.clone()).await {
             SessionEnd::Closed => break,
+            SessionEnd::Refused(reason) => {
+                refused = Some(reason);
+                break;
+            }
             SessionEnd::Lost(reason) => {
                 if *shutdown.borrow() {
                     break;
@@ -239,6 +246,9 @@ pub async fn run_with(
     let _ = peer.await;
     if let Some((h, _)) = http {
         let _ = h.await;
+    }
+    if let Some(reason) = refused {
+        return Err(Error::Refused(reason));
     }
     tracing::info!(%name, "worker stopped");
     Ok(())

@@ -33,6 +33,8 @@ pub enum SessionEnd {
     Closed,
     /// The connection was lost; the worker reconnects and starts clean.
     Lost(String),
+    /// The scheduler refused this worker's token: trying again would not help.
+    Refused(String),
 }
 
 enum Event {
@@ -133,6 +135,9 @@ pub async fn session(shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
     let attach = client.attach(tokio_stream::wrappers::UnboundedReceiverStream::new(up_rx));
     let mut inbound = match tokio::time::timeout_at(deadline, attach).await {
         Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(s)) if s.code() == tonic::Code::Unauthenticated => {
+            return SessionEnd::Refused(s.message().to_string());
+        }
         Ok(Err(s)) => {
             return SessionEnd::Lost(format!("scheduler refused the worker: {}", s.message()));
         }

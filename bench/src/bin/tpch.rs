@@ -231,7 +231,7 @@ async fn main() {
     };
 
     let run_dir = tempfile::tempdir().expect("a temporary directory");
-    let (scheduler, address) = start_scheduler(&a.daskrs, run_dir.path());
+    let (scheduler, address) = start_scheduler(&a.daskrs, run_dir.path(), None);
     let mut workers = Vec::new();
     for i in 0..a.workers {
         workers.push(spawn(

@@ -129,7 +129,10 @@ pub async fn worker(a: WorkerArgs) -> Result<(), Failure> {
     }
     daskrs_worker::run(config, registry, shutdown_signal())
         .await
-        .map_err(|e| Failure::new(3, e.to_string()))
+        .map_err(|e| match e {
+            daskrs_worker::Error::Refused(_) => Failure::new(2, e.to_string()),
+            e => Failure::new(3, e.to_string()),
+        })
 }
 
 pub async fn local(a: LocalArgs) -> Result<(), Failure> {

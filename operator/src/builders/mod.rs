@@ -18,7 +18,7 @@ use crate::crd::DaskCluster;
 
 pub use network::{LABEL_CLIENT, network_policy, network_policy_name};
 pub use scheduler::{scheduler_deployment, scheduler_service};
-pub use token::{TOKEN_KEY, new_token, token_of, token_secret, token_secret_name};
+pub use token::{TOKEN_KEY, new_token, owned_by, token_of, token_secret, token_secret_name};
 pub use worker::{WorkerSizing, pod_template_hash, worker_pod};
 
 pub const LABEL_CLUSTER: &str = "daskrs.dev/cluster";

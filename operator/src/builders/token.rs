@@ -33,6 +33,8 @@ pub fn token_secret(cluster: &DaskCluster, token: &str) -> Secret {
     Secret {
         metadata: owned_meta(cluster, token_secret_name(cluster), labels),
         type_: Some("Opaque".into()),
+        // A token changes only by a new Secret (see `ensure_token`).
+        immutable: Some(true),
         data: Some(BTreeMap::from([(
             TOKEN_KEY.to_string(),
             ByteString(token.as_bytes().to_vec()),
@@ -41,12 +43,24 @@ pub fn token_secret(cluster: &DaskCluster, token: &str) -> Secret {
     }
 }
 
+/// Whether `secret` is this cluster's own, not one left by an earlier
+/// cluster of the same name that Kubernetes has yet to delete.
+pub fn owned_by(secret: &Secret, cluster: &DaskCluster) -> bool {
+    let uid = cluster.metadata.uid.as_deref();
+    secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| Some(o.uid.as_str()) == uid)
+}
+
 /// The token a Secret holds, if it holds a usable one.
 pub fn token_of(secret: &Secret) -> Option<String> {
     let bytes = &secret.data.as_ref()?.get(TOKEN_KEY)?.0;
     let text = std::str::from_utf8(bytes).ok()?.trim();
-    let usable =
-        !text.is_empty() && text.len() <= 512 && text.bytes().all(|b| b.is_ascii_graphic());
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"._~-".contains(&b);
+    let usable = !text.is_empty() && text.len() <= 512 && text.bytes().all(plain);
     usable.then(|| text.to_string())
 }
 
@@ -69,6 +83,10 @@ mod tests {
             ("DaskCluster", Some(true))
         );
         assert_eq!(token_of(&s), Some(a));
+        assert_eq!(s.immutable, Some(true));
+        let mut earlier = s.clone();
+        earlier.metadata.owner_references.as_mut().unwrap()[0].uid = "an-earlier-uid".into();
+        assert!(owned_by(&s, &c) && !owned_by(&earlier, &c));
         let mut spoilt = s.clone();
         spoilt.data = Some(BTreeMap::from([(
             TOKEN_KEY.to_string(),

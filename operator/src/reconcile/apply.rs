@@ -125,10 +125,18 @@ async fn ensure_token(ctx: &Context, cluster: &DaskCluster, ns: &str) -> Result<
             }
         }
     };
+    if !builders::owned_by(&secret, cluster) {
+        return Err(Error::BadSecret {
+            object: format!("{ns}/{name}"),
+            problem: "it belongs to an earlier cluster of this name, which Kubernetes \
+                      is still deleting; retrying"
+                .into(),
+        });
+    }
     builders::token_of(&secret).ok_or_else(|| Error::BadSecret {
         object: format!("{ns}/{name}"),
         problem: format!(
-            "its `{}` key holds no usable token (printable ASCII, no spaces); \
+            "its `{}` key holds no usable token (letters, digits, . _ ~ -); \
              delete the Secret to have a new one made, then restart the cluster's pods",
             builders::TOKEN_KEY
         ),
