@@ -124,6 +124,15 @@ async fn wait_status<F: Fn(&DaskCluster) -> bool>(
     .await
 }
 
+/// How many objects of a kind the namespace of `api` holds; None while the
+/// API server does not answer.
+async fn count<K>(api: &Api<K>) -> Option<usize>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    Some(api.list(&ListParams::default()).await.ok()?.items.len())
+}
+
 fn env_of(pod: &Pod, name: &str) -> Option<k8s_openapi::api::core::v1::EnvVar> {
     pod.spec.as_ref()?.containers[0]
         .env
@@ -595,25 +604,10 @@ spec:
     assert!(out.status.success(), "{}", stderr(&out));
     wait_for("deletion to cascade", Duration::from_secs(90), || async {
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let left = pods.list(&ListParams::default()).await.ok()?.items.len()
-            + deployments
-                .list(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .len()
-            + services
-                .list(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .len()
-            + policies
-                .list(&ListParams::default())
-                .await
-                .ok()?
-                .items
-                .len()
+        let left = count(&pods).await?
+            + count(&deployments).await?
+            + count(&services).await?
+            + count(&policies).await?
             + usize::from(secrets.get_opt("demo-daskrs-token").await.ok()?.is_some());
         (left == 0).then_some(())
     })

@@ -69,7 +69,7 @@ class Client:
         check_versions: bool = True,
         token: str | None = None,
     ) -> None:
-        from daskrs._local import LocalCluster
+        from daskrs._local import LocalCluster, token_for
 
         self.cluster: LocalCluster | None = None
         self._default: Any = None
@@ -93,12 +93,11 @@ class Client:
         elif hasattr(address, "scheduler_address"):
             token = token or getattr(address, "token", None)
             address = address.scheduler_address  # a cluster object
+        target = _address(address)
         if token is None:
-            from daskrs._local import token_for
-
-            token = token_for(_address(address)) or os.environ.get("DASKRS_TOKEN") or None
+            token = token_for(target) or os.environ.get("DASKRS_TOKEN") or None
         try:
-            self._native: NativeClient | None = NativeClient.connect(_address(address), token)
+            self._native: NativeClient | None = NativeClient.connect(target, token)
             self._session = self._native.session(f"client-{os.getpid()}-{uuid.uuid4().hex[:8]}")
             self._listener = threading.Thread(
                 target=self._listen, args=(self._session,), name="daskrs-events", daemon=True

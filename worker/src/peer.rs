@@ -159,21 +159,9 @@ impl Fetcher {
             return Err(failed);
         }
         self.calls.inc();
-        match fetch_from(&self.channels, id, None, &addresses[1..]).await {
-            Ok(data) => Ok(data),
-            Err(other) => {
-                let message = format!("{failed}; {other}");
-                Err(
-                    if matches!(failed, TaskError::Corrupt(_))
-                        || matches!(other, TaskError::Corrupt(_))
-                    {
-                        TaskError::Corrupt(message)
-                    } else {
-                        TaskError::PeerGone(message)
-                    },
-                )
-            }
-        }
+        fetch_from(&self.channels, id, None, &addresses[1..])
+            .await
+            .map_err(|other| merged(vec![failed, other]))
     }
 
     /// Calls `peer` for what waits for it until nothing does.
@@ -194,7 +182,10 @@ impl Fetcher {
         loop {
             let batch: Vec<(u64, Reply)> = {
                 let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-                let queue = waiting.entry(peer.clone()).or_default();
+                let Some(queue) = waiting.get_mut(&peer) else {
+                    abandon.2 = false;
+                    return;
+                };
                 if queue.is_empty() {
                     // Under the same lock as the check: a result wanted from
                     // now on starts a new call.
@@ -257,18 +248,7 @@ impl Fetcher {
         let request = FetchManyRequest {
             task_ids: ids.to_vec(),
         };
-        let stream = tokio::time::timeout(STALL_TIMEOUT, client.fetch_many(request))
-            .await
-            .map_err(|_| gone(format!("no answer within {STALL_TIMEOUT:?}")))?
-            .map_err(|s| gone(s.message().to_string()))?
-            .into_inner();
-        let stream = Box::pin(stream.timeout(STALL_TIMEOUT).map(|item| {
-            item.unwrap_or_else(|_| {
-                Err(Status::deadline_exceeded(format!(
-                    "stalled for {STALL_TIMEOUT:?}"
-                )))
-            })
-        }));
+        let stream = watched(client.fetch_many(request)).await.map_err(gone)?;
         chunks::assemble_each(stream, ids.len(), |at, format, bytes| {
             if let Some(reply) = replies[at].take() {
                 let _ = reply.send(Ok(Data { format, bytes }));
@@ -296,25 +276,51 @@ pub async fn fetch_from(
     addresses: &[String],
 ) -> Result<crate::data::Data, TaskError> {
     let mut errors = Vec::new();
-    let mut corrupt = false;
     for addr in addresses {
         match fetch_one(pool, id, part, addr).await {
             Ok(d) => return Ok(d),
-            Err(e) => {
-                corrupt |= matches!(e, TaskError::Corrupt(_));
-                errors.push(format!("{addr}: {e}"));
-            }
+            Err(e) => errors.push(e.context(addr)),
         }
     }
     if errors.is_empty() {
         return Err(TaskError::PeerGone(format!("no worker holds result {id}")));
     }
-    let message = errors.join("; ");
-    Err(if corrupt {
+    Err(merged(errors))
+}
+
+/// The failures of several holders as one: corrupt data if any holder sent
+/// bytes that do not decode, else a lost peer.
+fn merged(errors: Vec<TaskError>) -> TaskError {
+    let corrupt = errors.iter().any(|e| matches!(e, TaskError::Corrupt(_)));
+    let message = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if corrupt {
         TaskError::Corrupt(message)
     } else {
         TaskError::PeerGone(message)
-    })
+    }
+}
+
+/// The stream a call to a peer opens, given up on when the peer does not
+/// answer, or stops sending, for [`STALL_TIMEOUT`]. An error is the reason.
+async fn watched<T: Send + 'static>(
+    call: impl std::future::Future<Output = Result<Response<tonic::Streaming<T>>, Status>>,
+) -> Result<Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>, String> {
+    let stream = tokio::time::timeout(STALL_TIMEOUT, call)
+        .await
+        .map_err(|_| format!("no answer within {STALL_TIMEOUT:?}"))?
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
+    Ok(Box::pin(stream.timeout(STALL_TIMEOUT).map(|item| {
+        item.unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!(
+                "stalled for {STALL_TIMEOUT:?}"
+            )))
+        })
+    })))
 }
 
 /// A peer that sends nothing for this long is taken as gone: a frozen
@@ -332,21 +338,9 @@ async fn fetch_one(
     let channel = pool.get(addr).map_err(|e| gone(e.to_string()))?;
     let mut client =
         daskrs_proto::limits!(daskrs_proto::peer_data_client::PeerDataClient::new(channel));
-    let stream = tokio::time::timeout(
-        STALL_TIMEOUT,
-        client.fetch(FetchRequest { task_id: id, part }),
-    )
-    .await
-    .map_err(|_| gone(format!("no answer within {STALL_TIMEOUT:?}")))?
-    .map_err(|s| gone(s.message().to_string()))?
-    .into_inner();
-    let stream = Box::pin(stream.timeout(STALL_TIMEOUT).map(|item| {
-        item.unwrap_or_else(|_| {
-            Err(Status::deadline_exceeded(format!(
-                "stalled for {STALL_TIMEOUT:?}"
-            )))
-        })
-    }));
+    let stream = watched(client.fetch(FetchRequest { task_id: id, part }))
+        .await
+        .map_err(gone)?;
     let (format, bytes) = chunks::assemble(stream).await.map_err(|e| match e {
         chunks::AssembleError::Format(_) => TaskError::Corrupt(e.to_string()),
         _ => gone(e.to_string()),
