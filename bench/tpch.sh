@@ -3,7 +3,10 @@
 # to single-node DataFusion on the same local Parquet files in the same run,
 # and Q1 and Q3 next to Dask DataFrame on a 2-worker LocalCluster.
 #
-#   bench/tpch.sh [--scale SF] [--repeat K] [--threads T] [--queries 1,3,..] [--no-dask] [--s3]
+#   bench/tpch.sh [--scale SF] [--repeat K] [--threads T] [--queries 1,3,..] [--no-dask] [--s3] [--secured]
+#
+# With --secured every query also runs on a second cluster with a token and
+# TLS, in turns with the first, and the table gains their cost.
 #
 # With --s3 the same files are uploaded to a MinIO server on loopback and
 # both sides read them from there; the S3 scan throughput of lineitem is
@@ -14,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/daskrs/target}"
-scale=1 repeat=1 threads=1 dask=yes s3=no queries=
+scale=1 repeat=1 threads=1 dask=yes s3=no queries= secured=no
 while [ $# -gt 0 ]; do
   case "$1" in
     --scale) scale=$2; shift 2 ;;
@@ -23,6 +26,7 @@ while [ $# -gt 0 ]; do
     --queries) queries=$2; shift 2 ;;
     --no-dask) dask=no; shift ;;
     --s3) s3=yes; dask=no; shift ;;
+    --secured) secured=yes; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -67,6 +71,9 @@ PY
 fi
 if [ -n "$queries" ]; then
   args+=(--queries "$queries")
+fi
+if [ "$secured" = yes ]; then
+  args+=(--secured)
 fi
 echo "running daskrs and single-node DataFusion ..." >&2
 DASKRS_LOG=error "$bench_bin" "${args[@]}"

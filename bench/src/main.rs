@@ -13,10 +13,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use daskrs_bench::{Proc, start_scheduler};
+use daskrs_bench::{Proc, Security, connect, start_scheduler};
 use daskrs_client::{Client, Graph};
 use daskrs_core::TaskSpec;
-use daskrs_proto::auth::Token;
 
 #[derive(Parser)]
 struct Args {
@@ -140,7 +139,7 @@ async fn measure(
     }
 }
 
-/// A scheduler and two workers, with or without a cluster token.
+/// A scheduler and two workers, with or without a token and TLS.
 struct Cluster {
     client: Client,
     pid: u32,
@@ -148,16 +147,19 @@ struct Cluster {
     _dir: tempfile::TempDir,
 }
 
-async fn start_cluster(daskrs: &std::path::Path, token: Option<&Token>) -> Cluster {
+async fn start_cluster(daskrs: &std::path::Path, secure: bool) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
-    let (scheduler, address) = start_scheduler(daskrs, dir.path(), token.map(Token::expose));
+    let security = secure.then(|| Security::make(daskrs, dir.path()));
+    let (scheduler, address) = start_scheduler(
+        daskrs,
+        dir.path(),
+        &Security::env_of(security.as_ref(), "scheduler"),
+    );
     let pid = scheduler.0.id();
     let mut procs = vec![scheduler];
     for i in 0..2 {
         let mut cmd = Command::new(daskrs);
-        if let Some(t) = token {
-            cmd.env("DASKRS_TOKEN", t.expose());
-        }
+        cmd.envs(Security::env_of(security.as_ref(), "worker"));
         procs.push(Proc(
             cmd.args([
                 "worker",
@@ -178,14 +180,7 @@ async fn start_cluster(daskrs: &std::path::Path, token: Option<&Token>) -> Clust
             .expect("the daskrs binary starts"),
         ));
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let client = loop {
-        match Client::connect(&address, token).await {
-            Ok(c) => break c,
-            Err(e) if Instant::now() > deadline => panic!("{e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let client = connect(&address, security.as_ref()).await;
     client
         .wait_for_workers(2, Duration::from_secs(20))
         .await
@@ -211,14 +206,18 @@ fn keep_best(best: &mut Option<Measured>, m: Measured) {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    // The same workloads on a cluster without a token and on one with, in
-    // turns, so both see the same machine.
-    let plain = start_cluster(&args.daskrs, None).await;
-    let token = Token::generate();
-    let guarded = start_cluster(&args.daskrs, Some(&token)).await;
+    // The same workloads on a cluster without a token and TLS and on one
+    // with both, in turns (each first every other round), so both see the
+    // same machine.
+    let plain = start_cluster(&args.daskrs, false).await;
+    let guarded = start_cluster(&args.daskrs, true).await;
     let mut best: [[Option<Measured>; 2]; 2] = Default::default();
-    for _ in 0..args.repeat {
-        for (i, c) in [&plain, &guarded].into_iter().enumerate() {
+    for round in 0..args.repeat {
+        let mut order = [(0, &plain), (1, &guarded)];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for (i, c) in order {
             keep_best(
                 &mut best[i][0],
                 measure(&c.client, c.pid, map_graph(args.map_tasks), None).await,
@@ -277,7 +276,9 @@ async fn main() {
             tr
         );
     }
-    println!("With a cluster token on every call (same run, turn about):");
+    println!(
+        "With a cluster token on every call and TLS on every connection (same run, turn about):"
+    );
     println!(
         "{:<6} {:>12} {:>12} {:>8}",
         "shape", "off task/s", "on task/s", "cost"

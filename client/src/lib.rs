@@ -43,20 +43,31 @@ pub enum Error {
 
 impl From<tonic::Status> for Error {
     fn from(s: tonic::Status) -> Error {
-        match s.code() {
-            tonic::Code::Unauthenticated => Error::Refused(s.message().to_string()),
-            _ => Error::Status(s),
-        }
+        Error::refusal(&s).unwrap_or(Error::Status(s))
     }
 }
 
 impl Error {
     /// A stream the scheduler ended with `s`: refused, or lost.
     pub(crate) fn ended(s: tonic::Status) -> Error {
-        match s.code() {
-            tonic::Code::Unauthenticated => Error::Refused(s.message().to_string()),
-            _ => Error::Lost(s.message().to_string()),
+        Error::refusal(&s).unwrap_or_else(|| Error::Lost(s.message().to_string()))
+    }
+
+    /// The cluster's refusal `s` is, if it is one: no token or the wrong
+    /// one, plain text to a TLS port, or a certificate of another cluster.
+    fn refusal(s: &tonic::Status) -> Option<Error> {
+        if s.code() == tonic::Code::Unauthenticated
+            || s.message() == daskrs_proto::tls::PLAIN_TEXT_REFUSED
+        {
+            return Some(Error::Refused(s.message().to_string()));
         }
+        daskrs_proto::tls::refused_certificate(s).then(|| {
+            Error::Refused(format!(
+                "the cluster refused this client's TLS certificate, or this client the \
+                 cluster's: {}",
+                daskrs_core::error_chain(s)
+            ))
+        })
     }
 
     /// The exit code the `daskrs` command uses for this error.
@@ -139,9 +150,26 @@ impl Client {
         address: &str,
         token: Option<&daskrs_proto::auth::Token>,
     ) -> Result<Client, Error> {
-        let channel = daskrs_proto::net::connect(address, token)
+        Client::connect_with(address, token, None).await
+    }
+
+    /// Connects to the scheduler at `address`; calls carry `token`, over
+    /// TLS with `tls`'s certificates when given.
+    pub async fn connect_with(
+        address: &str,
+        token: Option<&daskrs_proto::auth::Token>,
+        tls: Option<&daskrs_proto::tls::Tls>,
+    ) -> Result<Client, Error> {
+        let channel = daskrs_proto::net::connect(address, token, tls)
             .await
-            .map_err(|e| Error::Connect(format!("{e} (is a scheduler running there?)")))?;
+            .map_err(|e| {
+                let text = daskrs_core::error_chain(&e);
+                if daskrs_proto::tls::refused_certificate(&e) {
+                    Error::Refused(text)
+                } else {
+                    Error::Connect(format!("{text} (is a scheduler running there?)"))
+                }
+            })?;
         Ok(Client {
             grpc: daskrs_proto::limits!(SchedulerClient::new(channel)),
             address: address.to_string(),

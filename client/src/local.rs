@@ -22,11 +22,14 @@ pub struct LocalConfig {
     pub s3: daskrs_engine::S3Settings,
     /// The cluster token; `None` admits whoever reaches the ports.
     pub token: Option<daskrs_proto::auth::Token>,
+    /// TLS between everyone, with these certificates; `None` for plain text.
+    pub tls: Option<daskrs_proto::tls::Tls>,
 }
 
 pub struct LocalCluster {
     pub scheduler_addr: SocketAddr,
     pub token: Option<daskrs_proto::auth::Token>,
+    pub tls: Option<daskrs_proto::tls::Tls>,
     pub http_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     stop_scheduler: watch::Sender<bool>,
@@ -52,6 +55,7 @@ impl LocalCluster {
                 http_listen: cfg.http_listen,
                 s3: cfg.s3.clone(),
                 token: cfg.token.clone(),
+                tls: cfg.tls.clone(),
                 ..SchedulerConfig::default()
             },
             scheduler_rx,
@@ -80,6 +84,7 @@ impl LocalCluster {
                 pause_on_process_memory: false,
                 port_file: None,
                 token: cfg.token.clone(),
+                tls: cfg.tls.clone(),
                 open_metrics: false,
             };
             workers.push(tokio::spawn(daskrs_worker::run(
@@ -91,6 +96,7 @@ impl LocalCluster {
         Ok(LocalCluster {
             scheduler_addr: addr,
             token: cfg.token,
+            tls: cfg.tls,
             http_addr: scheduler.http_addr,
             stop,
             stop_scheduler,

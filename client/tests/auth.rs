@@ -58,7 +58,9 @@ async fn every_port_refuses_a_missing_or_wrong_token_and_serves_the_right_one() 
     // gRPC, the workers' service: a worker that cannot present the token is
     // refused at registration.
     for (token, says) in cases {
-        let channel = daskrs_proto::net::connect(&address, token).await.unwrap();
+        let channel = daskrs_proto::net::connect(&address, token, None)
+            .await
+            .unwrap();
         let e = WorkerControlClient::new(channel)
             .attach(futures::stream::iter(vec![register()]))
             .await
@@ -73,7 +75,7 @@ async fn every_port_refuses_a_missing_or_wrong_token_and_serves_the_right_one() 
     let fetch = |token: Option<Token>| {
         let peer = peer.clone();
         async move {
-            let channel = daskrs_proto::net::connect(&peer, token.as_ref())
+            let channel = daskrs_proto::net::connect(&peer, token.as_ref(), None)
                 .await
                 .unwrap();
             PeerDataClient::new(channel)

@@ -344,25 +344,32 @@ async fn helm_install_apply_query_scale_and_delete_a_cluster() {
         scheduler_target(&client)
     })
     .await;
-    // The token, as the README tells a user to get it for `port-forward`.
+    // The token and the client certificate, as the README tells a user to
+    // get them for `port-forward`.
     let secret = format!("{CLUSTER}-daskrs-token");
-    let encoded = plane.kubectl_ok(&[
-        "get",
-        "secret",
-        &secret,
-        "-n",
-        NS,
-        "-o",
-        "jsonpath={.data.token}",
-    ]);
-    let decoded: k8s_openapi::ByteString =
-        serde_json::from_value(serde_json::json!(encoded.trim())).expect("base64 token");
     let token = daskrs_proto::auth::Token::parse(
-        std::str::from_utf8(&decoded.0).expect("a text token"),
+        &secret_key(&plane, &secret, "token"),
         "the cluster's Secret",
     )
     .expect("a usable token");
-    let refused = Client::connect(&target.to_string(), None)
+    let tls_dir = data.path().join("client-tls");
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let client_secret = format!("{CLUSTER}-daskrs-client");
+    for file in ["ca.crt", "tls.crt", "tls.key"] {
+        std::fs::write(tls_dir.join(file), secret_key(&plane, &client_secret, file)).unwrap();
+    }
+    let tls = daskrs_proto::tls::Tls::load(&tls_dir).expect("the client certificate's files");
+    let plain = Client::connect(&target.to_string(), Some(&token))
+        .await
+        .expect("connect to the scheduler pod")
+        .info()
+        .await
+        .expect_err("no plain-text call to a TLS scheduler");
+    assert!(
+        plain.to_string().contains("TLS connections only"),
+        "{plain}"
+    );
+    let refused = Client::connect_with(&target.to_string(), None, Some(&tls))
         .await
         .expect("connect to the scheduler pod")
         .info()
@@ -372,7 +379,7 @@ async fn helm_install_apply_query_scale_and_delete_a_cluster() {
         refused.to_string().contains("requires a token"),
         "{refused}"
     );
-    let scheduler = Client::connect(&target.to_string(), Some(&token))
+    let scheduler = Client::connect_with(&target.to_string(), Some(&token), Some(&tls))
         .await
         .expect("connect to the scheduler pod");
     wait_for(
@@ -402,6 +409,7 @@ async fn helm_install_apply_query_scale_and_delete_a_cluster() {
         .arg(&answer)
         .env("DASKRS_LOG", "warn")
         .env(daskrs_proto::auth::TOKEN_ENV, token.expose())
+        .env(daskrs_proto::tls::TLS_DIR_ENV, &tls_dir)
         .output()
         .expect("run daskrs sql");
     assert!(
@@ -651,15 +659,27 @@ async fn helm_install_apply_query_scale_and_delete_a_cluster() {
     let left = plane.kubectl_ok(&["get", "deployments,services", "-n", NS, "-o", "name"]);
     assert_eq!(left.trim(), "", "left behind by the deleted cluster");
     wait_for(
-        "the cluster's token Secret to go with it",
+        "the cluster's token and TLS Secrets to go with it",
         WAIT,
         &diag,
         || async {
-            let out = plane.kubectl(&["get", "secret", &secret, "-n", NS]);
-            (!out.status.success() && stderr(&out).contains("NotFound")).then_some(())
+            let out = plane.kubectl(&["get", "secrets", "-n", NS, "-o", "name"]);
+            let names = stdout(&out);
+            let left: Vec<&str> = names.lines().filter(|n| n.contains(CLUSTER)).collect();
+            (out.status.success() && left.is_empty()).then_some(())
         },
     )
     .await;
+}
+
+/// The text under `key` of the Secret `name`, as `kubectl get secret -o
+/// jsonpath` gives it to a user (base64), decoded.
+fn secret_key(plane: &ControlPlane, name: &str, key: &str) -> String {
+    let path = format!("jsonpath={{.data.{}}}", key.replace('.', "\\."));
+    let encoded = plane.kubectl_ok(&["get", "secret", name, "-n", NS, "-o", &path]);
+    let decoded: k8s_openapi::ByteString =
+        serde_json::from_value(serde_json::json!(encoded.trim())).expect("base64 data");
+    String::from_utf8(decoded.0).expect("text")
 }
 
 /// What the node does to a container's configuration, checked without a

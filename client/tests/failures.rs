@@ -294,7 +294,7 @@ async fn a_worker_whose_registration_is_never_answered_registers_again() {
     tokio::spawn(
         daskrs_proto::net::server()
             .add_service(WorkerControlServer::new(Silent(tx)))
-            .serve_with_incoming(daskrs_proto::net::incoming(listener)),
+            .serve_with_incoming(daskrs_proto::net::incoming(listener, None)),
     );
     let dir = tempfile::tempdir().unwrap();
     let child = harness::quiet(std::process::Command::new(harness::BIN).arg("worker"))

@@ -288,7 +288,7 @@ async fn scheduler_rejects_bad_graphs_before_running_anything() {
 async fn malformed_protobuf_is_an_error_and_the_scheduler_keeps_serving() {
     let cluster = Cluster::start(1, &[], &[]);
     let client = cluster.client(1).await;
-    let channel = daskrs_proto::net::connect(&cluster.address(), Some(&cluster.token))
+    let channel = daskrs_proto::net::connect(&cluster.address(), Some(&cluster.token), None)
         .await
         .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);

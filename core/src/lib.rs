@@ -1,11 +1,14 @@
 //! Domain types shared by every daskrs component: task specs, graphs and their
-//! validation, task states, the built-in task kinds' arguments, byte sizes.
+//! validation, task states, the built-in task kinds' arguments, byte sizes; with
+//! the `certs` feature, a cluster's TLS certificates.
 //!
 //! This crate does no I/O and links neither tonic nor kube: it is what the
 //! scheduler's state machine, the workers and the client agree on. It must
 //! not depend on any other daskrs crate, on tonic, kube or DataFusion.
 
 pub mod bytesize;
+#[cfg(feature = "certs")]
+pub mod certs;
 pub mod graph;
 pub mod json;
 pub mod kinds;
@@ -16,3 +19,18 @@ pub use bytesize::ByteSize;
 pub use graph::{GraphError, TaskSpec, ValidGraph, validate};
 pub use state::TaskState;
 pub use task::{Assignment, DataFormat, Input, Location, Priority};
+
+/// An error and its sources, each said once.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let m = inner.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        source = inner.source();
+    }
+    s
+}

@@ -180,20 +180,7 @@ fn object_store(e: &object_store::Error) -> String {
     }
 }
 
-/// An error and its sources, each said once.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let m = inner.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        source = inner.source();
-    }
-    s
-}
+pub use daskrs_core::error_chain as chain;
 
 #[cfg(test)]
 mod tests {

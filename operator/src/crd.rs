@@ -98,6 +98,31 @@ pub struct DaskClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     pub idle_timeout: Option<String>,
+    /// TLS with mutual authentication between the scheduler, the workers
+    /// and clients, with certificates of an authority the operator keeps
+    /// for this cluster (in Secrets it owns, renewed before they expire).
+    /// On unless `enabled: false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+impl DaskClusterSpec {
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.as_ref().is_none_or(|t| t.enabled)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// TLS on the cluster's gRPC ports. Clients then need the cluster's
+    /// client certificates, from the Secret `<name>-daskrs-client`.
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

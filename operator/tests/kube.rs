@@ -511,6 +511,100 @@ spec:
     );
     let status = serde_json::to_string(&cluster(&client, &ns, "demo").await.status).unwrap();
     assert!(!status.contains(&token), "{status}");
+
+    // TLS, on by default: an authority, and the certificates it issued in
+    // Secrets of type kubernetes.io/tls, the pods' mounted at DASKRS_TLS_DIR.
+    let ca = secrets
+        .get("demo-daskrs-ca")
+        .await
+        .expect("the authority's Secret");
+    let ca_pem = ca.data.as_ref().unwrap()["ca.crt"].0.clone();
+    for name in ["demo-daskrs-tls", "demo-daskrs-client"] {
+        let s = secrets.get(name).await.expect("a certificate's Secret");
+        assert_eq!(s.type_.as_deref(), Some("kubernetes.io/tls"));
+        assert_eq!(s.owner_references()[0].name, "demo");
+        assert_eq!(s.data.as_ref().unwrap()["ca.crt"].0, ca_pem);
+    }
+    for pod in workers(&client, &ns, "demo")
+        .await
+        .into_iter()
+        .chain([template.clone()])
+    {
+        let spec = pod.spec.as_ref().unwrap();
+        let dir = env_of(&pod, "DASKRS_TLS_DIR")
+            .and_then(|v| v.value)
+            .expect("DASKRS_TLS_DIR");
+        let mount = spec.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == dir)
+            .expect("the TLS files mounted");
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .unwrap();
+        assert_eq!(
+            volume.secret.as_ref().unwrap().secret_name.as_deref(),
+            Some("demo-daskrs-tls")
+        );
+    }
+
+    // A certificate with a third of its life left is issued anew, in the
+    // same Secret, by the same authority; the pods stay.
+    let before = secrets.get("demo-daskrs-tls").await.unwrap();
+    let pods_before: BTreeSet<String> = workers(&client, &ns, "demo")
+        .await
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 86_400;
+    let out = plane.kubectl(&[
+        "annotate",
+        "--overwrite",
+        "secret",
+        "demo-daskrs-tls",
+        "-n",
+        &ns,
+        &format!("daskrs.dev/not-after={soon}"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Any change to the cluster brings a pass.
+    let out = plane.kubectl(&[
+        "annotate",
+        "--overwrite",
+        "dsk",
+        "demo",
+        "-n",
+        &ns,
+        "poke=1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let renewed = wait_for(
+        "the certificate to be renewed",
+        Duration::from_secs(60),
+        || async {
+            let s = secrets.get("demo-daskrs-tls").await.ok()?;
+            let not_after: u64 = s.annotations().get("daskrs.dev/not-after")?.parse().ok()?;
+            (not_after > soon + 86_400).then_some(s)
+        },
+    )
+    .await;
+    let tls_crt = |s: &Secret| s.data.as_ref().unwrap()["tls.crt"].0.clone();
+    assert_ne!(tls_crt(&renewed), tls_crt(&before));
+    assert_eq!(renewed.data.as_ref().unwrap()["ca.crt"].0, ca_pem);
+    let pods_after: BTreeSet<String> = workers(&client, &ns, "demo")
+        .await
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    assert_eq!(pods_after, pods_before, "renewal restarts no pod");
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let svc = services
         .get("demo-scheduler")
@@ -608,7 +702,12 @@ spec:
             + count(&deployments).await?
             + count(&services).await?
             + count(&policies).await?
-            + usize::from(secrets.get_opt("demo-daskrs-token").await.ok()?.is_some());
+            + secrets
+                .list(&ListParams::default().labels("daskrs.dev/cluster=demo"))
+                .await
+                .ok()?
+                .items
+                .len();
         (left == 0).then_some(())
     })
     .await;

@@ -13,7 +13,7 @@ use kube::{Client, Resource};
 use serde_json::{Value, json};
 
 use daskrs_operator::builders::{self, Defaults, WorkerSizing};
-use daskrs_operator::crd::{DaskCluster, DaskClusterSpec, DaskClusterStatus, WorkerSpec};
+use daskrs_operator::crd::{DaskCluster, DaskClusterSpec, DaskClusterStatus, TlsSpec, WorkerSpec};
 use daskrs_operator::metrics::Metrics;
 use daskrs_operator::reconcile::{Context, Error, Settings, error_policy, reconcile};
 use daskrs_operator::scheduler_api::{Adaptive, ApiError, SchedulerApi, SchedulerAt};
@@ -62,6 +62,8 @@ struct World {
     deployment_error: Option<u16>,
     /// The cluster's token Secret exists, holding [`TOKEN`].
     token_secret: bool,
+    /// Other Secrets there are.
+    secrets: Vec<Value>,
 }
 
 const TOKEN: &str = "the-clusters-token";
@@ -98,6 +100,8 @@ fn cluster(replicas: i32) -> DaskCluster {
             autoscaling: None,
             s3: None,
             idle_timeout: None,
+            // TLS has a test of its own, below.
+            tls: Some(TlsSpec { enabled: false }),
         },
     );
     c.meta_mut().namespace = Some("data".into());
@@ -143,7 +147,13 @@ fn answer(world: &World, method: &str, uri: &str, body: &Value, made: &mut u32) 
         return (200, c);
     }
     if path.contains("/secrets") {
-        return match (method, world.token_secret) {
+        let name = path.rsplit('/').next().unwrap_or_default();
+        let found = world.secrets.iter().find(|s| s["metadata"]["name"] == name);
+        if let (Some(s), "GET") = (found, method) {
+            return (200, s.clone());
+        }
+        let token = world.token_secret && name == "demo-daskrs-token";
+        return match (method, token) {
             ("GET", true) => (
                 200,
                 json!({ "apiVersion": "v1", "kind": "Secret",
@@ -157,6 +167,7 @@ fn answer(world: &World, method: &str, uri: &str, body: &Value, made: &mut u32) 
                 json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404 }),
             ),
             ("POST", _) => (201, body.clone()),
+            ("PUT", _) if found.is_some() => (200, body.clone()),
             _ => (405, json!({})),
         };
     }
@@ -575,4 +586,100 @@ async fn a_fixed_spec_is_acted_on_and_marked_valid() {
     assert_eq!(status["conditions"][0]["type"], "SpecValid");
     assert_eq!(status["conditions"][0]["status"], "True");
     assert_eq!(status["observedGeneration"], 2);
+}
+
+#[tokio::test]
+async fn tls_secrets_are_made_once_and_a_certificate_renewed_when_due() {
+    let mut c = cluster(1);
+    c.spec.tls = None; // on by default
+    let world = World {
+        token_secret: true,
+        scheduler_available: true,
+        ..World::default()
+    };
+    let (result, seen, _) = pass(c.clone(), world.clone(), Arc::default()).await;
+    result.expect("the pass succeeds");
+    let r = requests(&seen);
+    for name in ["demo-daskrs-ca", "demo-daskrs-tls", "demo-daskrs-client"] {
+        let get = format!("GET /api/v1/namespaces/data/secrets/{name}");
+        assert!(r.contains(&get), "{r:?}");
+    }
+    let made: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.method == "POST" && s.path.contains("/secrets"))
+        .collect();
+    let names: Vec<&str> = made
+        .iter()
+        .map(|s| s.body["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["demo-daskrs-ca", "demo-daskrs-tls", "demo-daskrs-client"]
+    );
+    let (ca, server, client) = (&made[0].body, &made[1].body, &made[2].body);
+    assert_eq!(ca["immutable"], true);
+    assert!(ca["data"]["ca.key"].is_string() && ca["data"]["ca.crt"].is_string());
+    for cert in [server, client] {
+        assert_eq!(cert["type"], "kubernetes.io/tls");
+        assert_eq!(cert["data"]["ca.crt"], ca["data"]["ca.crt"]);
+        assert!(cert["data"]["tls.key"].is_string());
+        assert_eq!(cert["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+    }
+    let not_after: u64 = server["metadata"]["annotations"][builders::NOT_AFTER]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(not_after > now + 89 * 86_400, "{not_after}");
+    // The worker pod mounts the certificate and is told where.
+    let pod = seen
+        .iter()
+        .find(|s| s.method == "POST" && s.path.contains("/pods"))
+        .unwrap();
+    let volumes = pod.body["spec"]["volumes"].as_array().unwrap();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "demo-daskrs-tls"),
+        "{volumes:?}"
+    );
+    let env = pod.body["spec"]["containers"][0]["env"].as_array().unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "DASKRS_TLS_DIR" && e["value"] == builders::TLS_DIR),
+        "{env:?}"
+    );
+
+    // A later pass: the authority stays, the client certificate is not
+    // due, the server's has ten days left and is issued anew in place.
+    let mut due = server.clone();
+    due["metadata"]["annotations"][builders::NOT_AFTER] = json!((now + 10 * 86_400).to_string());
+    let later = World {
+        secrets: vec![ca.clone(), due, client.clone()],
+        ..world
+    };
+    let (result, seen, _) = pass(c, later, Arc::default()).await;
+    result.expect("the pass succeeds");
+    let written: Vec<String> = requests(&seen)
+        .into_iter()
+        .filter(|r| r.contains("/secrets") && !r.starts_with("GET"))
+        .collect();
+    assert_eq!(
+        written,
+        ["PUT /api/v1/namespaces/data/secrets/demo-daskrs-tls"]
+    );
+    let renewed = &seen.iter().find(|s| s.method == "PUT").unwrap().body;
+    assert_eq!(renewed["data"]["ca.crt"], ca["data"]["ca.crt"]);
+    assert_ne!(renewed["data"]["tls.crt"], server["data"]["tls.crt"]);
+    assert!(
+        seen.iter().any(|s| s.path.contains("/events")
+            && s.body["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("renewed the server certificate"))),
+        "an Event says the certificate was renewed"
+    );
 }

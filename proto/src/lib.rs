@@ -8,6 +8,7 @@ pub mod chunks;
 pub mod convert;
 pub mod net;
 pub mod pieces;
+pub mod tls;
 
 #[allow(clippy::all, clippy::pedantic)]
 mod generated {

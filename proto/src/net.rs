@@ -2,13 +2,16 @@
 //! and timeouts are set once.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::{Stream, StreamExt};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Server};
 
 use crate::auth::{Bearer, Token};
+use crate::tls::{ServerIo, Tls};
 
 /// A channel whose calls carry the cluster token (when there is one).
 pub type Conn = InterceptedService<Channel, Bearer>;
@@ -50,25 +53,65 @@ pub fn endpoint(address: &str) -> Result<Endpoint, AddressError> {
         })
 }
 
-/// Connects now, failing after [`CONNECT_TIMEOUT`]; calls carry `token`.
-pub async fn connect(address: &str, token: Option<&Token>) -> Result<Conn, ConnectError> {
+/// Connects now, failing after [`CONNECT_TIMEOUT`]; calls carry `token`,
+/// over TLS with `tls`'s certificates when given.
+pub async fn connect(
+    address: &str,
+    token: Option<&Token>,
+    tls: Option<&Tls>,
+) -> Result<Conn, ConnectError> {
     let ep = endpoint(address).map_err(ConnectError::Address)?;
-    let channel = ep
-        .connect()
-        .await
-        .map_err(|source| ConnectError::Unreachable {
-            address: address.to_string(),
-            source,
-        })?;
+    let connected = match tls {
+        None => ep.connect().await,
+        Some(tls) => ep.connect_with_connector(connector(tls.clone())).await,
+    };
+    let channel = connected.map_err(|source| ConnectError::Unreachable {
+        address: address.to_string(),
+        source,
+    })?;
     Ok(InterceptedService::new(channel, Bearer::new(token)))
 }
 
 /// A channel that connects on first use and reconnects after failures.
-pub fn connect_lazy(address: &str, token: Option<&Token>) -> Result<Conn, AddressError> {
-    Ok(InterceptedService::new(
-        endpoint(address)?.connect_lazy(),
-        Bearer::new(token),
-    ))
+pub fn connect_lazy(
+    address: &str,
+    token: Option<&Token>,
+    tls: Option<&Tls>,
+) -> Result<Conn, AddressError> {
+    let ep = endpoint(address)?;
+    let channel = match tls {
+        None => ep.connect_lazy(),
+        Some(tls) => ep.connect_with_connector_lazy(connector(tls.clone())),
+    };
+    Ok(InterceptedService::new(channel, Bearer::new(token)))
+}
+
+/// Opens connections for a channel: TCP, then TLS with `tls`'s files.
+fn connector(
+    tls: Tls,
+) -> impl tower::Service<
+    http::Uri,
+    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Send
++ Clone
++ 'static {
+    tower::service_fn(move |uri: http::Uri| {
+        let tls = tls.clone();
+        async move {
+            let host = uri.host().unwrap_or_default();
+            // An IPv6 literal comes bracketed.
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri.port_u16().unwrap_or(80);
+            tls.connect(&host, port)
+                .await
+                .map(hyper_util::rt::TokioIo::new)
+        }
+    })
 }
 
 /// Channels to peers, one per address, made on first use and shared by
@@ -78,13 +121,15 @@ pub fn connect_lazy(address: &str, token: Option<&Token>) -> Result<Conn, Addres
 pub struct Channels {
     inner: Arc<Mutex<HashMap<String, Conn>>>,
     token: Option<Token>,
+    tls: Option<Tls>,
 }
 
 impl Channels {
-    pub fn new(token: Option<Token>) -> Channels {
+    pub fn new(token: Option<Token>, tls: Option<Tls>) -> Channels {
         Channels {
             inner: Default::default(),
             token,
+            tls,
         }
     }
 
@@ -94,7 +139,7 @@ impl Channels {
         if let Some(c) = m.get(address) {
             return Ok(c.clone());
         }
-        let c = connect_lazy(address, self.token.as_ref())?;
+        let c = connect_lazy(address, self.token.as_ref(), self.tls.as_ref())?;
         m.insert(address.to_string(), c.clone());
         Ok(c)
     }
@@ -148,11 +193,46 @@ macro_rules! limits {
     };
 }
 
+/// The connections a server started with `serve_with_incoming` serves.
+pub type Incoming = Pin<Box<dyn Stream<Item = std::io::Result<ServerIo>> + Send>>;
+
 /// Accepted connections for a server started with `serve_with_incoming`,
 /// with the same socket options as [`server`] (which only applies them to
-/// listeners it binds itself).
-pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener)
+/// listeners it binds itself); with `tls`, only those that complete a TLS
+/// handshake with a certificate of the cluster (see [`crate::tls`]).
+pub fn incoming(listener: tokio::net::TcpListener, tls: Option<Tls>) -> Incoming {
+    let accepted = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
-        .with_keepalive(Some(KEEPALIVE_INTERVAL))
+        .with_keepalive(Some(KEEPALIVE_INTERVAL));
+    let Some(tls) = tls else {
+        return Box::pin(accepted.map(|r| r.map(ServerIo::Plain)));
+    };
+    // Handshakes run side by side, so a slow or silent peer holds up no other.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut accepted = accepted;
+        loop {
+            let next = tokio::select! {
+                n = accepted.next() => n,
+                _ = tx.closed() => return,
+            };
+            match next {
+                None => return,
+                Some(Err(e)) => {
+                    // Out of descriptors, say: give the process a moment.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Some(Ok(tcp)) => {
+                    let (tls, tx) = (tls.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        if let Some(io) = crate::tls::admit(&tls, tcp).await {
+                            let _ = tx.send(Ok(io)).await;
+                        }
+                    });
+                }
+            }
+        }
+    });
+    Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }

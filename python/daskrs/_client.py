@@ -52,6 +52,9 @@ class Client:
     closed with the client. Unless ``set_as_default=False``, the client
     becomes Dask's scheduler, so ``x.compute()`` runs on it. ``token`` is the
     cluster's token (default: ``$DASKRS_TOKEN``); a local cluster makes its own.
+    ``tls_dir`` is a directory of the cluster's TLS certificates for this
+    client, ``ca.crt``, ``tls.crt`` and ``tls.key`` (default:
+    ``$DASKRS_TLS_DIR``, else plain text).
     """
 
     # Dask asks this of a client before it hands it a graph.
@@ -68,6 +71,7 @@ class Client:
         timeout: float = 60.0,
         check_versions: bool = True,
         token: str | None = None,
+        tls_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         from daskrs._local import LocalCluster, token_for
 
@@ -97,7 +101,11 @@ class Client:
         if token is None:
             token = token_for(target) or os.environ.get("DASKRS_TOKEN") or None
         try:
-            self._native: NativeClient | None = NativeClient.connect(target, token)
+            if tls_dir is None and self.cluster is None:
+                tls_dir = os.environ.get("DASKRS_TLS_DIR") or None
+            self._native: NativeClient | None = NativeClient.connect(
+                target, token, None if tls_dir is None else os.fspath(tls_dir)
+            )
             self._session = self._native.session(f"client-{os.getpid()}-{uuid.uuid4().hex[:8]}")
             self._listener = threading.Thread(
                 target=self._listen, args=(self._session,), name="daskrs-events", daemon=True

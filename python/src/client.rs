@@ -27,16 +27,27 @@ pub struct PyTask(String, String, PyBackedBytes, Vec<String>, i32, u32);
 #[pymethods]
 impl NativeClient {
     /// Connects to the scheduler at `address` (host:port); calls carry
-    /// `token`, the cluster's token, when given.
+    /// `token`, the cluster's token, when given, over TLS with the
+    /// certificates of `tls_dir` when given.
     #[staticmethod]
-    #[pyo3(signature = (address, token=None))]
-    fn connect(py: Python<'_>, address: String, token: Option<String>) -> PyResult<NativeClient> {
+    #[pyo3(signature = (address, token=None, tls_dir=None))]
+    fn connect(
+        py: Python<'_>,
+        address: String,
+        token: Option<String>,
+        tls_dir: Option<std::path::PathBuf>,
+    ) -> PyResult<NativeClient> {
+        let invalid = |e: String| pyo3::exceptions::PyValueError::new_err(e);
         let token = token
             .map(|t| daskrs_proto::auth::Token::parse(&t, "token="))
             .transpose()
-            .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+            .map_err(|e| invalid(e.to_string()))?;
+        let tls = tls_dir
+            .map(|d| daskrs_proto::tls::Tls::load(&d))
+            .transpose()
+            .map_err(|e| invalid(e.to_string()))?;
         let client = wait(py, async move {
-            Client::connect(&address, token.as_ref()).await
+            Client::connect_with(&address, token.as_ref(), tls.as_ref()).await
         })?
         .map_err(|e| to_py(py, e))?;
         Ok(NativeClient { client })

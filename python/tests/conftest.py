@@ -33,7 +33,13 @@ def daskrs_bin() -> str:
 
 
 def start_worker(
-    binary: str, scheduler: str, name: str, *, token: str, python: str | None = None
+    binary: str,
+    scheduler: str,
+    name: str,
+    *,
+    token: str,
+    python: str | None = None,
+    tls_dir: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """A worker process of its own, which the test stops."""
     args = [
@@ -56,5 +62,7 @@ def start_worker(
     ]
     if python:
         args += ["--python", python]
+    if tls_dir:
+        args += ["--tls-dir", tls_dir]
     env = {**os.environ, "DASKRS_TOKEN": token}
     return subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL)

@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import subprocess
+import sys
 import threading
 import time
 
@@ -156,3 +157,69 @@ def test_a_local_cluster_has_a_token_its_clients_use(client: daskrs.Client) -> N
     # A client of this process reaches the cluster by its address alone.
     with daskrs.Client(client.cluster.scheduler_address, set_as_default=False) as other:
         assert len(other.scheduler_info()["workers"]) == 2
+
+
+def test_a_tls_cluster_serves_clients_with_its_certificates_only(
+    daskrs_bin: str, tmp_path: pathlib.Path
+) -> None:
+    # A cluster's certificates, as `daskrs certs` makes them outside Kubernetes.
+    certs = tmp_path / "certs"
+    subprocess.run([daskrs_bin, "certs", "--out", str(certs)], check=True, capture_output=True)
+    other = tmp_path / "other"
+    subprocess.run([daskrs_bin, "certs", "--out", str(other)], check=True, capture_output=True)
+    token = "a-token-for-this-test"
+    ports = tmp_path / "ports"
+    scheduler = subprocess.Popen(
+        [daskrs_bin, "scheduler", "--host", "127.0.0.1", "--port", "0", "--http-port", "0"]
+        + ["--port-file", str(ports), "--tls-dir", str(certs / "scheduler")],
+        env={**os.environ, "DASKRS_TOKEN": token},
+        stdin=subprocess.DEVNULL,
+    )
+    worker = None
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                got = json.loads(ports.read_text())
+                break
+            except (OSError, json.JSONDecodeError):  # not yet (fully) written
+                assert scheduler.poll() is None and time.monotonic() < deadline
+                time.sleep(0.02)
+        address = f"127.0.0.1:{got['grpc']}"
+        worker = start_worker(
+            daskrs_bin,
+            address,
+            "w",
+            token=token,
+            python=sys.executable,
+            tls_dir=str(certs / "worker"),
+        )
+        with pytest.raises(daskrs.AuthenticationError, match="TLS connections only"):
+            daskrs.Client(address, token=token, set_as_default=False, check_versions=False)
+        with pytest.raises(daskrs.AuthenticationError, match="certificate"):
+            daskrs.Client(
+                address,
+                token=token,
+                tls_dir=other / "client",
+                set_as_default=False,
+                check_versions=False,
+            )
+        with pytest.raises(ValueError, match="ca.crt"):
+            daskrs.Client(address, token=token, tls_dir=tmp_path, set_as_default=False)
+        with daskrs.Client(
+            address, token=token, tls_dir=certs / "client", set_as_default=False
+        ) as client:
+            client.wait_for_workers(1, timeout=60)
+            assert client.submit(sum, [1, 2, 3]).result(timeout=60) == 6
+        # From the environment, as in a shell after `kubectl get secret`.
+        os.environ["DASKRS_TLS_DIR"] = str(certs / "client")
+        try:
+            with daskrs.Client(address, token=token, set_as_default=False) as client:
+                assert len(client.scheduler_info()["workers"]) == 1
+        finally:
+            del os.environ["DASKRS_TLS_DIR"]
+    finally:
+        for p in (worker, scheduler):
+            if p is not None:
+                p.kill()
+                p.wait()

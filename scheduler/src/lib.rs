@@ -41,6 +41,9 @@ pub struct SchedulerConfig {
     /// The cluster token every call must present (see `daskrs_proto::auth`);
     /// `None` admits anyone who can reach the ports.
     pub token: Option<daskrs_proto::auth::Token>,
+    /// The certificates of TLS with clients and workers, required of every
+    /// caller (see `daskrs_proto::tls`). `None` for plain text.
+    pub tls: Option<daskrs_proto::tls::Tls>,
     /// Serve `/metrics` without the token, for scrapers.
     pub open_metrics: bool,
 }
@@ -54,6 +57,7 @@ impl Default for SchedulerConfig {
             worker_ttl: Duration::from_secs(30),
             s3: Default::default(),
             token: None,
+            tls: None,
             open_metrics: false,
         }
     }
@@ -87,7 +91,11 @@ impl Scheduler {
         let state = State::new(StateConfig {
             worker_ttl: config.worker_ttl,
         });
-        let core = Core::new(state, config.heartbeat_interval, config.token.clone());
+        let core = Core::new(
+            state,
+            config.heartbeat_interval,
+            daskrs_proto::net::Channels::new(config.token.clone(), config.tls.clone()),
+        );
         let s3 = daskrs_engine::S3Access::load(&config.s3).await;
         let planner = Arc::new(daskrs_engine::Planner::new(Some(s3)));
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -128,7 +136,7 @@ impl Scheduler {
         );
         let clients = daskrs_proto::net::guarded(clients, config.token.clone());
         let workers = daskrs_proto::net::guarded(workers, config.token.clone());
-        tracing::info!(grpc = %grpc_addr, http = ?http_addr, token = config.token.is_some(), worker_ttl_s = config.worker_ttl.as_secs_f64(), "scheduler listening");
+        tracing::info!(grpc = %grpc_addr, http = ?http_addr, token = config.token.is_some(), tls = config.tls.is_some(), worker_ttl_s = config.worker_ttl.as_secs_f64(), "scheduler listening");
         let mut stop = shutdown;
         let mut stopped = stop.clone();
         let drain = core.clone();
@@ -136,15 +144,18 @@ impl Scheduler {
             let server = daskrs_proto::net::server()
                 .add_service(clients)
                 .add_service(workers)
-                .serve_with_incoming_shutdown(daskrs_proto::net::incoming(listener), async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                    // Streams stay open until their senders go: end them all, so
-                    // workers start reconnecting and clients hear the scheduler left.
-                    drain.with(|i| {
-                        i.workers.clear();
-                        i.clients.clear();
-                    });
-                });
+                .serve_with_incoming_shutdown(
+                    daskrs_proto::net::incoming(listener, config.tls.clone()),
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                        // Streams stay open until their senders go: end them all, so
+                        // workers start reconnecting and clients hear the scheduler left.
+                        drain.with(|i| {
+                            i.workers.clear();
+                            i.clients.clear();
+                        });
+                    },
+                );
             let served = tokio::select! {
                 r = server => r,
                 _ = async {

@@ -62,6 +62,10 @@ pub struct WorkerConfig {
     /// every caller of the peer service and of `/metrics` (see
     /// `daskrs_proto::auth`). `None` for a cluster without one.
     pub token: Option<daskrs_proto::auth::Token>,
+    /// The certificates of TLS with the scheduler and peers, required of
+    /// every caller of the peer service (see `daskrs_proto::tls`). `None`
+    /// for plain text.
+    pub tls: Option<daskrs_proto::tls::Tls>,
     /// Serve `/metrics` without the token, for scrapers.
     pub open_metrics: bool,
 }
@@ -154,7 +158,7 @@ pub async fn run_with(
     let metrics = Arc::new(Metrics::new(&name));
     let (ready, ready_rx) = watch::channel(false);
     let pool = pool::Pool::new(config.nthreads as usize, &name).map_err(Error::Threads)?;
-    let channels = Channels::new(config.token.clone());
+    let channels = Channels::new(config.token.clone(), config.tls.clone());
     let shared = Arc::new(Shared {
         pool,
         config: config.clone(),
@@ -181,9 +185,12 @@ pub async fn run_with(
         tokio::spawn(
             daskrs_proto::net::server()
                 .add_service(svc)
-                .serve_with_incoming_shutdown(daskrs_proto::net::incoming(listener), async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                }),
+                .serve_with_incoming_shutdown(
+                    daskrs_proto::net::incoming(listener, config.tls.clone()),
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                ),
         )
     };
     let http = match config.http_listen {

@@ -364,7 +364,7 @@ mod tests {
         tokio::spawn(
             daskrs_proto::net::server()
                 .add_service(svc)
-                .serve_with_incoming(daskrs_proto::net::incoming(listener)),
+                .serve_with_incoming(daskrs_proto::net::incoming(listener, None)),
         );
         address
     }

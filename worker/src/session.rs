@@ -110,12 +110,16 @@ pub async fn session(shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
     };
     let channel = match tokio::time::timeout_at(
         deadline,
-        daskrs_proto::net::connect(&cfg.scheduler, cfg.token.as_ref()),
+        daskrs_proto::net::connect(&cfg.scheduler, cfg.token.as_ref(), cfg.tls.as_ref()),
     )
     .await
     {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return SessionEnd::Lost(e.to_string()),
+        // Another cluster's certificates: the same files cannot do better.
+        Ok(Err(e)) if daskrs_proto::tls::refused_certificate(&e) => {
+            return SessionEnd::Refused(daskrs_core::error_chain(&e));
+        }
+        Ok(Err(e)) => return SessionEnd::Lost(daskrs_core::error_chain(&e)),
         Err(_) => return late(),
     };
     let mut client = daskrs_proto::limits!(
@@ -137,6 +141,11 @@ pub async fn session(shared: &Arc<Shared>, mut shutdown: watch::Receiver<bool>) 
         Ok(Ok(r)) => r.into_inner(),
         Ok(Err(s)) if s.code() == tonic::Code::Unauthenticated => {
             return SessionEnd::Refused(s.message().to_string());
+        }
+        Ok(Err(s)) if daskrs_proto::tls::refused_certificate(&s) => {
+            return SessionEnd::Refused(format!(
+                "the scheduler refused this worker's certificate: {s}"
+            ));
         }
         Ok(Err(s)) => {
             return SessionEnd::Lost(format!("scheduler refused the worker: {}", s.message()));

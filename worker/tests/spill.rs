@@ -91,7 +91,7 @@ async fn worker_keeps_heartbeating_while_it_spills() {
     tokio::spawn(
         daskrs_proto::net::server()
             .add_service(WorkerControlServer::new(StandIn { compute, up: up_tx }))
-            .serve_with_incoming(daskrs_proto::net::incoming(listener)),
+            .serve_with_incoming(daskrs_proto::net::incoming(listener, None)),
     );
 
     let (entered_tx, mut entered) = mpsc::unbounded_channel();
@@ -115,6 +115,7 @@ async fn worker_keeps_heartbeating_while_it_spills() {
         pause_on_process_memory: false,
         port_file: None,
         token: None,
+        tls: None,
         open_metrics: false,
     };
     let (_stop, shutdown) = tokio::sync::watch::channel(false);

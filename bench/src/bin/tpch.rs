@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use daskrs_bench::{Proc, start_scheduler};
+use daskrs_bench::{Proc, Security, connect, start_scheduler};
 use daskrs_client::Client;
 use daskrs_engine::{compare, tpch};
 
@@ -41,12 +41,18 @@ struct Args {
     /// AWS_ACCESS_KEY_ID, ...), for the cluster and the single-node side alike.
     #[arg(long)]
     location: Option<String>,
+    /// Also run every query on a second cluster with a token and TLS (as
+    /// on Kubernetes by default), in turns with the first, and print what
+    /// they cost.
+    #[arg(long)]
+    secured: bool,
 }
 
-fn spawn(bin: &PathBuf, args: &[String]) -> Proc {
+fn spawn(bin: &PathBuf, args: &[String], env: &[(String, String)]) -> Proc {
     Proc(
         Command::new(bin)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
@@ -230,48 +236,17 @@ async fn main() {
         a.queries.clone()
     };
 
-    let run_dir = tempfile::tempdir().expect("a temporary directory");
-    let (scheduler, address) = start_scheduler(&a.daskrs, run_dir.path(), None);
-    let mut workers = Vec::new();
-    for i in 0..a.workers {
-        workers.push(spawn(
-            &a.daskrs,
-            &[
-                "worker".into(),
-                "--scheduler".into(),
-                address.clone(),
-                "--name".into(),
-                format!("w{i}"),
-                "--host".into(),
-                "127.0.0.1".into(),
-                "--port".into(),
-                "0".into(),
-                "--http-port".into(),
-                "0".into(),
-                "--nthreads".into(),
-                a.threads.to_string(),
-            ],
-        ));
-    }
-    let client = loop {
-        if let Ok(c) = Client::connect(&address, None).await {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    client
-        .wait_for_workers(a.workers as usize, Duration::from_secs(30))
-        .await
-        .expect("workers join");
     let location = a
         .location
         .clone()
         .unwrap_or_else(|| data.display().to_string());
     let tables = tpch::create_tables(&location);
-    client
-        .sql(&tables, |_| {})
-        .await
-        .expect("tables are created");
+    let plain = Cluster::start(&a, false, &tables).await;
+    let secured = match a.secured {
+        true => Some(Cluster::start(&a, true, &tables).await),
+        false => None,
+    };
+    let client = &plain.client;
     let s3 = if location.starts_with("s3://") {
         let settings = daskrs_engine::S3Settings {
             endpoint: std::env::var("DASKRS_S3_ENDPOINT").ok(),
@@ -297,23 +272,43 @@ async fn main() {
         "TPC-H scale factor {}, Parquet from {location}, {} workers x {} threads; best of {}",
         a.scale, a.workers, a.threads, a.repeat
     );
-    println!(
+    print!(
         "{:<6}{:>12}{:>16}{:>9}{:>8}{:>8}{:>12}{:>10}",
         "query", "daskrs s", "DataFusion s", "ratio", "stages", "tasks", "Dask s", "vs Dask"
     );
-    let (mut total_d, mut total_s) = (0.0, 0.0);
+    if secured.is_some() {
+        print!("{:>14}{:>8}", "token+TLS s", "cost");
+    }
+    println!();
+    let (mut total_d, mut total_s, mut total_secured) = (0.0, 0.0, 0.0);
     for q in queries {
         let sql = tpch::query(q).expect("a TPC-H query number");
         let mut best_d = f64::MAX;
+        let mut best_secured = f64::MAX;
         let mut answer = None;
-        for _ in 0..a.repeat.max(1) {
-            let t = Instant::now();
-            let got = client
-                .sql(sql, |_| {})
-                .await
-                .unwrap_or_else(|e| panic!("Q{q}: {e}"));
-            best_d = best_d.min(t.elapsed().as_secs_f64());
-            answer = Some(got);
+        for round in 0..a.repeat.max(1) {
+            // In turns, each first every other round.
+            let mut sides = vec![(false, client)];
+            if let Some(c) = &secured {
+                sides.push((true, &c.client));
+            }
+            if round % 2 == 1 {
+                sides.reverse();
+            }
+            for (is_secured, c) in sides {
+                let t = Instant::now();
+                let got = c
+                    .sql(sql, |_| {})
+                    .await
+                    .unwrap_or_else(|e| panic!("Q{q}: {e}"));
+                let took = t.elapsed().as_secs_f64();
+                if is_secured {
+                    best_secured = best_secured.min(took);
+                } else {
+                    best_d = best_d.min(took);
+                }
+                answer = Some(got);
+            }
         }
         let mut best_s = f64::MAX;
         let mut want = Vec::new();
@@ -333,7 +328,7 @@ async fn main() {
         total_d += best_d;
         total_s += best_s;
         let dask_s = dask.get(format!("q{q}")).and_then(|v| v.as_f64());
-        println!(
+        print!(
             "Q{q:<5}{best_d:>12.3}{best_s:>16.3}{:>8.2}x{:>8}{:>8}{:>12}{:>10}",
             best_d / best_s,
             answer.stages,
@@ -345,21 +340,95 @@ async fn main() {
                 .map(|s| format!("{:.1}x", s / best_d))
                 .unwrap_or_else(|| "-".into()),
         );
+        if secured.is_some() {
+            total_secured += best_secured;
+            print!(
+                "{best_secured:>14.3}{:>7.1}%",
+                (best_secured - best_d) / best_d * 100.0
+            );
+        }
+        println!();
     }
-    println!(
+    print!(
         "total {total_d:>11.3}{total_s:>16.3}{:>8.2}x",
         total_d / total_s
     );
-    if let Some(s3) = &s3 {
-        scan_throughput(&client, &single, s3, &location, &data).await;
+    if secured.is_some() {
+        print!(
+            "{:>38}{total_secured:>14.3}{:>7.1}%",
+            "",
+            (total_secured - total_d) / total_d * 100.0
+        );
     }
-    let peak: Vec<String> = workers
+    println!();
+    if let Some(s3) = &s3 {
+        scan_throughput(client, &single, s3, &location, &data).await;
+    }
+    let peak: Vec<String> = plain
+        .workers
         .iter()
         .map(|w| format!("{:.0} MiB", resident_mib(w.0.id())))
         .collect();
     println!(
         "peak resident memory: scheduler {:.0} MiB, workers {}",
-        resident_mib(scheduler.0.id()),
+        resident_mib(plain.scheduler.0.id()),
         peak.join(", ")
     );
+}
+
+/// A scheduler and workers, with the TPC-H tables created.
+struct Cluster {
+    client: Client,
+    scheduler: Proc,
+    workers: Vec<Proc>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(a: &Args, secure: bool, tables: &str) -> Cluster {
+        let run_dir = tempfile::tempdir().expect("a temporary directory");
+        let security = secure.then(|| Security::make(&a.daskrs, run_dir.path()));
+        let (scheduler, address) = start_scheduler(
+            &a.daskrs,
+            run_dir.path(),
+            &Security::env_of(security.as_ref(), "scheduler"),
+        );
+        let mut workers = Vec::new();
+        for i in 0..a.workers {
+            workers.push(spawn(
+                &a.daskrs,
+                &[
+                    "worker".into(),
+                    "--scheduler".into(),
+                    address.clone(),
+                    "--name".into(),
+                    format!("w{i}"),
+                    "--host".into(),
+                    "127.0.0.1".into(),
+                    "--port".into(),
+                    "0".into(),
+                    "--http-port".into(),
+                    "0".into(),
+                    "--nthreads".into(),
+                    a.threads.to_string(),
+                ],
+                &Security::env_of(security.as_ref(), "worker"),
+            ));
+        }
+        let client = connect(&address, security.as_ref()).await;
+        client
+            .wait_for_workers(a.workers as usize, Duration::from_secs(30))
+            .await
+            .expect("workers join");
+        client
+            .sql(tables, |_| {})
+            .await
+            .expect("tables are created");
+        Cluster {
+            client,
+            scheduler,
+            workers,
+            _dir: run_dir,
+        }
+    }
 }

@@ -54,6 +54,8 @@ pub async fn demo(a: DemoArgs) -> Result<(), Failure> {
         t.elapsed().as_secs_f64()
     );
 
+    // As on Kubernetes: TLS with certificates of the cluster's own authority.
+    let tls = demo_tls(&dir.path().join("tls"))?;
     let cluster = LocalCluster::start(LocalConfig {
         workers: a.workers,
         threads_per_worker: a.threads_per_worker,
@@ -63,6 +65,7 @@ pub async fn demo(a: DemoArgs) -> Result<(), Failure> {
         local_dir: dir.path().to_path_buf(),
         s3: Default::default(),
         token: Some(daskrs_proto::auth::Token::generate()),
+        tls: Some(tls.clone()),
     })
     .await
     .map_err(|e| Failure::new(3, e.to_string()))?;
@@ -77,7 +80,12 @@ async fn run_queries(
     data: &std::path::Path,
     queries: &[usize],
 ) -> Result<(), Failure> {
-    let client = Client::connect(&cluster.address(), cluster.token.as_ref()).await?;
+    let client = Client::connect_with(
+        &cluster.address(),
+        cluster.token.as_ref(),
+        cluster.tls.as_ref(),
+    )
+    .await?;
     client
         .wait_for_workers(a.workers as usize, Duration::from_secs(10))
         .await?;
@@ -169,4 +177,15 @@ fn first_rows(
         left -= take;
     }
     out
+}
+
+/// Certificates of a new authority for the demo's cluster, in `dir`.
+fn demo_tls(dir: &std::path::Path) -> Result<daskrs_proto::tls::Tls, Failure> {
+    let ca = daskrs_core::certs::Authority::generate("demo")
+        .map_err(|e| Failure::new(3, e.to_string()))?;
+    let issued = ca
+        .issue("demo", &[], 1)
+        .map_err(|e| Failure::new(3, e.to_string()))?;
+    super::certs::write_member(dir, &ca, &issued)?;
+    daskrs_proto::tls::Tls::load(dir).map_err(|e| Failure::new(3, e.to_string()))
 }

@@ -1,5 +1,6 @@
 //! The `daskrs` command line.
 
+mod certs;
 mod demo;
 mod run;
 mod serve;
@@ -47,6 +48,28 @@ pub enum Command {
     Sql(SqlArgs),
     /// Start a local cluster, make TPC-H sample data, run TPC-H queries on it.
     Demo(DemoArgs),
+    /// Make a cluster's TLS certificates: an authority, and certificates
+    /// it issues to the scheduler, the workers and a client (each a
+    /// directory for --tls-dir). The operator makes its own on Kubernetes.
+    Certs(CertsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CertsArgs {
+    /// Where to write them: ca.crt and ca.key, and the directories
+    /// scheduler/, worker/ and client/.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The cluster's name, shown in the certificates.
+    #[arg(long, default_value = "daskrs")]
+    pub cluster: String,
+    /// Further DNS names or IP addresses of the scheduler's certificate
+    /// (every certificate names `daskrs`, which is what peers check).
+    #[arg(long = "name")]
+    pub names: Vec<String>,
+    /// Days the certificates are valid.
+    #[arg(long, default_value_t = daskrs_core::certs::CERT_DAYS)]
+    pub days: u32,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -64,6 +87,11 @@ pub struct TokenArgs {
     /// Read the cluster token from this file; default: $DASKRS_TOKEN, if set.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// TLS with the cluster's certificates, from this directory of ca.crt,
+    /// tls.crt and tls.key (see `daskrs certs`); default: $DASKRS_TLS_DIR,
+    /// if set, else plain text.
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl TokenArgs {
@@ -71,12 +99,21 @@ impl TokenArgs {
         daskrs_proto::auth::Token::load(self.token_file.as_deref())
             .map_err(|e| Failure::new(2, e.to_string()))
     }
+
+    pub fn tls(&self) -> Result<Option<daskrs_proto::tls::Tls>, Failure> {
+        daskrs_proto::tls::Tls::from_dir_or_env(self.tls_dir.as_deref())
+            .map_err(|e| Failure::new(2, e.to_string()))
+    }
 }
 
 impl Target {
     pub async fn connect(&self) -> Result<daskrs_client::Client, Failure> {
         let token = self.token.load()?;
-        Ok(daskrs_client::Client::connect(&self.scheduler, token.as_ref()).await?)
+        let tls = self.token.tls()?;
+        Ok(
+            daskrs_client::Client::connect_with(&self.scheduler, token.as_ref(), tls.as_ref())
+                .await?,
+        )
     }
 }
 
@@ -330,6 +367,7 @@ pub async fn run(args: Cli) -> u8 {
         Command::Cancel(a) => run::cancel(a).await,
         Command::Sql(a) => sql::sql(a).await,
         Command::Demo(a) => demo::demo(a).await,
+        Command::Certs(a) => certs::certs(a),
     };
     match result {
         Ok(()) => 0,

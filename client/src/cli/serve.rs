@@ -74,6 +74,7 @@ pub async fn scheduler(a: SchedulerArgs) -> Result<(), Failure> {
         worker_ttl: seconds("--worker-ttl", a.worker_ttl)?,
         s3: a.s3.settings(),
         token: server_token(&a.token, listen.ip(), a.no_token)?,
+        tls: a.token.tls()?,
         open_metrics: a.open_metrics,
     };
     tracing::info!(?config, "configuration");
@@ -115,6 +116,7 @@ pub async fn worker(a: WorkerArgs) -> Result<(), Failure> {
         pause_on_process_memory: a.pause_on_process_memory,
         port_file: a.port_file,
         token,
+        tls: a.target.token.tls()?,
         open_metrics: a.open_metrics,
     };
     tracing::info!(?config, "configuration");
@@ -165,6 +167,7 @@ pub async fn local(a: LocalArgs) -> Result<(), Failure> {
         local_dir: a.local_dir.unwrap_or_else(std::env::temp_dir),
         s3: a.s3.settings(),
         token: token.clone(),
+        tls: a.token.tls()?,
     })
     .await
     .map_err(|e| Failure::new(3, e.to_string()))?;

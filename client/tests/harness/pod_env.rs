@@ -125,6 +125,7 @@ pub async fn render(
         ));
     }
     let mounts = volume_mounts(pod, c, pod_dir)?;
+    fill_secret_volumes(pod, pod_dir, secrets).await?;
 
     // The environment, in order: each value may refer to those before it.
     let mut env: Vec<(String, String)> = Vec::new();
@@ -271,6 +272,39 @@ fn set(env: &mut Vec<(String, String)>, name: &str, value: String) {
         Some(slot) => slot.1 = value,
         None => env.push((name.to_string(), value)),
     }
+}
+
+/// Writes each Secret volume's keys as files into its directory, as the
+/// kubelet does when it starts a pod (later changes are not followed).
+async fn fill_secret_volumes(
+    pod: &Pod,
+    pod_dir: &Path,
+    secrets: &Api<Secret>,
+) -> Result<(), Waiting> {
+    let volumes = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.clone())
+        .unwrap_or_default();
+    for v in volumes {
+        let Some(name) = v.secret.as_ref().and_then(|s| s.secret_name.clone()) else {
+            continue;
+        };
+        let secret = match secrets.get_opt(&name).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(config_error(format!("secret {name:?} not found"))),
+            Err(e) => return Err(config_error(format!("secret {name:?}: {e}"))),
+        };
+        let dir = pod_dir.join("volumes").join(&v.name);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| waiting("CreateContainerError", format!("{}: {e}", dir.display())))?;
+        for (key, value) in secret_data(&secret) {
+            let path = dir.join(&key);
+            std::fs::write(&path, value)
+                .map_err(|e| waiting("CreateContainerError", format!("{}: {e}", path.display())))?;
+        }
+    }
+    Ok(())
 }
 
 fn secret_data(secret: &Secret) -> BTreeMap<String, String> {

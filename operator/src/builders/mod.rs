@@ -6,6 +6,7 @@
 mod network;
 mod pod;
 mod scheduler;
+mod tls;
 mod token;
 mod worker;
 
@@ -18,6 +19,10 @@ use crate::crd::DaskCluster;
 
 pub use network::{LABEL_CLIENT, network_policy, network_policy_name};
 pub use scheduler::{scheduler_deployment, scheduler_service};
+pub use tls::{
+    NOT_AFTER, TLS_DIR, authority_of, ca_secret, ca_secret_name, certificate_secret,
+    client_secret_name, needs_issue, new_authority, not_after_of, scheduler_names, tls_secret_name,
+};
 pub use token::{TOKEN_KEY, new_token, owned_by, token_of, token_secret, token_secret_name};
 pub use worker::{WorkerSizing, pod_template_hash, worker_pod};
 
@@ -124,6 +129,7 @@ pub(crate) mod testing {
                 autoscaling: None,
                 s3: None,
                 idle_timeout: None,
+                tls: None,
             },
         );
         c.metadata.namespace = Some("data".into());

@@ -22,7 +22,8 @@ const TERMINATION_GRACE_SECONDS: i64 = 60;
 /// files, unless the spec's `env` sets `DASKRS_SQL_LOCAL_ROOTS` to the
 /// directories it may use.
 ///
-/// Also the cluster token, from the cluster's Secret.
+/// Also the cluster token, from the cluster's Secret, and where the TLS
+/// files are mounted (see [`with_tls`]).
 pub(super) fn s3_env(cluster: &DaskCluster) -> Vec<EnvVar> {
     let mut out = vec![
         env("DASKRS_SQL_LOCAL_ROOTS", "none"),
@@ -33,6 +34,9 @@ pub(super) fn s3_env(cluster: &DaskCluster) -> Vec<EnvVar> {
             false,
         ),
     ];
+    if cluster.spec.tls_enabled() {
+        out.push(env("DASKRS_TLS_DIR", super::TLS_DIR));
+    }
     let Some(s3) = &cluster.spec.s3 else {
         return out;
     };
@@ -216,6 +220,19 @@ pub(super) fn empty_dir(name: &str) -> Volume {
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Volume::default()
     }
+}
+
+/// `volumes` and `mounts` with the cluster's TLS files, when it has TLS.
+pub(super) fn with_tls(
+    cluster: &DaskCluster,
+    mut volumes: Vec<Volume>,
+    mut mounts: Vec<VolumeMount>,
+) -> (Vec<Volume>, Vec<VolumeMount>) {
+    if let Some((volume, mount)) = super::tls::tls_volume(cluster) {
+        volumes.push(volume);
+        mounts.push(mount);
+    }
+    (volumes, mounts)
 }
 
 pub(super) fn volume_mount(name: &str, path: &str) -> VolumeMount {

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::pod::{
     base_container, container_port, empty_dir, env, http_probe, non_empty, pod_spec, s3_env,
-    volume_mount,
+    volume_mount, with_tls,
 };
 use super::{
     Defaults, ROLE_SCHEDULER, SCHEDULER_HTTP_PORT, SCHEDULER_PORT, labels, owned_meta,
@@ -63,6 +63,11 @@ pub fn scheduler_deployment(cluster: &DaskCluster, defaults: &Defaults) -> Deplo
         env("DASKRS_HTTP_PORT", &SCHEDULER_HTTP_PORT.to_string()),
     ];
     vars.extend(s3_env(cluster));
+    let (volumes, mounts) = with_tls(
+        cluster,
+        vec![empty_dir("tmp")],
+        vec![volume_mount("tmp", "/tmp")],
+    );
     let container = Container {
         name: ROLE_SCHEDULER.into(),
         args: Some(vec!["scheduler".into()]),
@@ -73,16 +78,10 @@ pub fn scheduler_deployment(cluster: &DaskCluster, defaults: &Defaults) -> Deplo
         readiness_probe: Some(http_probe("/ready", "http-dashboard", 5, 3)),
         liveness_probe: Some(http_probe("/health", "http-dashboard", 10, 6)),
         resources: spec.resources.clone(),
-        volume_mounts: Some(vec![volume_mount("tmp", "/tmp")]),
+        volume_mounts: Some(mounts),
         ..base_container(cluster, defaults, vars, &spec.pod.env)
     };
-    let pod = pod_spec(
-        cluster,
-        &spec.pod,
-        container,
-        vec![empty_dir("tmp")],
-        "Always",
-    );
+    let pod = pod_spec(cluster, &spec.pod, container, volumes, "Always");
     Deployment {
         metadata: owned_meta(
             cluster,

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::pod::{
     base_container, container_port, empty_dir, env, field_env, http_probe, non_empty, pod_spec,
-    s3_env, volume_mount,
+    s3_env, volume_mount, with_tls,
 };
 use super::{
     Defaults, LABEL_TEMPLATE_HASH, ROLE_WORKER, WORKER_HTTP_PORT, WORKER_PORT, labels,
@@ -58,6 +58,14 @@ pub fn worker_pod(cluster: &DaskCluster, defaults: &Defaults, sizing: &WorkerSiz
         vars.push(env("DASKRS_MEMORY_LIMIT", &bytes.to_string()));
     }
     vars.extend(s3_env(cluster));
+    let (volumes, mounts) = with_tls(
+        cluster,
+        vec![empty_dir("local-dir"), empty_dir("tmp")],
+        vec![
+            volume_mount("local-dir", LOCAL_DIR),
+            volume_mount("tmp", "/tmp"),
+        ],
+    );
     let container = Container {
         name: ROLE_WORKER.into(),
         args: Some(vec!["worker".into()]),
@@ -68,21 +76,12 @@ pub fn worker_pod(cluster: &DaskCluster, defaults: &Defaults, sizing: &WorkerSiz
         readiness_probe: Some(http_probe("/ready", "http", 5, 3)),
         liveness_probe: Some(http_probe("/health", "http", 10, 6)),
         resources: spec.resources.clone(),
-        volume_mounts: Some(vec![
-            volume_mount("local-dir", LOCAL_DIR),
-            volume_mount("tmp", "/tmp"),
-        ]),
+        volume_mounts: Some(mounts),
         ..base_container(cluster, defaults, vars, &spec.pod.env)
     };
     // OnFailure: the kubelet restarts a crashed worker with its own backoff;
     // a worker that was retired exits 0, and the pod ends.
-    let pod = pod_spec(
-        cluster,
-        &spec.pod,
-        container,
-        vec![empty_dir("local-dir"), empty_dir("tmp")],
-        "OnFailure",
-    );
+    let pod = pod_spec(cluster, &spec.pod, container, volumes, "OnFailure");
     let mut labels = labels(cluster, ROLE_WORKER, &spec.pod.labels);
     let annotations = non_empty(&spec.pod.annotations);
     let hash = template_hash(&labels, &annotations, &pod);

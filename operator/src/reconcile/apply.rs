@@ -46,6 +46,7 @@ pub async fn apply(
     observed: &[ObservedPod],
 ) -> Result<Applied, Error> {
     let token = ensure_token(ctx, cluster, ns).await?;
+    ensure_tls(ctx, cluster, ns).await?;
     let scheduler = apply_scheduler(ctx, ns, desired).await?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let mut workers = Workers::classify(observed, &desired.template_hash);
@@ -94,36 +95,36 @@ pub async fn apply(
     })
 }
 
-/// The cluster's token, from its Secret, which is made (once, with a fresh
-/// token) if it does not exist. A Secret someone emptied or spoilt is an
-/// error that names it, never silently replaced: pods running with the old
-/// token would be locked out.
-async fn ensure_token(ctx: &Context, cluster: &DaskCluster, ns: &str) -> Result<String, Error> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let name = builders::token_secret_name(cluster);
+/// The Secret `name` of the cluster: as found, else made by `make` (or
+/// the one another pass made meanwhile). One of an earlier cluster of the
+/// same name, which Kubernetes is still deleting, is an error.
+async fn cluster_secret(
+    api: &Api<Secret>,
+    cluster: &DaskCluster,
+    ns: &str,
+    name: &str,
+    make: impl FnOnce() -> Result<Secret, Error>,
+) -> Result<Secret, Error> {
     let kube_error = |action, source| Error::Kube {
         action,
         object: format!("{ns}/{name}"),
         source,
     };
     let found = api
-        .get_opt(&name)
+        .get_opt(name)
         .await
-        .map_err(|e| kube_error("reading the cluster's token Secret", e))?;
+        .map_err(|e| kube_error("reading the cluster's Secret", e))?;
     let secret = match found {
         Some(s) => s,
-        None => {
-            let fresh = builders::token_secret(cluster, &builders::new_token());
-            match api.create(&PostParams::default(), &fresh).await {
-                Ok(s) => s,
-                // Made meanwhile (another pass, another replica): use that one.
-                Err(kube::Error::Api(e)) if e.code == 409 => api
-                    .get(&name)
-                    .await
-                    .map_err(|e| kube_error("reading the cluster's token Secret", e))?,
-                Err(e) => return Err(kube_error("creating the cluster's token Secret", e)),
-            }
-        }
+        None => match api.create(&PostParams::default(), &make()?).await {
+            Ok(s) => s,
+            // Made meanwhile (another pass, another replica): use that one.
+            Err(kube::Error::Api(e)) if e.code == 409 => api
+                .get(name)
+                .await
+                .map_err(|e| kube_error("reading the cluster's Secret", e))?,
+            Err(e) => return Err(kube_error("creating the cluster's Secret", e)),
+        },
     };
     if !builders::owned_by(&secret, cluster) {
         return Err(Error::BadSecret {
@@ -133,6 +134,20 @@ async fn ensure_token(ctx: &Context, cluster: &DaskCluster, ns: &str) -> Result<
                 .into(),
         });
     }
+    Ok(secret)
+}
+
+/// The cluster's token, from its Secret, which is made (once, with a fresh
+/// token) if it does not exist. A Secret someone emptied or spoilt is an
+/// error that names it, never silently replaced: pods running with the old
+/// token would be locked out.
+async fn ensure_token(ctx: &Context, cluster: &DaskCluster, ns: &str) -> Result<String, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let name = builders::token_secret_name(cluster);
+    let secret = cluster_secret(&api, cluster, ns, &name, || {
+        Ok(builders::token_secret(cluster, &builders::new_token()))
+    })
+    .await?;
     builders::token_of(&secret).ok_or_else(|| Error::BadSecret {
         object: format!("{ns}/{name}"),
         problem: format!(
@@ -141,6 +156,95 @@ async fn ensure_token(ctx: &Context, cluster: &DaskCluster, ns: &str) -> Result<
             builders::TOKEN_KEY
         ),
     })
+}
+
+/// The cluster's TLS authority and the certificates it issues (see
+/// `builders::tls`), when the cluster has TLS: the authority is made once;
+/// a certificate is issued when missing and again when due for renewal.
+async fn ensure_tls(ctx: &Context, cluster: &DaskCluster, ns: &str) -> Result<(), Error> {
+    if !cluster.spec.tls_enabled() {
+        return Ok(());
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let certificate_error = |e: daskrs_core::certs::CertError| Error::Certificate(e.to_string());
+    let ca_name = builders::ca_secret_name(cluster);
+    let ca_secret = cluster_secret(&api, cluster, ns, &ca_name, || {
+        let ca = builders::new_authority(cluster).map_err(certificate_error)?;
+        Ok(builders::ca_secret(cluster, &ca))
+    })
+    .await?;
+    let ca = builders::authority_of(&ca_secret, cluster).ok_or_else(|| Error::BadSecret {
+        object: format!("{ns}/{ca_name}"),
+        problem: "it holds no certificate authority (ca.crt and ca.key in PEM); delete it to \
+                  have a new one made, and the certificates issued again"
+            .into(),
+    })?;
+    let now = std::time::SystemTime::now();
+    let certificates = [
+        (
+            builders::tls_secret_name(cluster),
+            "server",
+            builders::scheduler_names(cluster),
+        ),
+        (builders::client_secret_name(cluster), "client", Vec::new()),
+    ];
+    for (name, who, names) in certificates {
+        let kube_error = |action, source| Error::Kube {
+            action,
+            object: format!("{ns}/{name}"),
+            source,
+        };
+        let found = api
+            .get_opt(&name)
+            .await
+            .map_err(|e| kube_error("reading the cluster's Secret", e))?;
+        if let Some(s) = &found
+            && !builders::owned_by(s, cluster)
+        {
+            return Err(Error::BadSecret {
+                object: format!("{ns}/{name}"),
+                problem: "it belongs to an earlier cluster of this name, which Kubernetes \
+                          is still deleting; retrying"
+                    .into(),
+            });
+        }
+        if !builders::needs_issue(found.as_ref(), &ca, now) {
+            continue;
+        }
+        let issued = ca
+            .issue(who, &names, daskrs_core::certs::CERT_DAYS)
+            .map_err(certificate_error)?;
+        let mut fresh = builders::certificate_secret(cluster, name.clone(), &ca, &issued);
+        let renewed = found.is_some();
+        let written = match found {
+            None => api.create(&PostParams::default(), &fresh).await,
+            Some(old) => {
+                fresh.metadata.resource_version = old.metadata.resource_version;
+                api.replace(&name, &PostParams::default(), &fresh).await
+            }
+        };
+        match written {
+            Ok(_) => {}
+            // Another pass wrote it meanwhile: the next pass looks again.
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(kube_error("writing the cluster's Secret", e)),
+        }
+        let message = format!(
+            "{} the {who} certificate in Secret {name} (valid for {} days)",
+            if renewed { "renewed" } else { "issued" },
+            daskrs_core::certs::CERT_DAYS
+        );
+        publish(
+            ctx,
+            cluster,
+            EventType::Normal,
+            "Certificate",
+            "Issue",
+            message,
+        )
+        .await;
+    }
+    Ok(())
 }
 
 async fn apply_scheduler(

@@ -45,8 +45,10 @@ pub enum Error {
     },
     #[error("DaskCluster {0} has no namespace")]
     NoNamespace(String),
-    #[error("the token Secret {object} is unusable: {problem}")]
+    #[error("the Secret {object} is unusable: {problem}")]
     BadSecret { object: String, problem: String },
+    #[error("cannot make the cluster's TLS certificates: {0}")]
+    Certificate(String),
 }
 
 /// How the operator is set up.

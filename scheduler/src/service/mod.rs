@@ -34,11 +34,11 @@ pub struct Core {
 }
 
 impl Core {
-    /// Calls to workers carry `token`.
+    /// Calls to workers go through `channels`.
     pub fn new(
         state: State,
         heartbeat_interval: Duration,
-        token: Option<daskrs_proto::auth::Token>,
+        channels: daskrs_proto::net::Channels,
     ) -> Arc<Core> {
         Arc::new(Core {
             inner: Mutex::new(Inner {
@@ -48,7 +48,7 @@ impl Core {
             }),
             metrics: Metrics::new(),
             heartbeat_interval,
-            channels: daskrs_proto::net::Channels::new(token),
+            channels,
         })
     }
 

@@ -195,7 +195,7 @@ mod tests {
             ..SchedulerConfig::default()
         };
         let scheduler = Scheduler::start(config, shutdown).await.unwrap();
-        let channel = daskrs_proto::net::connect(&scheduler.grpc_addr.to_string(), None)
+        let channel = daskrs_proto::net::connect(&scheduler.grpc_addr.to_string(), None, None)
             .await
             .unwrap();
         let first = daskrs_proto::worker_batch(vec![
