@@ -170,9 +170,14 @@ pub fn write_port_file(path: &std::path::Path, ports: &[(&str, u16)]) -> std::io
     std::fs::rename(&tmp, path)
 }
 
+/// Most calls (HTTP/2 streams) one connection may have open at once; a
+/// client asks for more only once one ends.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+
 /// A server with the same limits as the channels.
 pub fn server() -> Server {
     Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -196,18 +201,34 @@ macro_rules! limits {
 /// The connections a server started with `serve_with_incoming` serves.
 pub type Incoming = Pin<Box<dyn Stream<Item = std::io::Result<ServerIo>> + Send>>;
 
+/// Most connections one address may hold open to a server at once.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 1024;
+
 /// Accepted connections for a server started with `serve_with_incoming`,
 /// with the same socket options as [`server`] (which only applies them to
 /// listeners it binds itself); with `tls`, only those that complete a TLS
-/// handshake with a certificate of the cluster (see [`crate::tls`]).
+/// handshake with a certificate of the cluster (see [`crate::tls`]). A
+/// peer address holds at most [`MAX_CONNECTIONS_PER_PEER`]; calls on one
+/// more are answered `RESOURCE_EXHAUSTED`, saying so.
 pub fn incoming(listener: tokio::net::TcpListener, tls: Option<Tls>) -> Incoming {
+    incoming_limited(listener, tls, MAX_CONNECTIONS_PER_PEER)
+}
+
+/// [`incoming`] with at most `per_peer` connections from one address.
+pub fn incoming_limited(
+    listener: tokio::net::TcpListener,
+    tls: Option<Tls>,
+    per_peer: usize,
+) -> Incoming {
     let accepted = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(KEEPALIVE_INTERVAL));
-    let Some(tls) = tls else {
-        return Box::pin(accepted.map(|r| r.map(ServerIo::Plain)));
+    let peers = Peers {
+        open: Default::default(),
+        most: per_peer,
     };
-    // Handshakes run side by side, so a slow or silent peer holds up no other.
+    // Connections are admitted side by side (TLS handshakes take a while),
+    // so a slow or silent peer holds up no other.
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         let mut accepted = accepted;
@@ -224,9 +245,10 @@ pub fn incoming(listener: tokio::net::TcpListener, tls: Option<Tls>) -> Incoming
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Some(Ok(tcp)) => {
+                    let slot = peers.take(&tcp);
                     let (tls, tx) = (tls.clone(), tx.clone());
                     tokio::spawn(async move {
-                        if let Some(io) = crate::tls::admit(&tls, tcp).await {
+                        if let Some(io) = crate::tls::admit(tls.as_ref(), tcp, slot).await {
                             let _ = tx.send(Ok(io)).await;
                         }
                     });
@@ -235,4 +257,110 @@ pub fn incoming(listener: tokio::net::TcpListener, tls: Option<Tls>) -> Incoming
         }
     });
     Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
+/// Open connections per peer address.
+struct Peers {
+    open: Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
+    most: usize,
+}
+
+impl Peers {
+    /// A place for `tcp`'s peer, or why there is none.
+    fn take(&self, tcp: &tokio::net::TcpStream) -> Result<Slot, String> {
+        let ip = tcp
+            .peer_addr()
+            .map(|a| a.ip())
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= self.most {
+            return Err(format!(
+                "too many connections from {ip}: this server takes at most {} from one address",
+                self.most
+            ));
+        }
+        *n += 1;
+        Ok(Slot {
+            open: self.open.clone(),
+            ip,
+        })
+    }
+}
+
+/// A connection's place among its peer's; given back when it closes.
+pub(crate) struct Slot {
+    open: Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler_client::SchedulerClient;
+
+    /// A call on a new connection: the server's answer (no service here).
+    async fn call(address: &str) -> (Conn, tonic::Status) {
+        let channel = connect(address, None, None).await.unwrap();
+        let status = SchedulerClient::new(channel.clone())
+            .cluster_info(crate::ClusterInfoRequest::default())
+            .await
+            .unwrap_err();
+        (channel, status)
+    }
+
+    #[tokio::test]
+    async fn a_peer_over_its_connection_limit_is_told_so_until_one_closes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            server()
+                .add_routes(tonic::service::Routes::default())
+                .serve_with_incoming(incoming_limited(listener, None, 2)),
+        );
+        let (first, served) = call(&address).await;
+        assert_eq!(served.code(), tonic::Code::Unimplemented, "{served:?}");
+        let (_second, served) = call(&address).await;
+        assert_eq!(served.code(), tonic::Code::Unimplemented, "{served:?}");
+        let (_, refused) = call(&address).await;
+        assert_eq!(
+            refused.code(),
+            tonic::Code::ResourceExhausted,
+            "{refused:?}"
+        );
+        assert!(
+            refused
+                .message()
+                .contains("too many connections from 127.0.0.1"),
+            "{}",
+            refused.message()
+        );
+        // Once the first closes, its place is free again.
+        drop(first);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, status) = call(&address).await;
+            if status.code() == tonic::Code::Unimplemented {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the closed connection's place was never given back"
+            );
+            // Poll again shortly: the server hears of the close on its own time.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }

@@ -294,8 +294,13 @@ fn read(dir: &Path) -> Result<Loaded, TlsError> {
 }
 
 /// A connection a server accepted: TLS, or plain when the server takes
-/// plain text.
-pub enum ServerIo {
+/// plain text; it holds its peer's place among the server's connections.
+pub struct ServerIo {
+    io: Io,
+    _slot: crate::net::Slot,
+}
+
+enum Io {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
@@ -304,9 +309,9 @@ impl Connected for ServerIo {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
-        match self {
-            ServerIo::Plain(s) => s.connect_info(),
-            ServerIo::Tls(s) => s.get_ref().0.connect_info(),
+        match &self.io {
+            Io::Plain(s) => s.connect_info(),
+            Io::Tls(s) => s.get_ref().0.connect_info(),
         }
     }
 }
@@ -317,9 +322,9 @@ impl AsyncRead for ServerIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -330,9 +335,9 @@ impl AsyncWrite for ServerIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ServerIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -341,39 +346,57 @@ impl AsyncWrite for ServerIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ServerIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            ServerIo::Plain(s) => s.is_write_vectored(),
-            ServerIo::Tls(s) => s.is_write_vectored(),
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ServerIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
 
-/// Takes a connection accepted by a TLS server: TLS handshakes are
-/// completed, plain-text HTTP/2 is answered with an error naming TLS (on
-/// a task of its own), anything else is dropped. Returns the connection
-/// for the gRPC server, if it is one.
-pub(crate) async fn admit(tls: &Tls, tcp: TcpStream) -> Option<ServerIo> {
+/// Takes a connection a server accepted, for the gRPC server if it is one
+/// for it: as it is, for a server without TLS; else once its handshake is
+/// complete. Plain-text HTTP/2 to a TLS server is answered with an error
+/// that names TLS (on a task of its own); anything else is dropped. With
+/// `slot` `Err`, the peer holds too many connections: the call is answered
+/// with that error instead.
+pub(crate) async fn admit(
+    tls: Option<&Tls>,
+    tcp: TcpStream,
+    slot: Result<crate::net::Slot, String>,
+) -> Option<ServerIo> {
+    let Some(tls) = tls else {
+        return match slot {
+            Ok(slot) => Some(ServerIo {
+                io: Io::Plain(tcp),
+                _slot: slot,
+            }),
+            Err(why) => {
+                tokio::spawn(refuse(tcp, tonic::Code::ResourceExhausted, why));
+                None
+            }
+        };
+    };
     let peer = tcp.peer_addr().ok();
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await;
@@ -381,13 +404,24 @@ pub(crate) async fn admit(tls: &Tls, tcp: TcpStream) -> Option<ServerIo> {
         return None;
     }
     if first[0] != TLS_HANDSHAKE_RECORD {
-        tokio::spawn(refuse_plain_text(tcp));
+        let why = PLAIN_TEXT_REFUSED.to_string();
+        tokio::spawn(refuse(tcp, tonic::Code::FailedPrecondition, why));
         return None;
     }
-    match tls.accept(tcp).await {
-        Ok(s) => Some(ServerIo::Tls(Box::new(s))),
+    let stream = match tls.accept(tcp).await {
+        Ok(s) => s,
         Err(e) => {
             tracing::warn!(peer = ?peer, error = %e, "TLS handshake refused");
+            return None;
+        }
+    };
+    match slot {
+        Ok(slot) => Some(ServerIo {
+            io: Io::Tls(Box::new(stream)),
+            _slot: slot,
+        }),
+        Err(why) => {
+            tokio::spawn(refuse(stream, tonic::Code::ResourceExhausted, why));
             None
         }
     }
@@ -397,20 +431,23 @@ pub(crate) async fn admit(tls: &Tls, tcp: TcpStream) -> Option<ServerIo> {
 pub const PLAIN_TEXT_REFUSED: &str = "this daskrs server takes TLS connections only: give the client \
      the cluster's certificates (--tls-dir or DASKRS_TLS_DIR: a directory of ca.crt, tls.crt and tls.key)";
 
-/// Answers every gRPC call of a plain-text HTTP/2 connection with
-/// [`PLAIN_TEXT_REFUSED`] (status `FAILED_PRECONDITION`), then closes it.
-async fn refuse_plain_text(tcp: TcpStream) {
-    let service = hyper::service::service_fn(|_request| async {
-        http::Response::builder()
-            .header("content-type", "application/grpc")
-            .header(
-                "grpc-status",
-                (tonic::Code::FailedPrecondition as i32).to_string(),
-            )
-            .header("grpc-message", PLAIN_TEXT_REFUSED)
-            .body(String::new())
+/// Answers every gRPC call of an HTTP/2 connection with `code` and
+/// `message`, then closes it.
+async fn refuse<I>(io: I, code: tonic::Code, message: String)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |_request| {
+        let message = message.clone();
+        async move {
+            http::Response::builder()
+                .header("content-type", "application/grpc")
+                .header("grpc-status", (code as i32).to_string())
+                .header("grpc-message", message)
+                .body(String::new())
+        }
     });
     let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
     let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn).await;
 }
