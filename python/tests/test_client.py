@@ -93,6 +93,31 @@ def test_a_worker_with_other_versions_is_refused_at_connect(daskrs_bin: str) -> 
         cluster.close()
 
 
+def start_scheduler(
+    daskrs_bin: str, tmp_path: pathlib.Path, token: str, args: list[str] | None = None
+) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    """A scheduler process on loopback ports of its choosing, its token from
+    the environment as on a cluster's pod; with the ports it got, once it
+    listens."""
+    ports = tmp_path / "ports"
+    scheduler = subprocess.Popen(
+        [daskrs_bin, "scheduler", "--host", "127.0.0.1", "--port", "0", "--http-port", "0"]
+        + ["--port-file", str(ports), *(args or [])],
+        env={**os.environ, "DASKRS_TOKEN": token},
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return scheduler, json.loads(ports.read_text())
+        except (OSError, json.JSONDecodeError):  # not yet (fully) written
+            if scheduler.poll() is not None or time.monotonic() > deadline:
+                scheduler.kill()
+                scheduler.wait()
+                raise AssertionError("the scheduler did not listen within 30 s") from None
+            time.sleep(0.02)
+
+
 def test_a_cluster_refuses_clients_without_its_token_and_says_so(
     daskrs_bin: str, tmp_path: pathlib.Path
 ) -> None:
@@ -101,22 +126,8 @@ def test_a_cluster_refuses_clients_without_its_token_and_says_so(
 
     # A scheduler as on a cluster's pod: its token from the environment.
     token = "a-token-for-this-test"
-    ports = tmp_path / "ports"
-    scheduler = subprocess.Popen(
-        [daskrs_bin, "scheduler", "--host", "127.0.0.1", "--port", "0", "--http-port", "0"]
-        + ["--port-file", str(ports)],
-        env={**os.environ, "DASKRS_TOKEN": token},
-        stdin=subprocess.DEVNULL,
-    )
+    scheduler, got = start_scheduler(daskrs_bin, tmp_path, token)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                got = json.loads(ports.read_text())
-                break
-            except (OSError, json.JSONDecodeError):  # not yet (fully) written
-                assert scheduler.poll() is None and time.monotonic() < deadline
-                time.sleep(0.02)
         address, http = f"127.0.0.1:{got['grpc']}", f"http://127.0.0.1:{got['http']}/"
         with pytest.raises(daskrs.AuthenticationError, match="requires a token"):
             daskrs.Client(address, set_as_default=False, check_versions=False)
@@ -168,23 +179,11 @@ def test_a_tls_cluster_serves_clients_with_its_certificates_only(
     other = tmp_path / "other"
     subprocess.run([daskrs_bin, "certs", "--out", str(other)], check=True, capture_output=True)
     token = "a-token-for-this-test"
-    ports = tmp_path / "ports"
-    scheduler = subprocess.Popen(
-        [daskrs_bin, "scheduler", "--host", "127.0.0.1", "--port", "0", "--http-port", "0"]
-        + ["--port-file", str(ports), "--tls-dir", str(certs / "scheduler")],
-        env={**os.environ, "DASKRS_TOKEN": token},
-        stdin=subprocess.DEVNULL,
+    scheduler, got = start_scheduler(
+        daskrs_bin, tmp_path, token, ["--tls-dir", str(certs / "scheduler")]
     )
     worker = None
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                got = json.loads(ports.read_text())
-                break
-            except (OSError, json.JSONDecodeError):  # not yet (fully) written
-                assert scheduler.poll() is None and time.monotonic() < deadline
-                time.sleep(0.02)
         address = f"127.0.0.1:{got['grpc']}"
         worker = start_worker(
             daskrs_bin,
