@@ -34,3 +34,14 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// Cluster tokens are at most this long: they travel in every request's headers.
+pub const MAX_TOKEN_BYTES: usize = 512;
+
+/// Whether `text` (already trimmed) is a usable cluster token: up to
+/// [`MAX_TOKEN_BYTES`] letters, digits and `. _ ~ -`, characters that travel
+/// unchanged in headers, cookies and URLs.
+pub fn is_token(text: &str) -> bool {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"._~-".contains(&b);
+    !text.is_empty() && text.len() <= MAX_TOKEN_BYTES && text.bytes().all(plain)
+}

@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use daskrs_core::MAX_TOKEN_BYTES;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -19,9 +20,6 @@ use tonic::{Request, Status};
 pub const TOKEN_ENV: &str = "DASKRS_TOKEN";
 /// The dashboard's cookie is this, then the port the browser used.
 pub const COOKIE_PREFIX: &str = "daskrs_token_";
-
-/// Tokens are at most this long: they travel in every request's headers.
-const MAX_TOKEN_BYTES: usize = 512;
 
 /// A cluster token. Its text never appears in `Debug` output or logs.
 #[derive(Clone, PartialEq, Eq)]
@@ -57,9 +55,7 @@ impl Token {
         if t.is_empty() {
             return Err(TokenError::Empty(from.to_string()));
         }
-        // Characters that travel unchanged in headers, cookies and URLs.
-        let plain = |b: u8| b.is_ascii_alphanumeric() || b"._~-".contains(&b);
-        if t.len() > MAX_TOKEN_BYTES || !t.bytes().all(plain) {
+        if !daskrs_core::is_token(t) {
             return Err(TokenError::Invalid(from.to_string()));
         }
         Ok(Token(t.into()))

@@ -207,11 +207,6 @@ pub fn refused_certificate(error: &(dyn std::error::Error + 'static)) -> bool {
                 return true;
             }
         }
-        if let Some(h) = e.downcast_ref::<Handshake>()
-            && refused_certificate(&h.source)
-        {
-            return true;
-        }
         next = e.source();
     }
     false

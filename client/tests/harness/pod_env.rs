@@ -132,12 +132,9 @@ pub async fn render(
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         let data: BTreeMap<String, String> = if let Some(s) = &from.secret_ref {
-            match secrets.get_opt(&s.name).await {
-                Ok(Some(secret)) => secret_data(&secret),
-                Ok(None) if s.optional == Some(true) => BTreeMap::new(),
-                Ok(None) => return Err(config_error(format!("secret {:?} not found", s.name))),
-                Err(e) => return Err(config_error(format!("secret {:?}: {e}", s.name))),
-            }
+            secret_of(secrets, &s.name, s.optional == Some(true))
+                .await?
+                .unwrap_or_default()
         } else if let Some(m) = &from.config_map_ref {
             match config_maps.get_opt(&m.name).await {
                 Ok(Some(cm)) => cm.data.unwrap_or_default(),
@@ -162,8 +159,8 @@ pub async fn render(
                 Some(field(pod, &f.field_path, ip)?)
             } else if let Some(s) = &from.secret_key_ref {
                 let optional = s.optional == Some(true);
-                match secrets.get_opt(&s.name).await {
-                    Ok(Some(secret)) => match secret_data(&secret).remove(&s.key) {
+                match secret_of(secrets, &s.name, optional).await? {
+                    Some(mut data) => match data.remove(&s.key) {
                         Some(v) => Some(v),
                         None if optional => None,
                         None => {
@@ -173,11 +170,7 @@ pub async fn render(
                             )));
                         }
                     },
-                    Ok(None) if optional => None,
-                    Ok(None) => {
-                        return Err(config_error(format!("secret {:?} not found", s.name)));
-                    }
-                    Err(e) => return Err(config_error(format!("secret {:?}: {e}", s.name))),
+                    None => None,
                 }
             } else if let Some(m) = &from.config_map_key_ref {
                 let optional = m.optional == Some(true);
@@ -290,21 +283,32 @@ async fn fill_secret_volumes(
         let Some(name) = v.secret.as_ref().and_then(|s| s.secret_name.clone()) else {
             continue;
         };
-        let secret = match secrets.get_opt(&name).await {
-            Ok(Some(s)) => s,
-            Ok(None) => return Err(config_error(format!("secret {name:?} not found"))),
-            Err(e) => return Err(config_error(format!("secret {name:?}: {e}"))),
-        };
+        let data = secret_of(secrets, &name, false).await?.unwrap_or_default();
         let dir = pod_dir.join("volumes").join(&v.name);
         std::fs::create_dir_all(&dir)
             .map_err(|e| waiting("CreateContainerError", format!("{}: {e}", dir.display())))?;
-        for (key, value) in secret_data(&secret) {
+        for (key, value) in data {
             let path = dir.join(&key);
             std::fs::write(&path, value)
                 .map_err(|e| waiting("CreateContainerError", format!("{}: {e}", path.display())))?;
         }
     }
     Ok(())
+}
+
+/// The data of the Secret `name`; `None` when it is missing and `optional`,
+/// an error naming it when it is missing otherwise.
+async fn secret_of(
+    secrets: &Api<Secret>,
+    name: &str,
+    optional: bool,
+) -> Result<Option<BTreeMap<String, String>>, Waiting> {
+    match secrets.get_opt(name).await {
+        Ok(Some(secret)) => Ok(Some(secret_data(&secret))),
+        Ok(None) if optional => Ok(None),
+        Ok(None) => Err(config_error(format!("secret {name:?} not found"))),
+        Err(e) => Err(config_error(format!("secret {name:?}: {e}"))),
+    }
 }
 
 fn secret_data(secret: &Secret) -> BTreeMap<String, String> {

@@ -59,9 +59,7 @@ pub fn owned_by(secret: &Secret, cluster: &DaskCluster) -> bool {
 pub fn token_of(secret: &Secret) -> Option<String> {
     let bytes = &secret.data.as_ref()?.get(TOKEN_KEY)?.0;
     let text = std::str::from_utf8(bytes).ok()?.trim();
-    let plain = |b: u8| b.is_ascii_alphanumeric() || b"._~-".contains(&b);
-    let usable = !text.is_empty() && text.len() <= 512 && text.bytes().all(plain);
-    usable.then(|| text.to_string())
+    daskrs_core::is_token(text).then(|| text.to_string())
 }
 
 #[cfg(test)]

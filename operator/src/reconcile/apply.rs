@@ -126,15 +126,22 @@ async fn cluster_secret(
             Err(e) => return Err(kube_error("creating the cluster's Secret", e)),
         },
     };
-    if !builders::owned_by(&secret, cluster) {
-        return Err(Error::BadSecret {
-            object: format!("{ns}/{name}"),
-            problem: "it belongs to an earlier cluster of this name, which Kubernetes \
-                      is still deleting; retrying"
-                .into(),
-        });
-    }
+    check_owned(&secret, cluster, ns, name)?;
     Ok(secret)
+}
+
+/// Refuses a Secret of an earlier cluster of the same name, which
+/// Kubernetes is still deleting.
+fn check_owned(secret: &Secret, cluster: &DaskCluster, ns: &str, name: &str) -> Result<(), Error> {
+    if builders::owned_by(secret, cluster) {
+        return Ok(());
+    }
+    Err(Error::BadSecret {
+        object: format!("{ns}/{name}"),
+        problem: "it belongs to an earlier cluster of this name, which Kubernetes \
+                  is still deleting; retrying"
+            .into(),
+    })
 }
 
 /// The cluster's token, from its Secret, which is made (once, with a fresh
@@ -198,15 +205,8 @@ async fn ensure_tls(ctx: &Context, cluster: &DaskCluster, ns: &str) -> Result<()
             .get_opt(&name)
             .await
             .map_err(|e| kube_error("reading the cluster's Secret", e))?;
-        if let Some(s) = &found
-            && !builders::owned_by(s, cluster)
-        {
-            return Err(Error::BadSecret {
-                object: format!("{ns}/{name}"),
-                problem: "it belongs to an earlier cluster of this name, which Kubernetes \
-                          is still deleting; retrying"
-                    .into(),
-            });
+        if let Some(s) = &found {
+            check_owned(s, cluster, ns, &name)?;
         }
         if !builders::needs_issue(found.as_ref(), &ca, now) {
             continue;
