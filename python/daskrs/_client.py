@@ -212,6 +212,10 @@ class Client:
                 "(or pass check_versions=False)."
             )
 
+    def _python_threads(self) -> int:
+        """The threads of the workers that run Python tasks."""
+        return sum(w["nthreads"] for w in self.native.info()["workers"] if w["python"])
+
     def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
         """Blocks until at least ``n_workers`` workers have joined."""
         self.native.wait_for_workers(n_workers, 3600.0 if timeout is None else timeout)
@@ -533,7 +537,7 @@ class Client:
     ) -> list[Future]:
         """Submits a graph into the session; futures of the wanted keys."""
         self._drain()
-        tasks = _graph.to_tasks(dsk, retries=retries, priority=priority, keep=wanted)
+        tasks = _graph.to_tasks(dsk, retries=retries, priority=priority, keep=wanted, threads=self._python_threads)
         # The futures exist before the scheduler can report their keys.
         futures = [Future(k, self) for k in wanted]
         self.session.submit(tasks, [f._name for f in futures])

@@ -1,10 +1,11 @@
 """Dask graphs as daskrs graphs: every node of a dask graph becomes one
-``python`` task whose payload is the pickled node and the dask keys of its
+``python`` task, or runs inside the one task that takes its result (see
+``fuse``); a task's payload is the pickled node and the dask keys of its
 dependencies, in the order the worker hands their results over."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from daskrs import _serialize
@@ -42,8 +43,28 @@ def pack(keys: Any, values: Mapping[Any, Any]) -> Any:
     return values[keys]
 
 
+# The most tasks one task of the cluster runs when it takes in the work of
+# several inputs (see `fuse`), and the fewest of those tasks a graph keeps
+# per thread of the cluster, so that fusing never leaves a thread idle.
+MAX_GROUP = 64
+GROUPS_PER_THREAD = 16
+
+
+def group_limit(n_tasks: int, threads: int) -> int:
+    """How many tasks of a graph of ``n_tasks`` one fused task may hold
+    when the cluster has ``threads`` threads for Python tasks (1 while it
+    has none: the cluster it will have is not known)."""
+    if threads <= 0:
+        return 1
+    return max(1, min(MAX_GROUP, n_tasks // (GROUPS_PER_THREAD * threads)))
+
+
 def to_tasks(
-    dsk: Any, retries: int = 0, priority: int | None = None, keep: Iterable[Any] = ()
+    dsk: Any,
+    retries: int = 0,
+    priority: int | None = None,
+    keep: Iterable[Any] = (),
+    threads: Callable[[], int] | None = None,
 ) -> list[tuple[str, str, bytes, list[str], int, int]]:
     """The daskrs tasks of a dask graph (legacy tuples or task-spec nodes):
     ``(key, kind, payload, deps, priority, retries)``. A dependency that is
@@ -51,13 +72,19 @@ def to_tasks(
     Tasks of equal ``priority`` (0 unless given) run in the scheduler's
     depth-first order of the graph, which finishes one branch before it
     starts the next as Dask's ordering does, at a fraction of its cost on
-    the client. Linear chains of tasks whose keys are not in ``keep`` run
-    as one task (see ``fuse_chains``)."""
+    the client. Tasks whose results only one other task takes, and whose
+    keys are not in ``keep``, run inside that task (see ``fuse``): ``threads``
+    tells how many threads the cluster has, which bounds how many run as
+    one where that costs parallelism (without it, only chains do)."""
     from dask._task_spec import convert_legacy_graph
 
     if not isinstance(dsk, Mapping):
         dsk = dsk.__dask_graph__()  # an expression, as dask.compute hands over
-    graph = fuse_chains(convert_legacy_graph(dict(dsk)), set(keep))
+    graph = convert_legacy_graph(dict(dsk))
+    limit = 1
+    if threads is not None and len(graph) >= 2 * GROUPS_PER_THREAD:
+        limit = group_limit(len(graph), threads())
+    graph = fuse(graph, set(keep), limit)
     rank = priority or 0
     tasks = []
     for key, node in graph.items():
@@ -82,65 +109,119 @@ def to_tasks(
     return tasks
 
 
-def fuse_chains(graph: dict[Any, Any], keep: set[Any]) -> dict[Any, Any]:
-    """The graph with each linear chain (a task whose only input is a task
-    that nothing else takes and nobody wants) made one task, under the key
-    of its last. A worker runs Python tasks in a separate process, so each
-    task boundary costs its result a round trip as bytes: reading a Parquet
-    file, converting its columns and aggregating them is one pass over the
-    data in memory rather than three trips of the whole frame."""
-    dependents: dict[Any, int] = {}
+def inputs_first(graph: Mapping[Any, Any]) -> list[Any]:
+    """The keys of ``graph``, each after the keys it depends on."""
+    order: list[Any] = []
+    seen: set[Any] = set()
+    for root in graph:
+        if root in seen:
+            continue
+        seen.add(root)
+        stack = [(root, iter(graph[root].dependencies))]
+        while stack:
+            key, deps = stack[-1]
+            for d in deps:
+                if d in graph and d not in seen:
+                    seen.add(d)
+                    stack.append((d, iter(graph[d].dependencies)))
+                    break
+            else:
+                stack.pop()
+                order.append(key)
+    return order
+
+
+def fuse(graph: dict[Any, Any], keep: set[Any], limit: int = 1) -> dict[Any, Any]:
+    """The graph with tasks run inside the one task that takes their result,
+    where nothing else takes it and nobody wants it: a worker runs Python
+    tasks in a separate process, so each task boundary costs its result a
+    round trip as bytes and the scheduler a task to track. Reading a
+    Parquet file, converting its columns and aggregating them becomes one
+    pass over the data in memory; the chunk sums of a reduction run inside
+    the partial sum that takes them.
+
+    A task with one input always takes it in (a chain runs in sequence
+    anyway). A task with several takes in, smallest first, as many as keep
+    it at ``limit`` tasks at most, since inputs that run inside one task
+    run one after the other instead of side by side."""
+    taken: dict[Any, int] = {}
     for node in graph.values():
         for d in node.dependencies:
             if d in graph:
-                dependents[d] = dependents.get(d, 0) + 1
+                taken[d] = taken.get(d, 0) + 1
 
-    def only_input(key: Any) -> Any:
-        """The input `key`'s task absorbs, if it absorbs one."""
+    def absorbable(d: Any) -> bool:
+        return d in graph and d not in keep and taken[d] == 1 and not graph[d].block_fusion
+
+    order = inputs_first(graph)
+    size: dict[Any, int] = {}
+    inner: dict[Any, list[Any]] = {}
+    for key in order:
         deps = graph[key].dependencies
-        if len(deps) != 1:
-            return None
-        (d,) = deps
-        if d not in graph or d in keep or dependents.get(d) != 1 or graph[d].block_fusion:
-            return None
-        return d
-
-    absorbs = {k: d for k in graph if (d := only_input(k)) is not None}
-    absorbed = set(absorbs.values())
+        inputs = [d for d in deps if absorbable(d)]
+        if len(deps) == 1:
+            chosen = inputs
+        else:
+            chosen, total = [], 1
+            for d in sorted(inputs, key=size.__getitem__):
+                if total + size[d] > limit:
+                    break
+                chosen.append(d)
+                total += size[d]
+        size[key] = 1 + sum(size[d] for d in chosen)
+        if chosen:
+            inner[key] = chosen
+    absorbed = {d for ds in inner.values() for d in ds}
     fused = {}
-    for key, node in graph.items():
+    for key in order:
         if key in absorbed:
             continue
-        chain = [node]
-        d = absorbs.get(key)
-        while d is not None:
-            chain.append(graph[d])
-            d = absorbs.get(d)
-        fused[key] = node if len(chain) == 1 else Chain(key, chain[::-1])
+        if key not in inner:
+            fused[key] = graph[key]
+            continue
+        members: list[Any] = []
+        stack = [(key, iter(inner[key]))]
+        while stack:
+            k, ins = stack[-1]
+            for d in ins:
+                stack.append((d, iter(inner.get(d, ()))))
+                break
+            else:
+                stack.pop()
+                members.append(graph[k])
+        fused[key] = Fused(key, members)
     return fused
 
 
-class Chain:
-    """The tasks of a linear chain as one task: each takes the result of the
-    one before it, the first takes the chain's inputs. (Dask's own fused
-    task works out its subgraph's order on every run, which costs more than
-    a small task itself.)"""
+class Fused:
+    """Tasks run as one: each after its inputs, the last one's value the
+    result. Each value but the last is taken by exactly one later task and
+    is let go of once that task has run. (Dask's own fused task works out
+    its subgraph's order on every run, which costs more than a small task
+    itself.)"""
 
-    __slots__ = ("dependencies", "key", "nodes")
+    __slots__ = ("dependencies", "inside", "key", "nodes")
 
     def __init__(self, key: Any, nodes: list[Any]) -> None:
         self.key = key
         self.nodes = tuple(nodes)
-        self.dependencies = nodes[0].dependencies
+        self.inside = frozenset(n.key for n in nodes)
+        self.dependencies = frozenset(d for n in nodes for d in n.dependencies if d not in self.inside)
 
     def __call__(self, values: Mapping[Any, Any]) -> Any:
-        first, *rest = self.nodes
-        value = first(values)
-        before = first.key
-        for node in rest:
-            value = node({before: value})
-            before = node.key
-        return value
+        cache = dict(values)
+        inside = self.inside
+        for node in self.nodes:
+            try:
+                cache[node.key] = node(cache)
+            except BaseException as exc:
+                if node.key != self.key and hasattr(exc, "add_note"):
+                    exc.add_note(f"in task {key_name(node.key)!r}, run inside task {key_name(self.key)!r}")
+                raise
+            for d in node.dependencies:
+                if d in inside:
+                    del cache[d]
+        return cache[self.key]
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Chain, (self.key, list(self.nodes)))
+        return (Fused, (self.key, list(self.nodes)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dask
 import pytest
+from dask._task_spec import convert_legacy_graph
 
 import daskrs
 from daskrs import _graph
@@ -64,3 +65,121 @@ def test_chains_and_wanted_intermediates_compute_right(client: daskrs.Client) ->
     assert dask.compute(y, z, scheduler=client) == (3, 4)
     with pytest.raises(ZeroDivisionError):
         dask.delayed(inc)(dask.delayed(lambda v: v / 0)(x)).compute(scheduler=client)
+
+
+def _tree(leaves: int) -> tuple[dict, str]:
+    """A dask graph summing ``leaves`` leaves pairwise: 2 * leaves - 1 tasks."""
+    level = [dask.delayed(inc)(i, dask_key_name=f"leaf-{i}") for i in range(leaves)]
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        level = [
+            dask.delayed(add)(level[i], level[i + 1], dask_key_name=f"add-{depth}-{i}")
+            for i in range(0, len(level), 2)
+        ]
+    return dict(level[0].__dask_graph__()), level[0].key
+
+
+def _run_in_process(tasks: list[tuple]) -> dict[str, object]:
+    """The values of tasks run here, one by one, as an executor runs them."""
+    from daskrs import _executor, _serialize
+
+    values: dict[str, tuple[str, bytes]] = {}
+    pending = list(tasks)
+    while pending:
+        for t in list(pending):
+            if all(d in values for d in t[3]):
+                answer = _executor.run(
+                    memoryview(t[2]),
+                    "".join(values[d][0] for d in t[3]),
+                    [memoryview(values[d][1]) for d in t[3]],
+                )
+                assert answer[0] == [b"ok"], answer
+                values[t[0]] = (bytes(answer[1][0]).decode(), b"".join(bytes(p) for p in answer[2]))
+                pending.remove(t)
+    return {k: _serialize.loads(fmt, data) for k, (fmt, data) in values.items()}
+
+
+def test_inputs_of_several_tasks_run_inside_the_task_that_takes_them_up_to_the_limit() -> None:
+    graph, root = _tree(64)  # 127 tasks
+    # Without a limit above 1 only chains fuse: each leaf and each add stays.
+    assert len(_graph.to_tasks(graph, keep=[root])) == 127
+    tasks = _graph.to_tasks(graph, keep=[root], threads=lambda: 1)  # 127 // 16: 7 tasks at most
+    assert _graph.group_limit(127, 1) == 7
+    fused = _graph.fuse(convert_legacy_graph(graph), {root}, 7)
+    sizes = sorted(len(getattr(n, "nodes", [n])) for n in fused.values())
+    # Two leaves and their add make 3 tasks, two of those and their add 7:
+    # each of the 16 adds of the second level runs 7 as one. Two of those
+    # and an add would be 15, so the 8 adds of the third level stay apart,
+    # and the levels above group them again in 3s and 7s: the 2 adds of the
+    # fifth level run 7 each, the root on its own.
+    assert sizes == [1] + [7] * 18
+    assert len(tasks) == 19
+    assert _run_in_process(tasks)[root] == sum(range(1, 65))
+
+
+def test_many_threads_keep_every_task_of_a_small_graph_apart() -> None:
+    graph, root = _tree(64)
+    assert len(_graph.to_tasks(graph, keep=[root], threads=lambda: 8)) == 127
+    assert len(_graph.to_tasks(graph, keep=[root], threads=lambda: 0)) == 127
+
+
+def test_a_wanted_input_stays_a_task_of_its_own() -> None:
+    graph, root = _tree(8)
+    tasks = {t[0]: t[3] for t in _graph.to_tasks(graph, keep=[root, "add-1-2"], threads=lambda: 0)}
+    assert "add-1-2" in tasks
+    fused = _graph.fuse(convert_legacy_graph(graph), {root, "add-1-2"}, 64)
+    assert set(fused) == {root, "add-1-2"}
+    assert fused[root].dependencies == {"add-1-2"}
+
+
+class Box:
+    pass
+
+
+def make_box() -> Box:
+    return Box()
+
+
+def note_box(box: Box, seen: list) -> int:
+    import weakref
+
+    seen.append(weakref.ref(box))
+    return 1
+
+
+def box_gone(n: int, seen: list) -> bool:
+    import gc
+
+    gc.collect()
+    return seen[0]() is None
+
+
+def test_a_fused_task_lets_go_of_a_value_once_its_taker_has_run() -> None:
+    from dask._task_spec import Task, TaskRef
+
+    seen: list = []
+    graph = {
+        "box": Task("box", make_box),
+        "noted": Task("noted", note_box, TaskRef("box"), seen),
+        "gone": Task("gone", box_gone, TaskRef("noted"), seen),
+    }
+    fused = _graph.fuse(graph, {"gone"})
+    assert list(fused) == ["gone"]
+    assert fused["gone"]({}) is True
+
+
+def fail(x: int) -> int:
+    raise ValueError(f"bad {x}")
+
+
+@pytest.mark.skipif(not hasattr(BaseException, "add_note"), reason="notes arrive with Python 3.11")
+def test_an_error_inside_a_fused_task_names_the_task_it_came_from() -> None:
+    a = dask.delayed(fail)(1, dask_key_name="a")
+    b = dask.delayed(inc)(2, dask_key_name="b")
+    c = dask.delayed(add)(a, b, dask_key_name="c")
+    fused = _graph.fuse(convert_legacy_graph(dict(c.__dask_graph__())), {"c"}, 3)
+    assert list(fused) == ["c"]
+    with pytest.raises(ValueError, match="bad 1") as err:
+        fused["c"]({})
+    assert "in task 'a', run inside task 'c'" in err.value.__notes__
