@@ -104,6 +104,15 @@ pub enum GraphError {
     },
     #[error("graph {graph} is not open for more tasks")]
     NotOpen { graph: u64 },
+    #[error(
+        "the scheduler holds {held} tasks and this graph would add {adding}, over its limit of \
+         {limit} (--max-tasks): release results no longer needed, or submit the work in parts"
+    )]
+    TooManyTasks {
+        held: usize,
+        adding: usize,
+        limit: usize,
+    },
 }
 
 /// A graph that passed validation, with its edges resolved to indices.

@@ -9,6 +9,8 @@
 pub mod bytesize;
 #[cfg(feature = "certs")]
 pub mod certs;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod graph;
 pub mod json;
 pub mod kinds;

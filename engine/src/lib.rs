@@ -14,6 +14,7 @@ pub mod compare;
 pub mod confine;
 pub mod error;
 pub mod footer;
+pub mod ipc;
 pub mod planner;
 pub mod reader;
 pub mod rewrite;

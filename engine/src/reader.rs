@@ -7,7 +7,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
-use arrow::ipc::reader::StreamReader;
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -154,7 +153,7 @@ fn read_ipc(
     bytes: Bytes,
     schema: SchemaRef,
 ) -> Box<dyn Iterator<Item = Result<RecordBatch>> + Send> {
-    let reader = match StreamReader::try_new(std::io::Cursor::new(bytes), None) {
+    let reader = match crate::ipc::reader(bytes) {
         Ok(r) => r,
         Err(e) => {
             return Box::new(std::iter::once(Err(DataFusionError::Execution(format!(

@@ -101,9 +101,7 @@ impl Executor {
             let mut manifests = Vec::new();
             for (i, bytes) in inputs.into_iter().enumerate() {
                 let corrupt = |e| Error::Corrupt(format!("input {i} of the commit: {e}"));
-                let reader =
-                    arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
-                        .map_err(corrupt)?;
+                let reader = crate::ipc::reader(bytes).map_err(corrupt)?;
                 for b in reader {
                     manifests.push(b.map_err(corrupt)?);
                 }
@@ -149,9 +147,7 @@ impl Executor {
     /// A writer's result is dropped: whatever it wrote and nobody
     /// committed is aborted or removed. Blocks the calling thread.
     pub fn release(&self, result: Bytes) {
-        let Ok(reader) =
-            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(result), None)
-        else {
+        let Ok(reader) = crate::ipc::reader(result) else {
             return;
         };
         let manifests: Vec<RecordBatch> = reader.filter_map(|b| b.ok()).collect();

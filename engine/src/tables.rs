@@ -43,10 +43,9 @@ impl InputTable {
         if name.is_empty() {
             return Err(Error::BadSql("an input table needs a name".into()));
         }
-        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(schema), None)
-            .map_err(|e| {
-                Error::BadSql(format!("the schema of table '{name}' is unreadable: {e}"))
-            })?;
+        let reader = crate::ipc::reader(schema).map_err(|e| {
+            Error::BadSql(format!("the schema of table '{name}' is unreadable: {e}"))
+        })?;
         Ok(InputTable {
             name: name.to_string(),
             key: key.to_string(),

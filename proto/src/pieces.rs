@@ -42,9 +42,10 @@ pub fn piece(buf: &Bytes, i: usize) -> Result<Bytes, String> {
         let at = 8 + 8 * j;
         let len = u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes")) as usize;
         if j == i {
-            return buf
-                .get(offset..offset + len)
-                .map(|_| buf.slice(offset..offset + len))
+            return offset
+                .checked_add(len)
+                .filter(|&end| end <= buf.len())
+                .map(|end| buf.slice(offset..end))
                 .ok_or_else(|| format!("piece {i} runs past the end of the result"));
         }
         offset = offset.saturating_add(len);
@@ -67,6 +68,19 @@ fn header(buf: &Bytes) -> Result<(usize, usize), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the fuzz target `pieces_of_a_result`: a length near the
+    /// top of the address space overflowed the piece's end.
+    #[test]
+    fn a_piece_length_past_any_buffer_is_an_error() {
+        let mut buf = pack(&[Bytes::from_static(b"ab"), Bytes::from_static(b"c")]).to_vec();
+        buf[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        let buf = Bytes::from(buf);
+        assert_eq!(count(&buf), Ok(2));
+        let e = piece(&buf, 0).unwrap_err();
+        assert!(e.contains("piece 0 runs past the end"), "{e}");
+        assert!(piece(&buf, 1).is_err());
+    }
 
     #[test]
     fn pieces_round_trip() {

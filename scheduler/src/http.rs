@@ -349,3 +349,55 @@ pub async fn serve(
         bound,
     ))
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Fuzz target of the bodies the HTTP port decodes: the retire API's
+    //! JSON and the dashboard's login form. No body may panic them.
+    //! `cargo bolero test http::fuzz::bodies -p daskrs-scheduler` runs it
+    //! for as long as asked.
+
+    use daskrs_core::fuzz;
+
+    use super::{RetireBody, form_token};
+    use crate::state::{Registration, State, StateConfig};
+
+    #[test]
+    fn bodies() {
+        let examples: [&[u8]; 4] = [
+            br#"{"workers": ["w1", "w2"], "timeout_seconds": 30}"#,
+            br#"{"count": 18446744073709551615}"#,
+            b"token=a%20b%2B&next=%2F",
+            b"token=&token=x+y",
+        ];
+        let mut state = State::new(StateConfig::default());
+        for name in ["w1", "w2"] {
+            state.add_worker(
+                Registration {
+                    name: name.into(),
+                    address: format!("{name}:8788"),
+                    nthreads: 1,
+                    memory_limit: 1 << 30,
+                    kinds: Vec::new(),
+                    python: String::new(),
+                },
+                std::time::Instant::now(),
+            );
+        }
+        bolero::check!()
+            .with_type::<fuzz::Input>()
+            .with_iterations(fuzz::inputs(20_000))
+            .for_each(|input| {
+                let body = fuzz::bytes(&examples, input);
+                let _ = form_token(&body);
+                if let Ok(b) = serde_json::from_slice::<RetireBody>(&body) {
+                    // What `retire_and_wait` asks of the state, without retiring.
+                    let _ = state.workers_to_close(b.count);
+                    for w in &b.workers {
+                        let _ = state.find_worker(w);
+                    }
+                    let _ = b.timeout_seconds.map(std::time::Duration::from_secs);
+                }
+            });
+    }
+}

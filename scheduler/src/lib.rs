@@ -46,6 +46,8 @@ pub struct SchedulerConfig {
     pub tls: Option<daskrs_proto::tls::Tls>,
     /// Serve `/metrics` without the token, for scrapers.
     pub open_metrics: bool,
+    /// The most tasks held at once (see `StateConfig::max_tasks`).
+    pub max_tasks: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -55,6 +57,7 @@ impl Default for SchedulerConfig {
             http_listen: Some(([0, 0, 0, 0], 8787).into()),
             heartbeat_interval: Duration::from_secs(1),
             worker_ttl: Duration::from_secs(30),
+            max_tasks: state::DEFAULT_MAX_TASKS,
             s3: Default::default(),
             token: None,
             tls: None,
@@ -90,6 +93,7 @@ impl Scheduler {
     ) -> Result<Scheduler, Error> {
         let state = State::new(StateConfig {
             worker_ttl: config.worker_ttl,
+            max_tasks: config.max_tasks,
         });
         let core = Core::new(
             state,

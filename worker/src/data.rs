@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef};
 use arrow::datatypes::{Field, Schema};
-use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
@@ -93,8 +92,7 @@ impl Data {
             )));
         }
         let corrupt = |e| TaskError::Corrupt(format!("corrupt Arrow IPC stream: {e}"));
-        let reader =
-            StreamReader::try_new(std::io::Cursor::new(&self.bytes[..]), None).map_err(corrupt)?;
+        let reader = daskrs_engine::ipc::reader(&self.bytes[..]).map_err(corrupt)?;
         reader.collect::<Result<Vec<_>, _>>().map_err(corrupt)
     }
 

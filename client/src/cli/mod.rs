@@ -207,6 +207,10 @@ pub struct SchedulerArgs {
     /// Seconds between worker heartbeats.
     #[arg(long, env = "DASKRS_HEARTBEAT", default_value_t = 1.0)]
     pub heartbeat: f64,
+    /// The most tasks the scheduler holds at once; a graph that would pass
+    /// it is refused.
+    #[arg(long, env = "DASKRS_MAX_TASKS", default_value_t = daskrs_scheduler::state::DEFAULT_MAX_TASKS)]
+    pub max_tasks: usize,
     /// Once listening, write the ports this got (JSON) to this file: for
     /// whoever starts it with port 0.
     #[arg(long, env = "DASKRS_PORT_FILE")]

@@ -72,6 +72,7 @@ pub async fn scheduler(a: SchedulerArgs) -> Result<(), Failure> {
         http_listen: Some(addr(&a.host, a.http_port)?),
         heartbeat_interval: seconds("--heartbeat", a.heartbeat)?,
         worker_ttl: seconds("--worker-ttl", a.worker_ttl)?,
+        max_tasks: a.max_tasks,
         s3: a.s3.settings(),
         token: server_token(&a.token, listen.ip(), a.no_token)?,
         tls: a.token.tls()?,

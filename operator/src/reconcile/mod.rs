@@ -16,6 +16,8 @@
 mod apply;
 mod build;
 mod events;
+#[cfg(test)]
+mod fuzz;
 mod read;
 mod scale;
 mod status;

@@ -302,7 +302,7 @@ fn holder_lost(addr: &str, s: &Status) -> Status {
     ))
 }
 
-fn submission(sub: daskrs_proto::SubmitGraph) -> Result<Submission, Status> {
+pub(crate) fn submission(sub: daskrs_proto::SubmitGraph) -> Result<Submission, Status> {
     let tasks = sub
         .tasks
         .into_iter()

@@ -2,6 +2,8 @@
 //! under one lock, and sends what it left in its outbox.
 
 pub mod client;
+#[cfg(test)]
+mod fuzz;
 pub mod worker;
 
 use std::collections::HashMap;

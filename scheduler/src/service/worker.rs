@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Core;
-use crate::state::{Finished, Registration, RemoveReason, TaskFailure, WorkerId, WorkerReport};
+use crate::state::{
+    Finished, Registration, RemoveReason, State, TaskFailure, WorkerId, WorkerReport,
+};
 
 pub struct WorkerService {
     pub core: Arc<Core>,
@@ -48,28 +50,11 @@ impl WorkerControl for WorkerService {
                 ));
             }
         };
-        if reg.address.is_empty() {
-            return Err(Status::invalid_argument("register.address is empty"));
-        }
-        if reg.nthreads == 0 {
-            return Err(Status::invalid_argument(
-                "register.nthreads must be at least 1",
-            ));
-        }
+        let reg = registration(reg)?;
         let (tx, rx) = mpsc::unbounded_channel::<Down>();
         let heartbeat_ms = self.core.heartbeat_interval.as_millis() as u64;
         let id = self.core.with(|i| {
-            let id = i.state.add_worker(
-                Registration {
-                    name: reg.name,
-                    address: reg.address,
-                    nthreads: reg.nthreads,
-                    memory_limit: reg.memory_limit,
-                    kinds: reg.kinds,
-                    python: reg.python,
-                },
-                Instant::now(),
-            );
+            let id = i.state.add_worker(reg, Instant::now());
             let _ = tx.send(Down::Welcome(daskrs_proto::Welcome {
                 worker_id: id,
                 heartbeat_interval_ms: heartbeat_ms,
@@ -116,8 +101,40 @@ fn batches(
     })
 }
 
+/// A worker's register message, checked.
+pub(crate) fn registration(reg: daskrs_proto::Register) -> Result<Registration, Status> {
+    if reg.address.is_empty() {
+        return Err(Status::invalid_argument("register.address is empty"));
+    }
+    if reg.nthreads == 0 {
+        return Err(Status::invalid_argument(
+            "register.nthreads must be at least 1",
+        ));
+    }
+    Ok(Registration {
+        name: reg.name,
+        address: reg.address,
+        nthreads: reg.nthreads,
+        memory_limit: reg.memory_limit,
+        kinds: reg.kinds,
+        python: reg.python,
+    })
+}
+
 fn apply(core: &Core, i: &mut super::Inner, worker: WorkerId, batch: WorkerBatch) {
-    let state = &mut i.state;
+    apply_to(&mut i.state, worker, batch, |seconds| {
+        core.metrics.task_duration.observe(seconds)
+    });
+}
+
+/// Applies what a worker reports to the state; `ran` hears each finished
+/// task's duration.
+pub(crate) fn apply_to(
+    state: &mut State,
+    worker: WorkerId,
+    batch: WorkerBatch,
+    mut ran: impl FnMut(f64),
+) {
     state.seen(worker, Instant::now());
     for m in batch.messages.into_iter().filter_map(|m| m.msg) {
         match m {
@@ -125,7 +142,7 @@ fn apply(core: &Core, i: &mut super::Inner, worker: WorkerId, batch: WorkerBatch
                 tracing::warn!(worker, "ignoring a second register message");
             }
             Up::Finished(f) => {
-                core.metrics.task_duration.observe(f.duration);
+                ran(f.duration);
                 let format = match daskrs_proto::convert::data_format(f.format) {
                     Ok(format) => format,
                     Err(e) => {

@@ -137,6 +137,14 @@ impl State {
             }
         }
         let n_new = tasks.len() - refs.len();
+        let held = self.tasks.len();
+        if held + n_new > self.config.max_tasks {
+            return Err(GraphError::TooManyTasks {
+                held,
+                adding: n_new,
+                limit: self.config.max_tasks,
+            });
+        }
         let valid = daskrs_core::validate(
             tasks,
             outputs,

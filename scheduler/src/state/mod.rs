@@ -87,12 +87,20 @@ impl From<&str> for TaskFailure {
 pub struct StateConfig {
     /// A worker silent for this long is removed.
     pub worker_ttl: Duration,
+    /// The most tasks held at once, over all graphs and sessions: a graph
+    /// that would pass it is refused. Each task costs the scheduler a few
+    /// hundred bytes, so this bounds what clients can make it hold.
+    pub max_tasks: usize,
 }
+
+/// The default of [`StateConfig::max_tasks`].
+pub const DEFAULT_MAX_TASKS: usize = 4_000_000;
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             worker_ttl: Duration::from_secs(30),
+            max_tasks: DEFAULT_MAX_TASKS,
         }
     }
 }

@@ -102,8 +102,11 @@ impl State {
         }
     }
 
-    pub fn replica_added(&mut self, worker: WorkerId, id: u64, nbytes: u64) {
-        let keep = match self.tasks.get_mut(&id) {
+    /// A worker holds a copy of a result. It counts at the size the task
+    /// reported when it finished, whatever the copy's report says, so that
+    /// dropping the copy later takes off what was added.
+    pub fn replica_added(&mut self, worker: WorkerId, id: u64, reported: u64) {
+        let nbytes = match self.tasks.get_mut(&id) {
             Some(t)
                 if t.in_memory()
                     && !t.who_has.contains(&worker)
@@ -111,11 +114,20 @@ impl State {
             {
                 t.who_has.push(worker);
                 t.replica_pending = None;
-                true
+                if reported != t.nbytes {
+                    tracing::warn!(
+                        worker,
+                        task = id,
+                        reported,
+                        nbytes = t.nbytes,
+                        "a copy's size differs from its task's"
+                    );
+                }
+                Some(t.nbytes)
             }
-            _ => false,
+            _ => None,
         };
-        if keep {
+        if let Some(nbytes) = nbytes {
             let w = self.workers.get_mut(&worker).expect("checked above");
             w.has_what.insert(id);
             w.nbytes += nbytes;

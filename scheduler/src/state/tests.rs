@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-use daskrs_core::{Assignment, DataFormat, TaskSpec, TaskState};
+use daskrs_core::{Assignment, DataFormat, GraphError, TaskSpec, TaskState};
 use proptest::prelude::*;
 
 use super::*;
@@ -869,7 +869,7 @@ fn a_submission_with_a_key_the_session_does_not_have_is_refused_whole() {
     assert!(sim.state.tasks.is_empty());
     assert!(matches!(
         sim.state.submit_to(999, Submission::default()),
-        Err(daskrs_core::GraphError::NotOpen { graph: 999 })
+        Err(GraphError::NotOpen { graph: 999 })
     ));
 }
 
@@ -989,4 +989,59 @@ proptest! {
             prop_assert_eq!(sim.state.count(s), 0, "{}", s);
         }
     }
+}
+
+#[test]
+fn a_graph_over_the_task_limit_is_refused_until_tasks_are_let_go() {
+    let mut state = State::new(StateConfig {
+        max_tasks: 4,
+        ..StateConfig::default()
+    });
+    let sub = |tasks: Vec<TaskSpec>| Submission {
+        name: "t".into(),
+        tasks,
+        outputs: Vec::new(),
+    };
+    let (g, _) = state.submit(sub(diamond())).expect("4 tasks fit");
+    let e = state
+        .submit(sub(vec![TaskSpec::new("x", "noop")]))
+        .unwrap_err();
+    assert_eq!(
+        e,
+        GraphError::TooManyTasks {
+            held: 4,
+            adding: 1,
+            limit: 4
+        }
+    );
+    assert!(e.to_string().contains("--max-tasks"), "{e}");
+    // A session's submissions count too, and nothing of a refused one stays.
+    let s = state.open_session("s".into());
+    assert!(matches!(
+        state.submit_to(s, sub(vec![TaskSpec::new("y", "noop")])),
+        Err(GraphError::TooManyTasks { held: 4, .. })
+    ));
+    assert!(state.remove_graph(g));
+    assert_eq!(
+        state.submit_to(s, sub(vec![TaskSpec::new("y", "noop")])),
+        Ok(1)
+    );
+}
+
+/// Found by the fuzz target `service::fuzz::scripts`: a copy reported at
+/// another size than its task's was added at one size and taken off at the
+/// other, which overflowed the worker's byte count.
+#[test]
+fn a_copy_reported_at_another_size_is_counted_at_its_tasks_size() {
+    let mut sim = Sim::new(2);
+    let g = submit(&mut sim, vec![TaskSpec::new("a", "noop")], &["a"]);
+    sim.run_to_end();
+    let a = sim.state.graphs[&g].keys["a"];
+    let holder = sim.state.tasks[&a].who_has[0];
+    let other = *sim.held.keys().find(|&&w| w != holder).unwrap();
+    sim.state.replica_added(other, a, 1 << 40);
+    assert_eq!(sim.state.workers[&other].nbytes, sim.state.tasks[&a].nbytes);
+    assert!(sim.state.remove_graph(g));
+    sim.pump();
+    assert!(sim.state.workers.values().all(|w| w.nbytes == 0));
 }
