@@ -17,8 +17,7 @@ use prost::Message;
 /// `check!` is its own, with its own corpus under `cargo bolero`.)
 macro_rules! decode_each {
     ([$($example:expr),+], |$m:ident: $ty:ty| $visit:block) => {{
-        let examples: [&dyn EncodeDyn; _] = [$($example),+];
-        let examples: Vec<Vec<u8>> = examples.iter().map(|m| m.encode_dyn()).collect();
+        let examples: Vec<Vec<u8>> = vec![$(($example).encode_to_vec()),+];
         let examples: Vec<&[u8]> = examples.iter().map(Vec::as_slice).collect();
         bolero::check!()
             .with_type::<fuzz::Input>()
@@ -29,17 +28,6 @@ macro_rules! decode_each {
                 }
             });
     }};
-}
-
-/// A message of any type, encoded.
-trait EncodeDyn {
-    fn encode_dyn(&self) -> Vec<u8>;
-}
-
-impl<M: Message> EncodeDyn for M {
-    fn encode_dyn(&self) -> Vec<u8> {
-        self.encode_to_vec()
-    }
 }
 
 fn task(key: &str, deps: &[&str], parts: Vec<i64>) -> TaskSpec {

@@ -17,7 +17,7 @@ import time
 import traceback
 from typing import Any, BinaryIO
 
-from daskrs import _serialize, _versions
+from daskrs import _graph, _serialize, _versions
 
 _COUNT = struct.Struct("<I")
 _LEN = struct.Struct("<Q")
@@ -206,23 +206,7 @@ def run_subgraph(dsk: dict[Any, Any], cache: Any = None, keys: Any = None) -> An
     """What ``dask._task_spec.execute_graph`` returns for ``dsk``, its nodes
     run in depth-first order: the values of the nodes, less those no node
     takes any more that ``keys`` (when given) does not name."""
-    order: list[Any] = []
-    seen: set[Any] = set()
-    for root in dsk:
-        if root in seen:
-            continue
-        seen.add(root)
-        stack = [(root, iter(dsk[root].dependencies))]
-        while stack:
-            key, deps = stack[-1]
-            for d in deps:
-                if d in dsk and d not in seen:
-                    seen.add(d)
-                    stack.append((d, iter(dsk[d].dependencies)))
-                    break
-            else:
-                stack.pop()
-                order.append(key)
+    order = _graph.inputs_first(dsk)
     takers: dict[Any, int] = {}
     for node in dsk.values():
         for d in node.dependencies:

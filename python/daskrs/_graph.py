@@ -82,7 +82,9 @@ def to_tasks(
         dsk = dsk.__dask_graph__()  # an expression, as dask.compute hands over
     graph = convert_legacy_graph(dict(dsk))
     limit = 1
-    if threads is not None and len(graph) >= 2 * GROUPS_PER_THREAD:
+    # Asking the cluster costs a round trip: not for a graph too small to
+    # fuse even on one thread.
+    if threads is not None and group_limit(len(graph), 1) > 1:
         limit = group_limit(len(graph), threads())
     graph = fuse(graph, set(keep), limit)
     rank = priority or 0
@@ -171,26 +173,16 @@ def fuse(graph: dict[Any, Any], keep: set[Any], limit: int = 1) -> dict[Any, Any
         size[key] = 1 + sum(size[d] for d in chosen)
         if chosen:
             inner[key] = chosen
-    absorbed = {d for ds in inner.values() for d in ds}
-    fused = {}
+    # Each task runs in the task of its taker's group, the last of which
+    # in `order` is the group's own; members keep `order`, inputs first.
+    taker = {d: key for key, ds in inner.items() for d in ds}
+    group: dict[Any, Any] = {}
+    for key in reversed(order):
+        group[key] = group[taker[key]] if key in taker else key
+    members: dict[Any, list[Any]] = {}
     for key in order:
-        if key in absorbed:
-            continue
-        if key not in inner:
-            fused[key] = graph[key]
-            continue
-        members: list[Any] = []
-        stack = [(key, iter(inner[key]))]
-        while stack:
-            k, ins = stack[-1]
-            for d in ins:
-                stack.append((d, iter(inner.get(d, ()))))
-                break
-            else:
-                stack.pop()
-                members.append(graph[k])
-        fused[key] = Fused(key, members)
-    return fused
+        members.setdefault(group[key], []).append(graph[key])
+    return {key: nodes[0] if len(nodes) == 1 else Fused(key, nodes) for key, nodes in members.items()}
 
 
 class Fused:
