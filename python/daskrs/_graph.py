@@ -145,21 +145,30 @@ def fuse(graph: dict[Any, Any], keep: set[Any], limit: int = 1) -> dict[Any, Any
     A task with one input always takes it in (a chain runs in sequence
     anyway). A task with several takes in, smallest first, as many as keep
     it at ``limit`` tasks at most, since inputs that run inside one task
-    run one after the other instead of side by side."""
+    run one after the other instead of side by side.
+
+    A block that costs nothing to make (see ``recomputed``) and that
+    several tasks take is made again inside each of them instead of being
+    a task whose result travels to each."""
     taken: dict[Any, int] = {}
     for node in graph.values():
         for d in node.dependencies:
             if d in graph:
                 taken[d] = taken.get(d, 0) + 1
+    copied = {
+        key
+        for key, node in graph.items()
+        if taken.get(key, 0) > 1 and key not in keep and not node.dependencies and recomputed(node)
+    }
 
     def absorbable(d: Any) -> bool:
         return d in graph and d not in keep and taken[d] == 1 and not graph[d].block_fusion
 
-    order = inputs_first(graph)
+    order = [key for key in inputs_first(graph) if key not in copied]
     size: dict[Any, int] = {}
     inner: dict[Any, list[Any]] = {}
     for key in order:
-        deps = graph[key].dependencies
+        deps = [d for d in graph[key].dependencies if d not in copied]
         inputs = [d for d in deps if absorbable(d)]
         if len(deps) == 1:
             chosen = inputs
@@ -174,45 +183,78 @@ def fuse(graph: dict[Any, Any], keep: set[Any], limit: int = 1) -> dict[Any, Any
         if chosen:
             inner[key] = chosen
     # Each task runs in the task of its taker's group, the last of which
-    # in `order` is the group's own; members keep `order`, inputs first.
+    # in `order` is the group's own; members keep `order`, inputs first,
+    # each copied block just before the first member that takes it.
     taker = {d: key for key, ds in inner.items() for d in ds}
     group: dict[Any, Any] = {}
     for key in reversed(order):
         group[key] = group[taker[key]] if key in taker else key
     members: dict[Any, list[Any]] = {}
+    has: dict[Any, set[Any]] = {}
     for key in order:
-        members.setdefault(group[key], []).append(graph[key])
+        nodes = members.setdefault(group[key], [])
+        for d in graph[key].dependencies:
+            if d in copied and d not in has.setdefault(group[key], set()):
+                has[group[key]].add(d)
+                nodes.append(graph[d])
+        nodes.append(graph[key])
     return {key: nodes[0] if len(nodes) == 1 else Fused(key, nodes) for key, nodes in members.items()}
+
+
+def recomputed(node: Any) -> bool:
+    """Whether a task is one of dask.array's constant blocks (``ones``,
+    ``zeros``, ``full``, ``empty`` and their ``_like`` forms): a scalar
+    broadcast to the block's shape, which costs less to make again than
+    its bytes cost to send (a block sent is the whole block; made, it is
+    one value). Dask runs such blocks as tasks of their own; here they are
+    made again inside each task that takes them."""
+    func = getattr(node, "func", None)
+    for _ in range(4):  # partial(curry(_broadcast_trick_inner, np.ones_like), dtype=...)
+        inner = getattr(func, "func", None)
+        if inner is None:
+            break
+        func = inner
+    return (
+        getattr(func, "__module__", None) == "dask.array.wrap"
+        and getattr(func, "__qualname__", None) == "_broadcast_trick_inner"
+    )
 
 
 class Fused:
     """Tasks run as one: each after its inputs, the last one's value the
-    result. Each value but the last is taken by exactly one later task and
-    is let go of once that task has run. (Dask's own fused task works out
-    its subgraph's order on every run, which costs more than a small task
-    itself.)"""
+    result. A value is let go of once the last task inside that takes it
+    has run. (Dask's own fused task works out its subgraph's order on every
+    run, which costs more than a small task itself.)"""
 
-    __slots__ = ("dependencies", "inside", "key", "nodes")
+    __slots__ = ("dependencies", "drops", "inside", "key", "nodes")
 
     def __init__(self, key: Any, nodes: list[Any]) -> None:
         self.key = key
         self.nodes = tuple(nodes)
         self.inside = frozenset(n.key for n in nodes)
         self.dependencies = frozenset(d for n in nodes for d in n.dependencies if d not in self.inside)
+        # After each node, the values inside that no later node takes.
+        last: dict[Any, int] = {}
+        for i, n in enumerate(self.nodes):
+            for d in n.dependencies:
+                if d in self.inside:
+                    last[d] = i
+        drops: list[list[Any]] = [[] for _ in self.nodes]
+        for d, i in last.items():
+            drops[i].append(d)
+        self.drops = tuple(tuple(d) for d in drops)
 
     def __call__(self, values: Mapping[Any, Any]) -> Any:
         cache = dict(values)
-        inside = self.inside
-        for node in self.nodes:
+        for node, drops in zip(self.nodes, self.drops):
             try:
                 cache[node.key] = node(cache)
             except BaseException as exc:
                 if node.key != self.key and hasattr(exc, "add_note"):
                     exc.add_note(f"in task {key_name(node.key)!r}, run inside task {key_name(self.key)!r}")
                 raise
-            for d in node.dependencies:
-                if d in inside:
-                    del cache[d]
+            for d in drops:
+                del cache[d]
         return cache[self.key]
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -183,3 +183,78 @@ def test_an_error_inside_a_fused_task_names_the_task_it_came_from() -> None:
     with pytest.raises(ValueError, match="bad 1") as err:
         fused["c"]({})
     assert "in task 'a', run inside task 'c'" in err.value.__notes__
+
+
+def test_a_value_two_tasks_inside_take_is_kept_until_the_second_has_run() -> None:
+    from dask._task_spec import Task, TaskRef
+
+    seen: list = []
+    graph = {
+        "box": Task("box", make_box),
+        "one": Task("one", note_box, TaskRef("box"), seen),
+        "two": Task("two", note_box, TaskRef("box"), []),
+        "gone": Task("gone", box_gone, TaskRef("one"), seen),
+        "both": Task("both", add, TaskRef("two"), TaskRef("gone")),
+    }
+    fused = _graph.Fused("both", [graph[k] for k in ("box", "one", "two", "gone", "both")])
+    assert fused.dependencies == frozenset()
+    # `box` goes after `two`, `one` after `gone`: nothing is held at the end.
+    assert [set(d) for d in fused.drops] == [set(), set(), {"box"}, {"one"}, {"two", "gone"}]
+    assert fused({}) == 2  # 1 + True: the box was gone before `gone` looked
+
+
+def _array_graph(x: object) -> tuple[dict, object]:
+    """The graph dask.compute hands a scheduler for ``x``, and its key."""
+    got: dict = {}
+
+    def grab(dsk, keys, **kwargs):  # type: ignore[no-untyped-def]
+        got["graph"] = convert_legacy_graph(dict(dsk if isinstance(dsk, dict) else dsk.__dask_graph__()))
+        (got["key"],) = _graph.flatten_keys(keys)
+        return [0]
+
+    dask.compute(x, scheduler=grab)
+    return got["graph"], got["key"]
+
+
+@pytest.mark.parametrize("make", ["ones", "zeros", "full", "empty", "ones_like"])
+def test_constant_blocks_several_tasks_take_are_made_inside_each_of_them(make: str) -> None:
+    import dask.array as da
+    import numpy as np
+
+    base = da.arange(36, chunks=6).reshape(6, 6).rechunk(3)
+    block = {
+        "ones": lambda: da.ones((6, 6), chunks=3),
+        "zeros": lambda: da.zeros((6, 6), chunks=3),
+        "full": lambda: da.full((6, 6), 7.0, chunks=3),
+        "empty": lambda: da.empty((6, 6), chunks=3, dtype=int),
+        "ones_like": lambda: da.ones_like(base),
+    }[make]()
+    # What `empty` holds is unknown but the same in every copy: times 0, nothing.
+    x = ((block + block.T) * (0 if make == "empty" else 1) + base).sum()
+    graph, root = _array_graph(x)
+    constants = {k for k, n in graph.items() if _graph.recomputed(n)}
+    assert constants, "the graph has constant blocks"
+    assert all(not graph[k].dependencies for k in constants)
+    tasks = _graph.to_tasks(graph, keep=[root], threads=lambda: 1)
+    keys = {t[0] for t in tasks}
+    assert not keys & {_graph.key_name(k) for k in constants}
+    for t in tasks:
+        assert not set(t[3]) & {_graph.key_name(k) for k in constants}
+    expected = x.compute(scheduler="sync")
+    assert np.isclose(_run_in_process(tasks)[_graph.key_name(root)], expected)
+
+
+def test_blocks_of_data_are_not_made_twice() -> None:
+    import dask.array as da
+    import numpy as np
+
+    for x in (
+        da.from_array(np.arange(36.0).reshape(6, 6), chunks=3),
+        da.random.default_rng(1).random((6, 6), chunks=3),
+        da.arange(36, chunks=9).reshape(6, 6).rechunk(3),
+    ):
+        graph, root = _array_graph((x + x.T).sum())
+        assert not any(_graph.recomputed(n) for n in graph.values())
+    d = dask.delayed(inc)(1)
+    graph, _ = _array_graph(dask.delayed(add)(d, d))
+    assert not any(_graph.recomputed(n) for n in graph.values())
