@@ -12,6 +12,7 @@ set -euo pipefail
 K8S_VERSION=${K8S_VERSION:-v1.34.4}   # k8s-openapi 0.29 covers 1.33-1.37
 ETCD_VERSION=${ETCD_VERSION:-v3.6.4}  # the etcd that Kubernetes 1.34 ships with
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
+CERT_MANAGER_VERSION=${CERT_MANAGER_VERSION:-v1.21.2}
 INSTALL_HELM=${INSTALL_HELM:-1}
 CACHE=${DASKRS_CACHE:-$HOME/.cache/daskrs}
 BIN=$CACHE/bin
@@ -98,6 +99,17 @@ if [[ $INSTALL_HELM == 1 ]] && ! current helm "$HELM_VERSION rev$BUILD_REV"; the
   GOFLAGS='' GOBIN=$BIN go install -trimpath -ldflags="$ld" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
   mark helm "$HELM_VERSION rev$BUILD_REV"
   log "helm built in $((SECONDS - start)) s"
+fi
+
+# cert-manager's Certificate CRD, which the operator's tests of
+# spec.tls.issuerRef install, from cert-manager's module on the proxy.
+if [[ ! -s $BIN/cert-manager.io_certificates.yaml ]] \
+   || [[ "$(cat "$BIN/.cert-manager-crds.version" 2>/dev/null)" != "$CERT_MANAGER_VERSION" ]]; then
+  log "fetching cert-manager $CERT_MANAGER_VERSION's Certificate CRD"
+  dir=$(cd "$SRC" && GOFLAGS='' go mod download -json "github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  install -m 644 "$dir/deploy/crds/cert-manager.io_certificates.yaml" "$BIN/"
+  echo "$CERT_MANAGER_VERSION" >"$BIN/.cert-manager-crds.version"
 fi
 
 log "up to date in $BIN: kube $K8S_VERSION, etcd $ETCD_VERSION$([[ $INSTALL_HELM == 1 ]] && echo ", helm $HELM_VERSION")"

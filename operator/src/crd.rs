@@ -100,8 +100,8 @@ pub struct DaskClusterSpec {
     pub idle_timeout: Option<String>,
     /// TLS with mutual authentication between the scheduler, the workers
     /// and clients, with certificates of an authority the operator keeps
-    /// for this cluster (in Secrets it owns, renewed before they expire).
-    /// On unless `enabled: false`.
+    /// for this cluster (in Secrets it owns, renewed before they expire),
+    /// or of a cert-manager issuer (`issuerRef`). On unless `enabled: false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
 }
@@ -109,6 +109,14 @@ pub struct DaskClusterSpec {
 impl DaskClusterSpec {
     pub fn tls_enabled(&self) -> bool {
         self.tls.as_ref().is_none_or(|t| t.enabled)
+    }
+
+    /// The cert-manager issuer of the cluster's certificates, if it names one.
+    pub fn tls_issuer(&self) -> Option<&IssuerRef> {
+        self.tls
+            .as_ref()
+            .filter(|t| t.enabled)
+            .and_then(|t| t.issuer_ref.as_ref())
     }
 }
 
@@ -119,6 +127,30 @@ pub struct TlsSpec {
     /// client certificates, from the Secret `<name>-daskrs-client`.
     #[serde(default = "enabled")]
     pub enabled: bool,
+    /// A cert-manager issuer to take the certificates from instead of an
+    /// authority of the operator's: the operator asks for them with
+    /// cert-manager `Certificate`s, which cert-manager issues and renews
+    /// into the same Secrets. The issuer must put its own certificate in
+    /// `ca.crt` (a `CA` or Vault issuer does; ACME issuers cannot serve
+    /// mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+}
+
+/// A cert-manager issuer, as a `Certificate`'s `issuerRef` names it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// The issuer's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `Issuer` (in the cluster's namespace) or `ClusterIssuer`; another
+    /// kind where `group` names an external issuer. `Issuer` when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The issuer's API group: `cert-manager.io` when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 fn enabled() -> bool {

@@ -13,7 +13,7 @@ use harness::{ControlPlane, Operator, SchedulerStub, control_plane, stderr, stdo
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
 use daskrs_operator::crd::{DaskCluster, Phase};
@@ -702,6 +702,144 @@ spec:
             + count(&deployments).await?
             + count(&services).await?
             + count(&policies).await?
+            + secrets
+                .list(&ListParams::default().labels("daskrs.dev/cluster=demo"))
+                .await
+                .ok()?
+                .items
+                .len();
+        (left == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_named_cert_manager_issuer_is_asked_for_the_certificates_and_they_go_with_the_cluster() {
+    let plane = control_plane();
+    let client = plane.client().await;
+    let ns = harness::namespace(&client, "issuer").await;
+    let (_stub, url) = SchedulerStub::start().await;
+    let _op = Operator::start(plane, &ns, "op", &url);
+    must_apply(
+        plane,
+        &ns,
+        r#"
+apiVersion: daskrs.dev/v1alpha1
+kind: DaskCluster
+metadata: {name: demo}
+spec:
+  worker: {replicas: 1}
+  tls:
+    issuerRef: {name: team-ca, kind: ClusterIssuer}
+"#,
+    );
+    let resource = daskrs_operator::builders::certificate_resource();
+    let certificates: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+    let names = ["demo-daskrs-tls", "demo-daskrs-client"];
+    let found = wait_for("the cluster's Certificates", WAIT, || async {
+        let list = certificates.list(&ListParams::default()).await.ok()?;
+        (list.items.len() == 2).then_some(list.items)
+    })
+    .await;
+    for c in &found {
+        assert!(names.contains(&c.name_any().as_str()), "{}", c.name_any());
+        assert_eq!(c.owner_references()[0].name, "demo");
+        let spec = &c.data["spec"];
+        assert_eq!(spec["secretName"], c.name_any().as_str());
+        assert_eq!(spec["issuerRef"]["name"], "team-ca");
+        assert_eq!(spec["issuerRef"]["kind"], "ClusterIssuer");
+        assert_eq!(spec["dnsNames"][0], "daskrs");
+    }
+    // No authority of the operator's; the pods mount what cert-manager fills.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    assert!(secrets.get_opt("demo-daskrs-ca").await.unwrap().is_none());
+    let pods = wait_workers(&client, &ns, "demo", 1).await;
+    let mounted = pods[0]
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+        .collect::<Vec<_>>();
+    assert!(
+        mounted.contains(&"demo-daskrs-tls".to_string()),
+        "{mounted:?}"
+    );
+
+    // What cert-manager's CA issuer writes: its certificate in ca.crt, the
+    // issued one beside it, the Certificate's name in an annotation, the
+    // Certificate's secretTemplate labels.
+    let ca = daskrs_core::certs::Authority::generate("team-ca").unwrap();
+    for name in names {
+        let issued = ca.issue("test", &[], 90).unwrap();
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "labels": {"daskrs.dev/cluster": "demo"},
+                "annotations": {
+                    "cert-manager.io/certificate-name": name,
+                    "cert-manager.io/issuer-name": "team-ca",
+                },
+            },
+            "type": "kubernetes.io/tls",
+            "stringData": {
+                "ca.crt": ca.cert_pem,
+                "tls.crt": issued.cert_pem,
+                "tls.key": issued.key_pem,
+            },
+        }))
+        .unwrap();
+        secrets
+            .create(&kube::api::PostParams::default(), &secret)
+            .await
+            .expect("the issued Secret");
+    }
+    // The operator makes them the cluster's, leaving what cert-manager wrote.
+    wait_for("the issued Secrets to be the cluster's", WAIT, || async {
+        let mut all = true;
+        for name in names {
+            let s = secrets.get(name).await.ok()?;
+            all &= s.owner_references().iter().any(|o| o.name == "demo");
+            assert_eq!(
+                s.data.as_ref()?["ca.crt"].0,
+                ca.cert_pem.as_bytes(),
+                "the issuer's certificate stays"
+            );
+        }
+        all.then_some(())
+    })
+    .await;
+    assert!(secrets.get_opt("demo-daskrs-ca").await.unwrap().is_none());
+
+    // Without the issuer, the operator's own authority issues into the same
+    // Secrets, and the Certificates go (they would issue over it).
+    must_apply(
+        plane,
+        &ns,
+        "apiVersion: daskrs.dev/v1alpha1\nkind: DaskCluster\nmetadata: {name: demo}\nspec:\n  worker: {replicas: 1}\n",
+    );
+    wait_for("the operator's own certificates", WAIT, || async {
+        let ours = secrets.get_opt("demo-daskrs-ca").await.ok()??;
+        let ca_pem = ours.data?["ca.crt"].0.clone();
+        let mut all = count(&certificates).await? == 0;
+        for name in names {
+            let s = secrets.get(name).await.ok()?;
+            all &= s.data.as_ref()?["ca.crt"].0 == ca_pem
+                && !s
+                    .annotations()
+                    .contains_key("cert-manager.io/certificate-name");
+        }
+        all.then_some(())
+    })
+    .await;
+
+    // Deleting the cluster takes its Certificates and their Secrets along.
+    let out = plane.kubectl(&["delete", "dsk", "demo", "-n", &ns, "--wait=true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for("deletion to cascade", Duration::from_secs(90), || async {
+        let left = count(&certificates).await?
             + secrets
                 .list(&ListParams::default().labels("daskrs.dev/cluster=demo"))
                 .await

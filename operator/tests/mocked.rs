@@ -101,7 +101,10 @@ fn cluster(replicas: i32) -> DaskCluster {
             s3: None,
             idle_timeout: None,
             // TLS has a test of its own, below.
-            tls: Some(TlsSpec { enabled: false }),
+            tls: Some(TlsSpec {
+                enabled: false,
+                issuer_ref: None,
+            }),
         },
     );
     c.meta_mut().namespace = Some("data".into());
@@ -681,5 +684,52 @@ async fn tls_secrets_are_made_once_and_a_certificate_renewed_when_due() {
                 .as_str()
                 .is_some_and(|n| n.contains("renewed the server certificate"))),
         "an Event says the certificate was renewed"
+    );
+}
+
+#[tokio::test]
+async fn an_issuer_without_cert_manager_installed_fails_the_pass_saying_so() {
+    let mut c = cluster(1);
+    c.spec.tls = Some(TlsSpec {
+        enabled: true,
+        issuer_ref: Some(daskrs_operator::crd::IssuerRef {
+            name: "team-ca".into(),
+            kind: None,
+            group: None,
+        }),
+    });
+    let world = World {
+        token_secret: true,
+        scheduler_available: true,
+        ..World::default()
+    };
+    // The mocked API server serves no cert-manager.io kinds: 404.
+    let (result, seen, _) = pass(c, world, Arc::default()).await;
+    let error = result.expect_err("the pass fails").to_string();
+    assert!(
+        error.contains("does not serve cert-manager.io/v1 Certificates; install cert-manager"),
+        "{error}"
+    );
+    let r = requests(&seen);
+    assert!(
+        r.contains(
+            &"PATCH /apis/cert-manager.io/v1/namespaces/data/certificates/demo-daskrs-tls"
+                .to_string()
+        ),
+        "{r:?}"
+    );
+    // No authority of the operator's, no pod of a cluster without certificates.
+    assert!(!r.iter().any(|r| r.contains("demo-daskrs-ca")), "{r:?}");
+    assert!(
+        !r.iter()
+            .any(|r| r.starts_with("POST") && r.contains("/pods")),
+        "{r:?}"
+    );
+    assert!(
+        events(&seen)
+            .iter()
+            .any(|(reason, _)| reason == "CertManagerMissing"),
+        "{:?}",
+        events(&seen)
     );
 }

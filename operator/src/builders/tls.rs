@@ -7,6 +7,11 @@
 //! - `<name>-daskrs-client`: a client certificate, for users (`kubectl get
 //!   secret` it into a directory for `--tls-dir`).
 //!
+//! When the spec names a cert-manager issuer, the operator makes no
+//! authority: it asks for the same two certificates with cert-manager
+//! `Certificate`s ([`cert_manager_certificates`]), owned by the cluster, and
+//! cert-manager issues and renews them into the same Secrets.
+//!
 //! The two certificates are Secrets of type `kubernetes.io/tls` (`tls.crt`,
 //! `tls.key`, and `ca.crt`) whose annotation [`NOT_AFTER`] says when they
 //! expire. The operator issues them anew, in the same Secrets, once a third
@@ -17,14 +22,15 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use daskrs_core::certs::{Authority, CERT_DAYS, Issued, due_for_renewal};
+use daskrs_core::certs::{Authority, CERT_DAYS, Issued, SERVER_NAME, due_for_renewal};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::core::v1::{SecretVolumeSource, Volume, VolumeMount};
 use kube::ResourceExt;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 
 use super::{LABEL_CLUSTER, LABEL_MANAGED_BY, MANAGER, owned_meta, scheduler_name};
-use crate::crd::DaskCluster;
+use crate::crd::{DaskCluster, IssuerRef};
 
 /// Where the scheduler and worker pods find their TLS files.
 pub const TLS_DIR: &str = "/etc/daskrs/tls";
@@ -153,6 +159,79 @@ pub fn needs_issue(secret: Option<&Secret>, ca: &Authority, now: SystemTime) -> 
     }
 }
 
+/// cert-manager's API group, of its `Certificate`s and its own issuers.
+pub const CERT_MANAGER_GROUP: &str = "cert-manager.io";
+/// The annotation cert-manager puts on a Secret it issues into: the name
+/// of the `Certificate` that asked for it.
+pub const CERTIFICATE_NAME: &str = "cert-manager.io/certificate-name";
+
+/// cert-manager's `Certificate` kind.
+pub fn certificate_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        CERT_MANAGER_GROUP,
+        "v1",
+        "Certificate",
+    ))
+}
+
+/// The cert-manager `Certificate`s of a cluster whose spec names `issuer`,
+/// each named as the Secret it fills: what the operator's own authority
+/// would issue there (the name every peer checks, for servers and clients,
+/// valid for [`CERT_DAYS`] and renewed with a third of that left, a new
+/// key each time).
+pub fn cert_manager_certificates(cluster: &DaskCluster, issuer: &IssuerRef) -> Vec<DynamicObject> {
+    let resource = certificate_resource();
+    let hours = u64::from(CERT_DAYS) * 24;
+    [
+        (tls_secret_name(cluster), scheduler_names(cluster)),
+        (client_secret_name(cluster), Vec::new()),
+    ]
+    .into_iter()
+    .map(|(name, extra)| {
+        let (ips, dns): (Vec<String>, Vec<String>) = extra
+            .into_iter()
+            .partition(|n| n.parse::<std::net::IpAddr>().is_ok());
+        let dns: Vec<String> = std::iter::once(SERVER_NAME.to_string())
+            .chain(dns)
+            .collect();
+        let mut spec = serde_json::json!({
+            "secretName": name,
+            "secretTemplate": {"labels": labels(cluster)},
+            "dnsNames": dns,
+            "duration": format!("{hours}h0m0s"),
+            "renewBefore": format!("{}h0m0s", hours / 3),
+            "usages": ["digital signature", "key encipherment", "server auth", "client auth"],
+            "privateKey": {
+                "algorithm": "ECDSA",
+                "size": 256,
+                "encoding": "PKCS8",
+                "rotationPolicy": "Always",
+            },
+            "issuerRef": {
+                "name": issuer.name,
+                "kind": issuer.kind.as_deref().unwrap_or("Issuer"),
+                "group": issuer.group.as_deref().unwrap_or(CERT_MANAGER_GROUP),
+            },
+        });
+        if !ips.is_empty() {
+            spec["ipAddresses"] = serde_json::json!(ips);
+        }
+        let mut object =
+            DynamicObject::new(&name, &resource).data(serde_json::json!({ "spec": spec }));
+        object.metadata = owned_meta(cluster, name, labels(cluster));
+        object
+    })
+    .collect()
+}
+
+/// Whether cert-manager issued `secret` for the `Certificate` named `name`.
+pub fn issued_by_cert_manager(secret: &Secret, name: &str) -> bool {
+    secret
+        .annotations()
+        .get(CERTIFICATE_NAME)
+        .is_some_and(|n| n == name)
+}
+
 /// Further names of the scheduler's certificate: its Service's, and
 /// loopback for `kubectl port-forward`. (Peers check the name every
 /// certificate of the cluster carries; these serve other tools.)
@@ -230,6 +309,54 @@ mod tests {
     }
 
     #[test]
+    fn a_named_issuer_is_asked_for_the_certificates_the_operator_would_issue() {
+        let c = cluster(worker(1));
+        let issuer = IssuerRef {
+            name: "team-ca".into(),
+            kind: Some("ClusterIssuer".into()),
+            group: None,
+        };
+        let certs = cert_manager_certificates(&c, &issuer);
+        let names: Vec<_> = certs.iter().map(|o| o.name_any()).collect();
+        assert_eq!(names, ["demo-daskrs-tls", "demo-daskrs-client"]);
+        let server = &certs[0];
+        let types = server.types.as_ref().unwrap();
+        assert_eq!(types.api_version, "cert-manager.io/v1");
+        assert_eq!(types.kind, "Certificate");
+        assert_eq!(
+            server.metadata.owner_references.as_ref().unwrap()[0].kind,
+            "DaskCluster"
+        );
+        let spec = &server.data["spec"];
+        assert_eq!(spec["secretName"], "demo-daskrs-tls");
+        assert_eq!(
+            spec["dnsNames"],
+            serde_json::json!([
+                "daskrs",
+                "demo-scheduler",
+                "demo-scheduler.data",
+                "demo-scheduler.data.svc",
+                "localhost"
+            ])
+        );
+        assert_eq!(spec["ipAddresses"], serde_json::json!(["127.0.0.1"]));
+        assert_eq!(spec["duration"], "2160h0m0s");
+        assert_eq!(spec["renewBefore"], "720h0m0s");
+        assert_eq!(
+            spec["issuerRef"],
+            serde_json::json!({"name": "team-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"})
+        );
+        assert_eq!(spec["privateKey"]["encoding"], "PKCS8");
+        let client = &certs[1].data["spec"];
+        assert_eq!(client["dnsNames"], serde_json::json!(["daskrs"]));
+        assert!(client.get("ipAddresses").is_none());
+        assert_eq!(
+            client["secretTemplate"]["labels"]["daskrs.dev/cluster"],
+            "demo"
+        );
+    }
+
+    #[test]
     fn pods_mount_the_certificate_unless_tls_is_off() {
         let mut c = cluster(worker(1));
         let (volume, mount) = tls_volume(&c).expect("TLS is on by default");
@@ -238,7 +365,10 @@ mod tests {
             Some("demo-daskrs-tls")
         );
         assert_eq!(mount.mount_path, TLS_DIR);
-        c.spec.tls = Some(crate::crd::TlsSpec { enabled: false });
+        c.spec.tls = Some(crate::crd::TlsSpec {
+            enabled: false,
+            issuer_ref: None,
+        });
         assert!(tls_volume(&c).is_none());
     }
 }

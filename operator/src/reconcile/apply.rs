@@ -11,9 +11,9 @@ use std::time::Instant;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 
 use super::build::Desired;
 use super::events::publish;
@@ -22,7 +22,7 @@ use super::scale::{self, Scaling, WorkerPod, Workers};
 use super::validate::Valid;
 use super::{Context, Error, key, lock};
 use crate::builders::{self, MANAGER};
-use crate::crd::DaskCluster;
+use crate::crd::{DaskCluster, IssuerRef};
 
 /// Pods created or deleted at once.
 const API_CONCURRENCY: usize = 32;
@@ -172,6 +172,9 @@ async fn ensure_tls(ctx: &Context, cluster: &DaskCluster, ns: &str) -> Result<()
     if !cluster.spec.tls_enabled() {
         return Ok(());
     }
+    if let Some(issuer) = cluster.spec.tls_issuer() {
+        return ensure_cert_manager(ctx, cluster, ns, issuer).await;
+    }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let certificate_error = |e: daskrs_core::certs::CertError| Error::Certificate(e.to_string());
     let ca_name = builders::ca_secret_name(cluster);
@@ -207,6 +210,22 @@ async fn ensure_tls(ctx: &Context, cluster: &DaskCluster, ns: &str) -> Result<()
             .map_err(|e| kube_error("reading the cluster's Secret", e))?;
         if let Some(s) = &found {
             check_owned(s, cluster, ns, &name)?;
+            if builders::issued_by_cert_manager(s, &name) {
+                // The spec named an issuer before: its Certificate would
+                // issue into this Secret again, over the operator's.
+                let certificates: Api<DynamicObject> =
+                    Api::namespaced_with(ctx.client.clone(), ns, &builders::certificate_resource());
+                match certificates.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => {
+                        return Err(kube_error(
+                            "deleting the cluster's cert-manager Certificate",
+                            e,
+                        ));
+                    }
+                }
+            }
         }
         if !builders::needs_issue(found.as_ref(), &ca, now) {
             continue;
@@ -243,6 +262,107 @@ async fn ensure_tls(ctx: &Context, cluster: &DaskCluster, ns: &str) -> Result<()
             message,
         )
         .await;
+    }
+    Ok(())
+}
+
+/// The cluster's certificates from the cert-manager issuer its spec names:
+/// a `Certificate` per Secret, applied (and owned by the cluster), which
+/// cert-manager issues and renews into that Secret. A Secret cert-manager
+/// issued is made the cluster's too, so that it goes with the cluster.
+async fn ensure_cert_manager(
+    ctx: &Context,
+    cluster: &DaskCluster,
+    ns: &str,
+    issuer: &IssuerRef,
+) -> Result<(), Error> {
+    let certificates: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), ns, &builders::certificate_resource());
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    for certificate in builders::cert_manager_certificates(cluster, issuer) {
+        let name = certificate.name_any();
+        let kube_error = |action, source| Error::Kube {
+            action,
+            object: format!("{ns}/{name}"),
+            source,
+        };
+        let params = PatchParams::apply(MANAGER).force();
+        match certificates
+            .patch(&name, &params, &Patch::Apply(&certificate))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                let error = Error::CertManagerMissing {
+                    object: format!("{ns}/{name}"),
+                };
+                publish(
+                    ctx,
+                    cluster,
+                    EventType::Warning,
+                    "CertManagerMissing",
+                    "Request",
+                    error.to_string(),
+                )
+                .await;
+                return Err(error);
+            }
+            Err(e) => {
+                return Err(kube_error(
+                    "applying the cluster's cert-manager Certificate",
+                    e,
+                ));
+            }
+        }
+        let found = secrets
+            .get_opt(&name)
+            .await
+            .map_err(|e| kube_error("reading the cluster's Secret", e))?;
+        let Some(mut secret) = found else {
+            publish(
+                ctx,
+                cluster,
+                EventType::Normal,
+                "Certificate",
+                "Request",
+                format!(
+                    "waiting for {} {} to issue the certificate of Certificate {name}",
+                    issuer.kind.as_deref().unwrap_or("Issuer"),
+                    issuer.name
+                ),
+            )
+            .await;
+            continue;
+        };
+        if builders::owned_by(&secret, cluster) {
+            continue;
+        }
+        if !builders::issued_by_cert_manager(&secret, &name) {
+            return Err(Error::BadSecret {
+                object: format!("{ns}/{name}"),
+                problem: format!(
+                    "cert-manager did not issue it for Certificate {name}, and it is not \
+                     this cluster's; delete or rename it"
+                ),
+            });
+        }
+        let owner = cluster.controller_owner_ref(&()).map(|mut r| {
+            // cert-manager's Secret, the cluster's only to go with it.
+            r.controller = None;
+            r
+        });
+        let mut owners = secret.metadata.owner_references.take().unwrap_or_default();
+        owners.extend(owner);
+        secret.metadata.owner_references = Some(owners);
+        match secrets
+            .replace(&name, &PostParams::default(), &secret)
+            .await
+        {
+            Ok(_) => {}
+            // cert-manager wrote it meanwhile: the next pass looks again.
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(kube_error("writing the cluster's Secret", e)),
+        }
     }
     Ok(())
 }

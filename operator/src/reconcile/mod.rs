@@ -51,6 +51,12 @@ pub enum Error {
     BadSecret { object: String, problem: String },
     #[error("cannot make the cluster's TLS certificates: {0}")]
     Certificate(String),
+    #[error(
+        "cannot ask cert-manager for {object}: the API server does not serve \
+         cert-manager.io/v1 Certificates; install cert-manager, or drop spec.tls.issuerRef \
+         to have the operator issue the certificates"
+    )]
+    CertManagerMissing { object: String },
 }
 
 /// How the operator is set up.

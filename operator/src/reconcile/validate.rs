@@ -11,8 +11,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use crate::builders::WorkerSizing;
-use crate::crd::DaskCluster;
+use crate::builders::{CERT_MANAGER_GROUP, WorkerSizing};
+use crate::crd::{DaskCluster, TlsSpec};
 use crate::quantity::{self, QuantityError};
 
 /// A spec the operator can act on, with its strings resolved.
@@ -29,6 +29,8 @@ pub enum Problem {
     IdleTimeout { value: String },
     #[error("{field}: {error}")]
     Quantity { field: String, error: QuantityError },
+    #[error("spec.tls.issuerRef: {0}")]
+    Issuer(String),
 }
 
 /// Everything wrong with a spec, so one edit can fix it all.
@@ -66,6 +68,9 @@ pub fn validate(cluster: &DaskCluster) -> Result<Valid, Invalid> {
             })
             .ok()
     });
+    if let Some(problem) = spec.tls.as_ref().and_then(issuer_problem) {
+        problems.push(Problem::Issuer(problem));
+    }
     if !problems.is_empty() {
         return Err(Invalid(problems));
     }
@@ -73,6 +78,25 @@ pub fn validate(cluster: &DaskCluster) -> Result<Valid, Invalid> {
         idle_timeout,
         worker: worker_sizing(cluster, memory_limit),
     })
+}
+
+/// What is wrong with a TLS spec's cert-manager issuer, if anything.
+fn issuer_problem(tls: &TlsSpec) -> Option<String> {
+    let issuer = tls.issuer_ref.as_ref()?;
+    if !tls.enabled {
+        return Some("names an issuer while TLS is off (enabled: false); drop one of them".into());
+    }
+    if issuer.name.trim().is_empty() {
+        return Some("the issuer's name is empty".into());
+    }
+    let group = issuer.group.as_deref().unwrap_or(CERT_MANAGER_GROUP);
+    let kind = issuer.kind.as_deref().unwrap_or("Issuer");
+    if group == CERT_MANAGER_GROUP && kind != "Issuer" && kind != "ClusterIssuer" {
+        return Some(format!(
+            "kind {kind:?} is not one of cert-manager's: Issuer or ClusterIssuer"
+        ));
+    }
+    None
 }
 
 /// Every quantity of `resources`: a pod with one Kubernetes cannot read is
@@ -211,6 +235,56 @@ mod tests {
     }
 
     #[test]
+    fn a_cert_manager_issuer_must_be_one_of_its_kinds_and_tls_on() {
+        use crate::crd::IssuerRef;
+        let issuer = |kind: Option<&str>, group: Option<&str>| IssuerRef {
+            name: "cluster-ca".into(),
+            kind: kind.map(str::to_string),
+            group: group.map(str::to_string),
+        };
+        let mut c = fixture("minimal");
+        let mut tls = |enabled, issuer_ref| {
+            c.spec.tls = Some(TlsSpec {
+                enabled,
+                issuer_ref,
+            });
+            validate(&c).map(|_| ()).map_err(|e| e.to_string())
+        };
+        assert_eq!(tls(true, Some(issuer(None, None))), Ok(()));
+        assert_eq!(tls(true, Some(issuer(Some("ClusterIssuer"), None))), Ok(()));
+        // An external issuer names its own kinds.
+        assert_eq!(
+            tls(
+                true,
+                Some(issuer(Some("AWSPCAIssuer"), Some("awspca.cert-manager.io")))
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            tls(true, Some(issuer(Some("Certificate"), None))),
+            Err(
+                "spec.tls.issuerRef: kind \"Certificate\" is not one of cert-manager's: \
+                 Issuer or ClusterIssuer"
+                    .into()
+            )
+        );
+        assert_eq!(
+            tls(false, Some(issuer(None, None))),
+            Err(
+                "spec.tls.issuerRef: names an issuer while TLS is off (enabled: false); \
+                 drop one of them"
+                    .into()
+            )
+        );
+        let mut blank = issuer(None, None);
+        blank.name = " ".into();
+        assert_eq!(
+            tls(true, Some(blank)),
+            Err("spec.tls.issuerRef: the issuer's name is empty".into())
+        );
+    }
+
+    #[test]
     fn a_memory_limit_of_4gb_is_refused_naming_the_field_instead_of_dropped() {
         let err = validate(&fixture("memory-limit-4Gb")).expect_err("invalid");
         assert_eq!(
@@ -228,6 +302,7 @@ mod tests {
             .map(|p| match p {
                 Problem::Quantity { field, .. } => field.as_str(),
                 Problem::IdleTimeout { .. } => "spec.idleTimeout",
+                Problem::Issuer(_) => "spec.tls.issuerRef",
             })
             .collect();
         assert_eq!(

@@ -40,30 +40,50 @@ pub fn control_plane() -> &'static ControlPlane {
         let plane = ControlPlane::start(
             std::env::temp_dir().join(format!("daskrs-kube-{}", std::process::id())),
         );
-        let applied = plane.kubectl(&["apply", "--server-side", "-f", "crds/daskcluster.yaml"]);
+        // Ours, and cert-manager's Certificate (for clusters that name an
+        // issuer), from scripts/install-kube.sh.
+        let cert_manager = bin.join("cert-manager.io_certificates.yaml");
         assert!(
-            applied.status.success(),
-            "CRD not applied: {}",
-            stderr(&applied)
+            cert_manager.exists(),
+            "no {}: run scripts/install-kube.sh",
+            cert_manager.display()
         );
-        // `kubectl wait` errs while the CRD has no conditions yet, so poll.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let out = plane.kubectl(&[
-                "get",
-                "crd/daskclusters.daskrs.dev",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
-            ]);
-            if stdout(&out).trim() == "True" {
-                break;
-            }
+        let crds = [
+            (
+                "crds/daskcluster.yaml".to_string(),
+                "daskclusters.daskrs.dev",
+            ),
+            (
+                cert_manager.display().to_string(),
+                "certificates.cert-manager.io",
+            ),
+        ];
+        for (file, name) in &crds {
+            let applied = plane.kubectl(&["apply", "--server-side", "-f", file]);
             assert!(
-                Instant::now() < deadline,
-                "CRD not established: {}",
-                stderr(&out)
+                applied.status.success(),
+                "CRD {name} not applied: {}",
+                stderr(&applied)
             );
-            std::thread::sleep(Duration::from_millis(100));
+            // `kubectl wait` errs while the CRD has no conditions yet, so poll.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let out = plane.kubectl(&[
+                    "get",
+                    &format!("crd/{name}"),
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+                ]);
+                if stdout(&out).trim() == "True" {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "CRD {name} not established: {}",
+                    stderr(&out)
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
         plane
     })
