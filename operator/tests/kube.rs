@@ -605,6 +605,46 @@ spec:
         .map(|p| p.name_any())
         .collect();
     assert_eq!(pods_after, pods_before, "renewal restarts no pod");
+
+    // Rotating the authority: delete its Secret. A new one is made and both
+    // certificates are issued by it, in place; the pods stay.
+    let out = plane.kubectl(&["delete", "secret", "demo-daskrs-ca", "-n", &ns]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = plane.kubectl(&[
+        "annotate",
+        "--overwrite",
+        "dsk",
+        "demo",
+        "-n",
+        &ns,
+        "poke=2",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rotated = wait_for("a new authority", Duration::from_secs(60), || async {
+        let s = secrets.get_opt("demo-daskrs-ca").await.ok()??;
+        let pem = s.data.as_ref()?["ca.crt"].0.clone();
+        (pem != ca_pem).then_some(pem)
+    })
+    .await;
+    wait_for(
+        "both certificates issued by the new authority",
+        Duration::from_secs(60),
+        || async {
+            let mut all = true;
+            for name in ["demo-daskrs-tls", "demo-daskrs-client"] {
+                let s = secrets.get(name).await.ok()?;
+                all &= s.data.as_ref()?["ca.crt"].0 == rotated;
+            }
+            all.then_some(())
+        },
+    )
+    .await;
+    let pods_after: BTreeSet<String> = workers(&client, &ns, "demo")
+        .await
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    assert_eq!(pods_after, pods_before, "rotation restarts no pod");
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
     let svc = services
         .get("demo-scheduler")
