@@ -13,12 +13,13 @@ use super::validate::validate;
 use crate::builders::{self, Defaults};
 use crate::crd::DaskCluster;
 
-const EXAMPLES: [&[u8]; 7] = [
+const EXAMPLES: [&[u8]; 8] = [
     include_bytes!("../../tests/fixtures/minimal.yaml"),
     include_bytes!("../../tests/fixtures/sized.yaml"),
     include_bytes!("../../tests/fixtures/autoscaling.yaml"),
     include_bytes!("../../tests/fixtures/bad-quantities.yaml"),
     include_bytes!("../../tests/fixtures/idle-timeout-overflow.yaml"),
+    include_bytes!("../../tests/fixtures/issuer.yaml"),
     include_bytes!("../../../examples/cluster-s3-irsa.yaml"),
     include_bytes!("../../../examples/cluster-autoscaling.yaml"),
 ];
@@ -44,6 +45,9 @@ fn manifests() {
                 let _ = serde_json::to_vec(&desired.worker);
                 let _ = builders::token_secret(&cluster, "t");
                 let _ = builders::scheduler_names(&cluster);
+                if let Some(issuer) = cluster.spec.tls_issuer() {
+                    let _ = builders::cert_manager_certificates(&cluster, issuer);
+                }
             }
         });
 }

@@ -242,6 +242,12 @@ mod tests {
             kind: kind.map(str::to_string),
             group: group.map(str::to_string),
         };
+        let from_yaml = fixture("issuer");
+        assert!(validate(&from_yaml).is_ok());
+        assert_eq!(
+            from_yaml.spec.tls_issuer().map(|i| i.name.as_str()),
+            Some("team-ca")
+        );
         let mut c = fixture("minimal");
         let mut tls = |enabled, issuer_ref| {
             c.spec.tls = Some(TlsSpec {
