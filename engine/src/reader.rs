@@ -12,14 +12,27 @@ use bytes::Bytes;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_expr::expressions::Literal;
+use datafusion::physical_expr::{
+    AcrossPartitions, ConstExpr, EquivalenceProperties, LexOrdering, PhysicalExpr,
+};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-    SendableRecordBatchStream,
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties, SendableRecordBatchStream,
 };
-use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use datafusion_proto::physical_plan::from_proto::{
+    parse_physical_expr_with_converter, parse_physical_exprs, parse_physical_sort_exprs,
+    parse_protobuf_partitioning,
+};
+use datafusion_proto::physical_plan::to_proto::{
+    serialize_partitioning, serialize_physical_expr_with_converter, serialize_physical_exprs,
+    serialize_physical_sort_exprs,
+};
+use datafusion_proto::physical_plan::{
+    PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension,
+};
 use prost::Message;
 
 /// Which upstream output a reader partition is made of.
@@ -42,7 +55,71 @@ pub struct StageReaderExec {
     schema: SchemaRef,
     partitions: usize,
     data: Arc<InputData>,
+    /// How the plan this reader stands for laid out its partitions, and
+    /// what it knew of their rows (see [`StageReaderExec::shaped`]), which
+    /// the plan above it may rely on.
+    partitioning: Partitioning,
+    known: Known,
     properties: Arc<PlanProperties>,
+}
+
+/// What the plan above a reader may know of the rows it yields, kept from
+/// the plan it stands for.
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    /// How each partition is sorted.
+    pub ordering: Option<LexOrdering>,
+    /// Expressions of one value in each partition (or in all of them).
+    pub constants: Vec<ConstExpr>,
+    /// Expressions equal to each other in every row.
+    pub equal: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+}
+
+impl Known {
+    /// What holds of each partition of `plan` read as it was made: all it knew.
+    pub fn within_partitions(plan: &Arc<dyn ExecutionPlan>) -> Known {
+        Known {
+            ordering: plan.output_ordering().cloned(),
+            ..Known::across_exchange(plan.equivalence_properties(), true)
+        }
+    }
+
+    /// What still holds of `eq`'s rows once an exchange has mixed its
+    /// partitions: equalities in a row, and values one in every partition
+    /// (`heterogeneous`: also those one in each partition, when partitions
+    /// stay whole); no ordering.
+    pub fn across_exchange(eq: &EquivalenceProperties, heterogeneous: bool) -> Known {
+        Known {
+            ordering: None,
+            constants: eq
+                .constants()
+                .into_iter()
+                .filter(|c| {
+                    heterogeneous || matches!(c.across_partitions, AcrossPartitions::Uniform(_))
+                })
+                .collect(),
+            equal: eq
+                .eq_group()
+                .iter()
+                .filter(|class| class.len() > 1)
+                .map(|class| class.iter().cloned().collect())
+                .collect(),
+        }
+    }
+
+    fn equivalences(&self, schema: &SchemaRef) -> Result<EquivalenceProperties> {
+        let mut eq = match &self.ordering {
+            Some(o) => EquivalenceProperties::new_with_orderings(schema.clone(), [o.clone()]),
+            None => EquivalenceProperties::new(schema.clone()),
+        };
+        for class in &self.equal {
+            for other in class.iter().skip(1) {
+                eq.add_equal_conditions(class[0].clone(), other.clone())?;
+            }
+        }
+        eq.add_constants(self.constants.iter().cloned())?;
+        Ok(eq)
+    }
 }
 
 impl StageReaderExec {
@@ -53,20 +130,37 @@ impl StageReaderExec {
         partitions: usize,
         data: Arc<InputData>,
     ) -> StageReaderExec {
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(partitions),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        );
+        let partitioning = Partitioning::UnknownPartitioning(partitions);
         StageReaderExec {
+            properties: properties(EquivalenceProperties::new(schema.clone()), &partitioning),
             stage,
             layout,
             schema,
             partitions,
             data,
-            properties: Arc::new(properties),
+            partitioning,
+            known: Known::default(),
         }
+    }
+
+    /// The reader, saying its partitions are laid out by `partitioning`
+    /// and what is `known` of their rows, as of the plan it stands for: a
+    /// shuffle's pieces are hash partitioned as its exchange cut them, so a
+    /// union of two such readers still interleaves; a stage's whole outputs
+    /// keep the order their task made them in, so a merge above still
+    /// finds its input sorted; and a column a filter below fixed to one
+    /// value stays fixed, so a window partitioned by it needs no sort on it.
+    pub fn shaped(mut self, partitioning: Partitioning, known: Known) -> Result<StageReaderExec> {
+        if partitioning.partition_count() != self.partitions {
+            return Err(DataFusionError::Internal(format!(
+                "a reader of {} partitions cannot be laid out as {partitioning}",
+                self.partitions
+            )));
+        }
+        self.properties = properties(known.equivalences(&self.schema)?, &partitioning);
+        self.partitioning = partitioning;
+        self.known = known;
+        Ok(self)
     }
 
     pub fn stage(&self) -> u32 {
@@ -80,6 +174,18 @@ impl StageReaderExec {
     pub fn partitions(&self) -> usize {
         self.partitions
     }
+}
+
+fn properties(
+    equivalences: EquivalenceProperties,
+    partitioning: &Partitioning,
+) -> Arc<PlanProperties> {
+    Arc::new(PlanProperties::new(
+        equivalences,
+        partitioning.clone(),
+        EmissionType::Incremental,
+        Boundedness::Bounded,
+    ))
 }
 
 impl DisplayAs for StageReaderExec {
@@ -180,6 +286,32 @@ struct ReaderNode {
     partitions: u32,
     #[prost(message, optional, tag = "4")]
     schema: Option<datafusion_proto::protobuf::Schema>,
+    #[prost(message, optional, tag = "5")]
+    partitioning: Option<datafusion_proto::protobuf::Partitioning>,
+    #[prost(message, repeated, tag = "6")]
+    ordering: Vec<datafusion_proto::protobuf::PhysicalSortExprNode>,
+    #[prost(message, repeated, tag = "7")]
+    constants: Vec<ConstantNode>,
+    #[prost(message, repeated, tag = "8")]
+    equal: Vec<ExprsNode>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ConstantNode {
+    #[prost(message, optional, tag = "1")]
+    expr: Option<datafusion_proto::protobuf::PhysicalExprNode>,
+    /// One value in every partition (else one in each).
+    #[prost(bool, tag = "2")]
+    uniform: bool,
+    /// That value, when known, as a literal.
+    #[prost(message, optional, tag = "3")]
+    value: Option<datafusion_proto::protobuf::PhysicalExprNode>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ExprsNode {
+    #[prost(message, repeated, tag = "1")]
+    exprs: Vec<datafusion_proto::protobuf::PhysicalExprNode>,
 }
 
 /// Encodes readers into plan fragments and decodes them with the data a
@@ -194,8 +326,8 @@ impl PhysicalExtensionCodec for Codec {
         &self,
         buf: &[u8],
         inputs: &[Arc<dyn ExecutionPlan>],
-        _: &TaskContext,
-        _: &dyn PhysicalProtoConverterExtension,
+        ctx: &TaskContext,
+        converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         if !inputs.is_empty() {
             return Err(DataFusionError::Internal(
@@ -214,20 +346,58 @@ impl PhysicalExtensionCodec for Codec {
         } else {
             Layout::Pieces
         };
-        Ok(Arc::new(StageReaderExec::new(
+        let decode = PhysicalPlanDecodeContext::new(ctx, self);
+        let partitioning =
+            parse_protobuf_partitioning(node.partitioning.as_ref(), &decode, &schema, converter)?;
+        let ordering = parse_physical_sort_exprs(&node.ordering, &decode, &schema, converter)?;
+        let expr = |e: &Option<datafusion_proto::protobuf::PhysicalExprNode>| {
+            let e = e.as_ref().ok_or_else(|| {
+                DataFusionError::Internal("stage reader: an empty expression".into())
+            })?;
+            parse_physical_expr_with_converter(e, &schema, &decode, converter)
+        };
+        let mut constants = Vec::with_capacity(node.constants.len());
+        for c in &node.constants {
+            let across = match (c.uniform, &c.value) {
+                (false, _) => AcrossPartitions::Heterogeneous,
+                (true, None) => AcrossPartitions::Uniform(None),
+                (true, Some(v)) => {
+                    let v = parse_physical_expr_with_converter(v, &schema, &decode, converter)?;
+                    let value = v.downcast_ref::<Literal>().map(|l| l.value().clone());
+                    AcrossPartitions::Uniform(value)
+                }
+            };
+            constants.push(ConstExpr::new(expr(&c.expr)?, across));
+        }
+        let equal = node
+            .equal
+            .iter()
+            .map(|class| parse_physical_exprs(&class.exprs, &decode, &schema, converter))
+            .collect::<Result<Vec<_>>>()?;
+        let reader = StageReaderExec::new(
             node.stage,
             layout,
             Arc::new(schema),
             node.partitions as usize,
             self.data.clone(),
-        )))
+        );
+        let known = Known {
+            ordering: LexOrdering::new(ordering),
+            constants,
+            equal,
+        };
+        let reader = match partitioning {
+            Some(p) => reader.shaped(p, known)?,
+            None => reader,
+        };
+        Ok(Arc::new(reader))
     }
 
     fn try_encode(
         &self,
         node: Arc<dyn ExecutionPlan>,
         buf: &mut Vec<u8>,
-        _: &dyn PhysicalProtoConverterExtension,
+        converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
         let Some(r) = node.downcast_ref::<StageReaderExec>() else {
             return Err(DataFusionError::NotImplemented(format!(
@@ -240,6 +410,49 @@ impl PhysicalExtensionCodec for Codec {
             direct: r.layout == Layout::Direct,
             partitions: r.partitions as u32,
             schema: Some(r.schema.as_ref().try_into()?),
+            partitioning: Some(serialize_partitioning(&r.partitioning, self, converter)?),
+            ordering: serialize_physical_sort_exprs(
+                r.known.ordering.iter().flat_map(|o| o.iter().cloned()),
+                self,
+                converter,
+            )?,
+            constants: r
+                .known
+                .constants
+                .iter()
+                .map(|c| {
+                    let (uniform, value) = match &c.across_partitions {
+                        AcrossPartitions::Heterogeneous => (false, None),
+                        AcrossPartitions::Uniform(None) => (true, None),
+                        AcrossPartitions::Uniform(Some(v)) => {
+                            let literal: Arc<dyn PhysicalExpr> = Arc::new(Literal::new(v.clone()));
+                            (
+                                true,
+                                Some(serialize_physical_expr_with_converter(
+                                    &literal, self, converter,
+                                )?),
+                            )
+                        }
+                    };
+                    Ok(ConstantNode {
+                        expr: Some(serialize_physical_expr_with_converter(
+                            &c.expr, self, converter,
+                        )?),
+                        uniform,
+                        value,
+                    })
+                })
+                .collect::<Result<_>>()?,
+            equal: r
+                .known
+                .equal
+                .iter()
+                .map(|class| {
+                    Ok(ExprsNode {
+                        exprs: serialize_physical_exprs(class, self, converter)?,
+                    })
+                })
+                .collect::<Result<_>>()?,
         };
         msg.encode(buf)
             .map_err(|e| DataFusionError::Internal(e.to_string()))

@@ -20,7 +20,7 @@ use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMerge
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
 
-use crate::reader::{Layout, StageReaderExec};
+use crate::reader::{Known, Layout, StageReaderExec};
 
 /// What one task of a stage produces.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,13 +101,21 @@ fn cut(node: Arc<dyn ExecutionPlan>, stages: &mut Vec<Stage>) -> Result<Arc<dyn 
             tasks: r.input().output_partitioning().partition_count(),
             output: Output::Pieces(pieces),
         });
-        let reader: Arc<dyn ExecutionPlan> = Arc::new(StageReaderExec::new(
-            id,
-            Layout::Pieces,
-            node.schema(),
-            pieces,
-            Default::default(),
-        ));
+        // Pieces from several tasks arrive one after another: hash
+        // partitioned as the exchange cut them, but in no order.
+        let reader: Arc<dyn ExecutionPlan> = Arc::new(
+            StageReaderExec::new(
+                id,
+                Layout::Pieces,
+                node.schema(),
+                pieces,
+                Default::default(),
+            )
+            .shaped(
+                r.partitioning().clone(),
+                Known::across_exchange(r.input().equivalence_properties(), false),
+            )?,
+        );
         // A shuffle that had to keep each partition sorted: pieces from
         // several tasks arrive one after another, so sort them again.
         return Ok(match ordering {
@@ -131,13 +139,21 @@ fn cut(node: Arc<dyn ExecutionPlan>, stages: &mut Vec<Stage>) -> Result<Arc<dyn 
             tasks,
             output: Output::Whole,
         });
-        let reader = Arc::new(StageReaderExec::new(
-            id,
-            Layout::Direct,
-            input.schema(),
-            tasks,
-            Default::default(),
-        ));
+        // Each partition one task's whole output: laid out and sorted as
+        // the stage's own partitions were.
+        let reader = Arc::new(
+            StageReaderExec::new(
+                id,
+                Layout::Direct,
+                input.schema(),
+                tasks,
+                Default::default(),
+            )
+            .shaped(
+                input.output_partitioning().clone(),
+                Known::within_partitions(&input),
+            )?,
+        );
         return replace_children_if_necessary(node, vec![reader]);
     }
     Ok(node)

@@ -93,6 +93,65 @@ async fn staged_tpch_matches_single_node() {
     }
 }
 
+/// Plans whose operators rely on how their input is laid out: a union of
+/// inputs hash partitioned alike (DataFusion interleaves them rather than
+/// appending), and window functions over partitions that need their input
+/// sorted. Cut into stages, they answer as single-node DataFusion does.
+#[tokio::test(flavor = "multi_thread")]
+async fn unions_and_windows_cut_into_stages_answer_as_single_node() {
+    let dir = tempfile::tempdir().unwrap();
+    tpch::generate(dir.path(), 0.01, 2).unwrap();
+    let tables = tpch::create_tables(&dir.path().display().to_string());
+    let planner = Planner::new(None);
+    planner.plan(&tables, 2).await.unwrap();
+    let reference = compare::single_node_context(None);
+    compare::run_sql(&reference, &tables).await.unwrap();
+    let queries = [
+        // Two aggregations by the same key, appended, aggregated again.
+        "select k, sum(v) as v, count(*) as n from ( \
+           select l_orderkey % 7 as k, sum(l_quantity) as v from lineitem group by 1 \
+           union all \
+           select o_orderkey % 7 as k, sum(o_totalprice) as v from orders group by 1) \
+         group by k order by k",
+        "select k from (select l_suppkey as k from lineitem union all select s_suppkey from supplier) \
+         group by k order by k limit 20",
+        // A window over partitions, on an aggregate, as TPC-DS 47 and 57 do.
+        "select s_nationkey, s_suppkey, total, \
+                rank() over (partition by s_nationkey order by total desc, s_suppkey) as r, \
+                avg(total) over (partition by s_nationkey) as mean \
+         from (select s_nationkey, s_suppkey, sum(l_extendedprice) as total \
+               from lineitem join supplier on l_suppkey = s_suppkey group by 1, 2) \
+         order by s_nationkey, r, s_suppkey limit 50",
+        // A window partitioned by a column a filter below the exchange fixed
+        // to one value, as in TPC-DS 47: sorted by the others only.
+        "select k, y, m, total, mean, r from ( \
+           select k, y, m, sum(v) as total, \
+                  avg(sum(v)) over (partition by k, y) as mean, \
+                  rank() over (partition by k order by y, m) as r \
+           from (select o_custkey % 5 as k, extract(year from o_orderdate) as y, \
+                        extract(month from o_orderdate) as m, o_totalprice as v from orders) \
+           group by k, y, m) \
+         where y = 1995 order by k, m",
+        // A window over the whole input, and one ordered by what a merge sorted.
+        "select o_orderkey, sum(o_totalprice) over (order by o_orderkey rows between 2 preceding and current row) as s \
+         from orders order by o_orderkey limit 30",
+        "select c_nationkey, c_custkey, \
+                lag(c_acctbal) over (partition by c_nationkey order by c_custkey) as prev \
+         from customer order by c_nationkey, c_custkey limit 40",
+    ];
+    for sql in queries {
+        for threads in [1, 3] {
+            let got = run_in_process(&planner, sql, threads).await;
+            let want = compare::run_sql(&reference, sql).await.unwrap();
+            assert_eq!(
+                compare::rows(&got).unwrap(),
+                compare::rows(&want).unwrap(),
+                "{sql} with {threads} threads"
+            );
+        }
+    }
+}
+
 /// Input tables: results a session holds, named by the query, read by the
 /// tasks that scan them as one more input; seen by that request only.
 #[tokio::test(flavor = "multi_thread")]
