@@ -6,7 +6,9 @@
 # all built once from the Go module proxy into ~/.cache/daskrs/bin; the
 # dashboard test renders the page in Debian's Chromium (apt, once); the
 # Python package is tested with pytest in two environments made from PyPI
-# under ~/.cache/daskrs (the newest releases, and the oldest supported).
+# under ~/.cache/daskrs (the newest releases, and the oldest supported); the
+# TPC-DS data the SQL differential test reads is made once by DuckDB's
+# tpcds extension, also from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +23,8 @@ echo "== Kubernetes control plane for the operator tests"
 scripts/install-kube.sh
 echo "== Chromium for the dashboard test"
 scripts/install-chromium.sh
+echo "== TPC-DS data for the SQL differential test"
+scripts/tpcds-data.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== Python environments"

@@ -1,65 +1,13 @@
 //! Stage graphs run in this process, task by task, as workers would run
 //! them: each task gets exactly the pieces its payload names.
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use daskrs_engine::{Executor, Planned, Planner, StageOutput, compare, tpch};
-
-/// Runs every task of a planned query in order and returns the answer.
-async fn run_in_process(
-    planner: &Planner,
-    sql: &str,
-    threads: usize,
-) -> Vec<arrow::record_batch::RecordBatch> {
-    let Planned::Query(q) = planner.plan(sql, threads).await.unwrap() else {
-        panic!("{sql} is not a query");
-    };
-    run_query(q, HashMap::new()).await
-}
-
-/// Runs a planned query's tasks in order; `held` are results the query
-/// reads that it does not make (its input tables).
-async fn run_query(
-    q: daskrs_engine::Query,
-    held: HashMap<String, Bytes>,
-) -> Vec<arrow::record_batch::RecordBatch> {
-    let executor = Arc::new(Executor::new(None));
-    let mut results: HashMap<String, StageOutput> = held
-        .into_iter()
-        .map(|(k, b)| (k, StageOutput::Whole(b)))
-        .collect();
-    for t in &q.tasks {
-        let mut inputs = Vec::new();
-        for (i, d) in t.deps.iter().enumerate() {
-            let part = t.parts.get(i).copied().flatten();
-            let bytes: Bytes = match (&results[d], part) {
-                (StageOutput::Whole(b), None) => b.clone(),
-                (StageOutput::Pieces(p), Some(k)) => p[k as usize].clone(),
-                (_, part) => panic!("{} asks {d} for piece {part:?} of the wrong kind", t.key),
-            };
-            inputs.push(bytes);
-        }
-        let (e, payload) = (executor.clone(), t.payload.clone());
-        let out = tokio::task::spawn_blocking(move || e.run(&payload, inputs))
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("{}: {e}", t.key));
-        results.insert(t.key.clone(), out);
-    }
-    let mut batches = Vec::new();
-    for key in &q.outputs {
-        let StageOutput::Whole(b) = &results[key] else {
-            panic!("output {key} is in pieces")
-        };
-        let reader =
-            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(b.clone()), None)
-                .unwrap();
-        batches.extend(reader.map(|b| b.unwrap()));
-    }
-    batches
-}
+use daskrs_engine::{Planned, Planner, compare, tpch};
+use support::{run_in_process, run_query};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn staged_tpch_matches_single_node() {

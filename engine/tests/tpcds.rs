@@ -1,0 +1,110 @@
+//! All 99 TPC-DS queries, planned into stages and run task by task as two
+//! workers would run them, answer exactly as single-node DataFusion does on
+//! the same files. The data (scale factor 0.01) and the queries come from
+//! DuckDB's tpcds extension, made once by `scripts/tpcds-data.sh`, which
+//! the test command runs first.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use daskrs_engine::{Planned, Planner, compare};
+
+const TABLES: [&str; 24] = [
+    "call_center",
+    "catalog_page",
+    "catalog_returns",
+    "catalog_sales",
+    "customer",
+    "customer_address",
+    "customer_demographics",
+    "date_dim",
+    "household_demographics",
+    "income_band",
+    "inventory",
+    "item",
+    "promotion",
+    "reason",
+    "ship_mode",
+    "store",
+    "store_returns",
+    "store_sales",
+    "time_dim",
+    "warehouse",
+    "web_page",
+    "web_returns",
+    "web_sales",
+    "web_site",
+];
+
+fn data() -> PathBuf {
+    let dir = std::env::var_os("DASKRS_TPCDS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").expect("HOME is set"))
+                .join(".cache/daskrs/tpcds/sf0.01")
+        });
+    assert!(
+        dir.join(".complete").exists(),
+        "no TPC-DS data in {}: run scripts/tpcds-data.sh",
+        dir.display()
+    );
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_tpcds_query_answers_as_single_node() {
+    let dir = data();
+    let tables: String = TABLES
+        .iter()
+        .map(|t| {
+            format!(
+                "CREATE EXTERNAL TABLE {t} STORED AS PARQUET LOCATION '{}/{t}/';\n",
+                dir.display()
+            )
+        })
+        .collect();
+    let planner = Planner::new(None);
+    assert!(matches!(
+        planner.plan(&tables, 2).await.unwrap(),
+        Planned::Local(_)
+    ));
+    let reference = compare::single_node_context(None);
+    compare::run_sql(&reference, &tables).await.unwrap();
+
+    let mut failed = Vec::new();
+    for q in 1..=99 {
+        let path = dir.join("queries").join(format!("{q}.sql"));
+        let sql =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let want = match compare::run_sql(&reference, &sql).await {
+            Ok(w) => compare::rows(&w).unwrap(),
+            Err(e) => {
+                failed.push(format!("Q{q}: single-node DataFusion fails: {e}"));
+                continue;
+            }
+        };
+        let got = match planner.plan(&sql, 2).await {
+            Ok(Planned::Query(query)) => support::try_run_query(query, HashMap::new()).await,
+            Ok(Planned::Local(_)) => Err("planned to run on the scheduler".into()),
+            Err(e) => Err(format!("not planned: {e}")),
+        };
+        match got.map(|g| compare::rows(&g).unwrap()) {
+            Ok(got) if got == want => {}
+            Ok(got) => failed.push(format!(
+                "Q{q}: {} rows where single-node DataFusion has {}; first differing: {:?}",
+                got.len(),
+                want.len(),
+                got.iter().zip(&want).find(|(a, b)| a != b)
+            )),
+            Err(e) => failed.push(format!("Q{q}: {}", e.lines().next().unwrap_or(""))),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 99 queries:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
