@@ -46,6 +46,9 @@ pub struct Query {
     /// The distributed plan: stages, tasks per stage and their shuffles.
     pub explain: String,
     pub stages: usize,
+    /// Why the plan runs whole, as one task, when it could not be cut
+    /// into stages.
+    pub whole: Option<String>,
 }
 
 /// Plans SQL against the cluster's catalog. Tables created with
@@ -270,8 +273,30 @@ pub fn distribute_with(
     write: Option<crate::write::WriteTarget>,
     tables: &[InputTable],
 ) -> Result<Query, Error> {
-    let physical = crate::rewrite::for_tasks(physical)?;
-    let stages = split(physical)?;
+    distribute_cut(physical, write, tables, |p| {
+        split(crate::rewrite::for_tasks(p)?)
+    })
+}
+
+/// [`distribute_with`], the plan cut into stages by `cut`. A plan `cut`
+/// cannot cut runs whole, as one task, and the explanation says why: the
+/// answer stays right, only slower.
+fn distribute_cut(
+    physical: Arc<dyn ExecutionPlan>,
+    write: Option<crate::write::WriteTarget>,
+    tables: &[InputTable],
+    cut: impl FnOnce(Arc<dyn ExecutionPlan>) -> datafusion::error::Result<Vec<Stage>>,
+) -> Result<Query, Error> {
+    let (stages, whole) = match cut(physical.clone()) {
+        Ok(stages) => (stages, None),
+        Err(e) => {
+            // DataFusion's internal errors go on to ask for a bug report.
+            let why = crate::error::describe(&e);
+            let why = why.lines().next().unwrap_or_default().to_string();
+            tracing::warn!(error = %why, "the plan cannot be cut into stages; it runs as one task");
+            (vec![one_task(physical)], Some(why))
+        }
+    };
     let codec = Codec::default();
     let mut tasks = Vec::new();
     // What each stage reads, for the explanation: (upstream stage, layout).
@@ -379,12 +404,36 @@ pub fn distribute_with(
         );
         outputs = vec!["commit".to_string()];
     }
+    let mut explained = String::new();
+    if let Some(why) = &whole {
+        let _ = writeln!(
+            explained,
+            "The plan could not be cut into stages ({why}): it runs whole, as one task."
+        );
+    }
+    explained += &explain(&stages, &inputs, tables);
     Ok(Query {
         outputs,
-        explain: explain(&stages, &inputs, tables),
+        explain: explained,
         stages: stages.len(),
         tasks,
+        whole,
     })
+}
+
+/// The whole plan as the one stage of one task.
+fn one_task(physical: Arc<dyn ExecutionPlan>) -> Stage {
+    let plan: Arc<dyn ExecutionPlan> = if physical.output_partitioning().partition_count() > 1 {
+        Arc::new(CoalescePartitionsExec::new(physical))
+    } else {
+        physical
+    };
+    Stage {
+        id: 0,
+        plan,
+        tasks: 1,
+        output: Output::Whole,
+    }
 }
 
 /// The distributed plan as text: each stage, its tasks, what it reads and
@@ -443,4 +492,70 @@ pub fn explain(stages: &[Stage], inputs: &[Vec<(u32, Layout)>], tables: &[InputT
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stage::StageOutput;
+    use crate::{Executor, compare, tpch};
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_plan_that_cannot_be_cut_runs_whole_as_one_task() {
+        let dir = tempfile::tempdir().unwrap();
+        tpch::generate(dir.path(), 0.01, 2).unwrap();
+        let ctx = compare::single_node_context(None);
+        compare::run_sql(
+            &ctx,
+            &tpch::create_tables(&dir.path().display().to_string()),
+        )
+        .await
+        .unwrap();
+        let sql = "select l_returnflag, count(*), sum(l_quantity) from lineitem group by 1";
+        let physical = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        assert!(physical.output_partitioning().partition_count() > 1);
+        let query = distribute_cut(physical, None, &[], |_| {
+            Err(DataFusionError::Internal("this plan has no cut".into()))
+        })
+        .unwrap();
+        assert_eq!((query.stages, query.tasks.len()), (1, 1));
+        assert_eq!(
+            query.whole.as_deref(),
+            Some("Internal error: this plan has no cut.")
+        );
+        assert!(
+            query.explain.starts_with(
+                "The plan could not be cut into stages (Internal error: this plan has no cut.)"
+            ),
+            "{}",
+            query.explain
+        );
+        let task = &query.tasks[0];
+        assert!(task.deps.is_empty());
+        let payload = task.payload.clone();
+        let out =
+            tokio::task::spawn_blocking(move || Executor::new(None).run(&payload, Vec::new()))
+                .await
+                .unwrap()
+                .unwrap();
+        let StageOutput::Whole(bytes) = out else {
+            panic!("one task's answer comes whole")
+        };
+        let got: Vec<RecordBatch> =
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+                .unwrap()
+                .map(|b| b.unwrap())
+                .collect();
+        let want = compare::run_sql(&ctx, sql).await.unwrap();
+        assert_eq!(
+            compare::sorted_rows(&got).unwrap(),
+            compare::sorted_rows(&want).unwrap()
+        );
+    }
 }

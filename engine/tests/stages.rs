@@ -7,36 +7,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use daskrs_engine::{Planned, Planner, compare, tpch};
-use support::{run_in_process, run_query};
+use support::{assert_same_answer, planner_and_reference, run_query};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn staged_tpch_matches_single_node() {
     let dir = tempfile::tempdir().unwrap();
     tpch::generate(dir.path(), 0.01, 2).unwrap();
     let tables = tpch::create_tables(&dir.path().display().to_string());
-    let planner = Planner::new(None);
-    assert!(matches!(
-        planner.plan(&tables, 2).await.unwrap(),
-        Planned::Local(_)
-    ));
-    let reference = compare::single_node_context(None);
-    compare::run_sql(&reference, &tables).await.unwrap();
-
+    let (planner, reference) = planner_and_reference(&tables).await;
     let count = "select count(*), sum(l_quantity) from lineitem";
-    let got = run_in_process(&planner, count, 3).await;
-    let want = compare::run_sql(&reference, count).await.unwrap();
-    assert_eq!(compare::rows(&got).unwrap(), compare::rows(&want).unwrap());
-
+    assert_same_answer(&planner, &reference, count, 3, count).await;
     for q in 1..=22 {
         let sql = tpch::query(q).unwrap();
         for threads in [1, 3] {
-            let got = run_in_process(&planner, sql, threads).await;
-            let want = compare::run_sql(&reference, sql).await.unwrap();
-            assert_eq!(
-                compare::rows(&got).unwrap(),
-                compare::rows(&want).unwrap(),
-                "Q{q} with {threads} threads"
-            );
+            assert_same_answer(&planner, &reference, sql, threads, &format!("Q{q}")).await;
         }
     }
 }
@@ -50,10 +34,7 @@ async fn unions_and_windows_cut_into_stages_answer_as_single_node() {
     let dir = tempfile::tempdir().unwrap();
     tpch::generate(dir.path(), 0.01, 2).unwrap();
     let tables = tpch::create_tables(&dir.path().display().to_string());
-    let planner = Planner::new(None);
-    planner.plan(&tables, 2).await.unwrap();
-    let reference = compare::single_node_context(None);
-    compare::run_sql(&reference, &tables).await.unwrap();
+    let (planner, reference) = planner_and_reference(&tables).await;
     let queries = [
         // Two aggregations by the same key, appended, aggregated again.
         "select k, sum(v) as v, count(*) as n from ( \
@@ -89,13 +70,7 @@ async fn unions_and_windows_cut_into_stages_answer_as_single_node() {
     ];
     for sql in queries {
         for threads in [1, 3] {
-            let got = run_in_process(&planner, sql, threads).await;
-            let want = compare::run_sql(&reference, sql).await.unwrap();
-            assert_eq!(
-                compare::rows(&got).unwrap(),
-                compare::rows(&want).unwrap(),
-                "{sql} with {threads} threads"
-            );
+            assert_same_answer(&planner, &reference, sql, threads, sql).await;
         }
     }
 }

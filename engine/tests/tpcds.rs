@@ -6,10 +6,9 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
-use daskrs_engine::{Planned, Planner, compare};
+use daskrs_engine::compare;
 
 const TABLES: [&str; 24] = [
     "call_center",
@@ -65,13 +64,7 @@ async fn every_tpcds_query_answers_as_single_node() {
             )
         })
         .collect();
-    let planner = Planner::new(None);
-    assert!(matches!(
-        planner.plan(&tables, 2).await.unwrap(),
-        Planned::Local(_)
-    ));
-    let reference = compare::single_node_context(None);
-    compare::run_sql(&reference, &tables).await.unwrap();
+    let (planner, reference) = support::planner_and_reference(&tables).await;
 
     let mut failed = Vec::new();
     for q in 1..=99 {
@@ -85,11 +78,7 @@ async fn every_tpcds_query_answers_as_single_node() {
                 continue;
             }
         };
-        let got = match planner.plan(&sql, 2).await {
-            Ok(Planned::Query(query)) => support::try_run_query(query, HashMap::new()).await,
-            Ok(Planned::Local(_)) => Err("planned to run on the scheduler".into()),
-            Err(e) => Err(format!("not planned: {e}")),
-        };
+        let got = support::try_run_in_process(&planner, &sql, 2).await;
         match got.map(|g| compare::rows(&g).unwrap()) {
             Ok(got) if got == want => {}
             Ok(got) => failed.push(format!(

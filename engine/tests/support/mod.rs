@@ -7,7 +7,39 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use daskrs_engine::{Executor, Planned, Planner, StageOutput};
+use daskrs_engine::{Executor, Planned, Planner, StageOutput, compare};
+use datafusion::prelude::SessionContext;
+
+/// A planner and a single-node DataFusion context that both know the
+/// tables `ddl` creates.
+pub async fn planner_and_reference(ddl: &str) -> (Planner, SessionContext) {
+    let planner = Planner::new(None);
+    assert!(matches!(
+        planner.plan(ddl, 2).await.unwrap(),
+        Planned::Local(_)
+    ));
+    let reference = compare::single_node_context(None);
+    compare::run_sql(&reference, ddl).await.unwrap();
+    (planner, reference)
+}
+
+/// Asserts that `sql` run in stages with `threads` threads answers with
+/// the rows single-node DataFusion answers with, in the same order.
+pub async fn assert_same_answer(
+    planner: &Planner,
+    reference: &SessionContext,
+    sql: &str,
+    threads: usize,
+    what: &str,
+) {
+    let got = run_in_process(planner, sql, threads).await;
+    let want = compare::run_sql(reference, sql).await.unwrap();
+    assert_eq!(
+        compare::rows(&got).unwrap(),
+        compare::rows(&want).unwrap(),
+        "{what} with {threads} threads"
+    );
+}
 
 /// Runs every task of a planned query in order and returns the answer.
 pub async fn run_in_process(
@@ -15,10 +47,27 @@ pub async fn run_in_process(
     sql: &str,
     threads: usize,
 ) -> Vec<arrow::record_batch::RecordBatch> {
-    let Planned::Query(q) = planner.plan(sql, threads).await.unwrap() else {
-        panic!("{sql} is not a query");
-    };
-    run_query(q, HashMap::new()).await
+    try_run_in_process(planner, sql, threads)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`run_in_process`], saying what failed instead of panicking.
+pub async fn try_run_in_process(
+    planner: &Planner,
+    sql: &str,
+    threads: usize,
+) -> Result<Vec<arrow::record_batch::RecordBatch>, String> {
+    match planner.plan(sql, threads).await {
+        // Running whole answers right, but the plan should have been cut.
+        Ok(Planned::Query(q)) if q.whole.is_some() => Err(format!(
+            "not cut into stages: {}",
+            q.whole.unwrap_or_default()
+        )),
+        Ok(Planned::Query(q)) => try_run_query(q, HashMap::new()).await,
+        Ok(Planned::Local(_)) => Err("planned to run on the scheduler".into()),
+        Err(e) => Err(format!("not planned: {e}")),
+    }
 }
 
 /// Runs a planned query's tasks in order; `held` are results the query
