@@ -9,6 +9,33 @@ use daskrs_client::Client;
 use daskrs_proto::auth::{TOKEN_ENV, Token};
 use daskrs_proto::tls::{TLS_DIR_ENV, Tls};
 
+/// What every SQL benchmark is told: the binary, the cluster's size, the
+/// runs and the queries.
+#[derive(clap::Args)]
+pub struct Common {
+    /// The `daskrs` binary to benchmark (a release build).
+    #[arg(long)]
+    pub daskrs: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    pub workers: u32,
+    #[arg(long, default_value_t = 1)]
+    pub threads: u32,
+    /// Runs of each query on each side; the best is reported.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Query numbers; all when left out.
+    #[arg(long, value_delimiter = ',')]
+    pub queries: Vec<usize>,
+}
+
+/// Figures of another system by query (`{"q1": seconds, ...}`) from a
+/// JSON file, or none when it is not given or unreadable.
+pub fn figures(path: Option<&Path>) -> serde_json::Value {
+    path.and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
 /// A cluster token and TLS certificates (made by `daskrs certs`), as a
 /// cluster on Kubernetes runs by default.
 pub struct Security {
@@ -117,4 +144,110 @@ pub fn start_scheduler(daskrs: &Path, dir: &Path, env: &[(String, String)]) -> (
     let ports: std::collections::HashMap<String, u16> =
         serde_json::from_str(&text).expect("the port file is JSON");
     (scheduler, format!("127.0.0.1:{}", ports["grpc"]))
+}
+
+fn spawn(bin: &Path, args: &[String], env: &[(String, String)]) -> Proc {
+    Proc(
+        Command::new(bin)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("daskrs starts"),
+    )
+}
+
+/// The peak resident memory of process `pid`, in MiB.
+pub fn resident_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// A scheduler and worker processes of the `daskrs` binary on loopback,
+/// with tables created.
+pub struct Cluster {
+    pub client: Client,
+    pub scheduler: Proc,
+    pub workers: Vec<Proc>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// The peak resident memory of the scheduler and each worker, as a line.
+    pub fn peak_memory(&self) -> String {
+        let peak: Vec<String> = self
+            .workers
+            .iter()
+            .map(|w| format!("{:.0} MiB", resident_mib(w.0.id())))
+            .collect();
+        format!(
+            "peak resident memory: scheduler {:.0} MiB, workers {}",
+            resident_mib(self.scheduler.0.id()),
+            peak.join(", ")
+        )
+    }
+
+    /// `workers` workers of `threads` threads; with `secure`, a token and
+    /// TLS; `tables` is the SQL that creates the tables.
+    pub async fn start(
+        daskrs: &Path,
+        workers: u32,
+        threads: u32,
+        secure: bool,
+        tables: &str,
+    ) -> Cluster {
+        let run_dir = tempfile::tempdir().expect("a temporary directory");
+        let security = secure.then(|| Security::make(daskrs, run_dir.path()));
+        let (scheduler, address) = start_scheduler(
+            daskrs,
+            run_dir.path(),
+            &Security::env_of(security.as_ref(), "scheduler"),
+        );
+        let mut procs = Vec::new();
+        for i in 0..workers {
+            procs.push(spawn(
+                daskrs,
+                &[
+                    "worker".into(),
+                    "--scheduler".into(),
+                    address.clone(),
+                    "--name".into(),
+                    format!("w{i}"),
+                    "--host".into(),
+                    "127.0.0.1".into(),
+                    "--port".into(),
+                    "0".into(),
+                    "--http-port".into(),
+                    "0".into(),
+                    "--nthreads".into(),
+                    threads.to_string(),
+                ],
+                &Security::env_of(security.as_ref(), "worker"),
+            ));
+        }
+        let client = connect(&address, security.as_ref()).await;
+        client
+            .wait_for_workers(workers as usize, Duration::from_secs(30))
+            .await
+            .expect("workers join");
+        client
+            .sql(tables, |_| {})
+            .await
+            .expect("tables are created");
+        Cluster {
+            client,
+            scheduler,
+            workers: procs,
+            _dir: run_dir,
+        }
+    }
 }

@@ -23,6 +23,7 @@ pub mod session;
 pub mod split;
 pub mod stage;
 pub mod tables;
+pub mod tpcds;
 pub mod tpch;
 pub mod urls;
 pub mod write;

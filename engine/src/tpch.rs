@@ -161,8 +161,14 @@ fn write_parquet(path: &Path, schema: SchemaRef, batches: Batches) -> Result<u64
 /// `CREATE EXTERNAL TABLE` statements for tables written under `location`
 /// (a local directory or an `s3://bucket/prefix`).
 pub fn create_tables(location: &str) -> String {
+    parquet_tables(&TABLES, location)
+}
+
+/// `CREATE EXTERNAL TABLE` statements for `tables`, each a directory of
+/// Parquet files of its name under `location`.
+pub fn parquet_tables(tables: &[&str], location: &str) -> String {
     let base = location.trim_end_matches('/');
-    TABLES
+    tables
         .iter()
         .map(|t| format!("CREATE EXTERNAL TABLE IF NOT EXISTS {t} STORED AS PARQUET LOCATION '{base}/{t}/';\n"))
         .collect()

@@ -8,44 +8,14 @@ mod support;
 
 use std::path::PathBuf;
 
-use daskrs_engine::compare;
-
-const TABLES: [&str; 24] = [
-    "call_center",
-    "catalog_page",
-    "catalog_returns",
-    "catalog_sales",
-    "customer",
-    "customer_address",
-    "customer_demographics",
-    "date_dim",
-    "household_demographics",
-    "income_band",
-    "inventory",
-    "item",
-    "promotion",
-    "reason",
-    "ship_mode",
-    "store",
-    "store_returns",
-    "store_sales",
-    "time_dim",
-    "warehouse",
-    "web_page",
-    "web_returns",
-    "web_sales",
-    "web_site",
-];
+use daskrs_engine::{compare, tpcds};
 
 fn data() -> PathBuf {
     let dir = std::env::var_os("DASKRS_TPCDS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").expect("HOME is set"))
-                .join(".cache/daskrs/tpcds/sf0.01")
-        });
+        .unwrap_or_else(|| tpcds::default_dir("0.01"));
     assert!(
-        dir.join(".complete").exists(),
+        tpcds::is_complete(&dir),
         "no TPC-DS data in {}: run scripts/tpcds-data.sh",
         dir.display()
     );
@@ -55,22 +25,12 @@ fn data() -> PathBuf {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_tpcds_query_answers_as_single_node() {
     let dir = data();
-    let tables: String = TABLES
-        .iter()
-        .map(|t| {
-            format!(
-                "CREATE EXTERNAL TABLE {t} STORED AS PARQUET LOCATION '{}/{t}/';\n",
-                dir.display()
-            )
-        })
-        .collect();
+    let tables = tpcds::create_tables(&dir.display().to_string());
     let (planner, reference) = support::planner_and_reference(&tables).await;
 
     let mut failed = Vec::new();
     for q in 1..=99 {
-        let path = dir.join("queries").join(format!("{q}.sql"));
-        let sql =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let sql = tpcds::query(&dir, q).unwrap_or_else(|e| panic!("query {q}: {e}"));
         let want = match compare::run_sql(&reference, &sql).await {
             Ok(w) => compare::rows(&w).unwrap(),
             Err(e) => {

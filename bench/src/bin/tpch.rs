@@ -6,33 +6,22 @@
 //! counts.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Parser;
-use daskrs_bench::{Proc, Security, connect, start_scheduler};
+use daskrs_bench::{Cluster, Common};
 use daskrs_client::Client;
 use daskrs_engine::{compare, tpch};
 
 #[derive(Parser)]
 struct Args {
-    /// The `daskrs` binary to benchmark (a release build).
-    #[arg(long)]
-    daskrs: PathBuf,
+    #[command(flatten)]
+    common: Common,
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
     /// Where the data is made (once) and kept; default ~/.cache/daskrs/tpch/sf<scale>.
     #[arg(long)]
     data: Option<PathBuf>,
-    #[arg(long, default_value_t = 2)]
-    workers: u32,
-    #[arg(long, default_value_t = 1)]
-    threads: u32,
-    /// Runs of each query on each side; the best is reported.
-    #[arg(long, default_value_t = 1)]
-    repeat: usize,
-    #[arg(long, value_delimiter = ',')]
-    queries: Vec<usize>,
     /// JSON printed by bench/dask_tpch.py: {"q1": seconds, ...}.
     #[arg(long)]
     dask_json: Option<PathBuf>,
@@ -46,31 +35,6 @@ struct Args {
     /// they cost.
     #[arg(long)]
     secured: bool,
-}
-
-fn spawn(bin: &PathBuf, args: &[String], env: &[(String, String)]) -> Proc {
-    Proc(
-        Command::new(bin)
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("daskrs starts"),
-    )
-}
-
-fn resident_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
 }
 
 /// Bytes of lineitem per second: a query that reads every column of every
@@ -216,7 +180,7 @@ async fn main() {
         let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".into());
         PathBuf::from(home).join(format!(".cache/daskrs/tpch/sf{}", a.scale))
     });
-    let files = (a.workers * a.threads).max(2) as usize;
+    let files = (a.common.workers * a.common.threads).max(2) as usize;
     if !data.join("lineitem").exists() {
         eprintln!(
             "making TPC-H scale factor {} in {} ...",
@@ -230,10 +194,10 @@ async fn main() {
         std::fs::rename(&tmp, &data).expect("data is moved in place");
         eprintln!("made in {:.1}s", t.elapsed().as_secs_f64());
     }
-    let queries: Vec<usize> = if a.queries.is_empty() {
+    let queries: Vec<usize> = if a.common.queries.is_empty() {
         (1..=22).collect()
     } else {
-        a.queries.clone()
+        a.common.queries.clone()
     };
 
     let location = a
@@ -241,9 +205,25 @@ async fn main() {
         .clone()
         .unwrap_or_else(|| data.display().to_string());
     let tables = tpch::create_tables(&location);
-    let plain = Cluster::start(&a, false, &tables).await;
+    let plain = Cluster::start(
+        &a.common.daskrs,
+        a.common.workers,
+        a.common.threads,
+        false,
+        &tables,
+    )
+    .await;
     let secured = match a.secured {
-        true => Some(Cluster::start(&a, true, &tables).await),
+        true => Some(
+            Cluster::start(
+                &a.common.daskrs,
+                a.common.workers,
+                a.common.threads,
+                true,
+                &tables,
+            )
+            .await,
+        ),
         false => None,
     };
     let client = &plain.client;
@@ -261,16 +241,11 @@ async fn main() {
         .await
         .expect("tables are created");
 
-    let dask: serde_json::Value = a
-        .dask_json
-        .as_ref()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(serde_json::Value::Null);
+    let dask = daskrs_bench::figures(a.dask_json.as_deref());
 
     println!(
         "TPC-H scale factor {}, Parquet from {location}, {} workers x {} threads; best of {}",
-        a.scale, a.workers, a.threads, a.repeat
+        a.scale, a.common.workers, a.common.threads, a.common.repeat
     );
     print!(
         "{:<6}{:>12}{:>16}{:>9}{:>8}{:>8}{:>12}{:>10}",
@@ -286,7 +261,7 @@ async fn main() {
         let mut best_d = f64::MAX;
         let mut best_secured = f64::MAX;
         let mut answer = None;
-        for round in 0..a.repeat.max(1) {
+        for round in 0..a.common.repeat.max(1) {
             // In turns, each first every other round.
             let mut sides = vec![(false, client)];
             if let Some(c) = &secured {
@@ -312,7 +287,7 @@ async fn main() {
         }
         let mut best_s = f64::MAX;
         let mut want = Vec::new();
-        for _ in 0..a.repeat.max(1) {
+        for _ in 0..a.common.repeat.max(1) {
             let t = Instant::now();
             want = compare::run_sql(&single, sql)
                 .await
@@ -364,71 +339,5 @@ async fn main() {
     if let Some(s3) = &s3 {
         scan_throughput(client, &single, s3, &location, &data).await;
     }
-    let peak: Vec<String> = plain
-        .workers
-        .iter()
-        .map(|w| format!("{:.0} MiB", resident_mib(w.0.id())))
-        .collect();
-    println!(
-        "peak resident memory: scheduler {:.0} MiB, workers {}",
-        resident_mib(plain.scheduler.0.id()),
-        peak.join(", ")
-    );
-}
-
-/// A scheduler and workers, with the TPC-H tables created.
-struct Cluster {
-    client: Client,
-    scheduler: Proc,
-    workers: Vec<Proc>,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    async fn start(a: &Args, secure: bool, tables: &str) -> Cluster {
-        let run_dir = tempfile::tempdir().expect("a temporary directory");
-        let security = secure.then(|| Security::make(&a.daskrs, run_dir.path()));
-        let (scheduler, address) = start_scheduler(
-            &a.daskrs,
-            run_dir.path(),
-            &Security::env_of(security.as_ref(), "scheduler"),
-        );
-        let mut workers = Vec::new();
-        for i in 0..a.workers {
-            workers.push(spawn(
-                &a.daskrs,
-                &[
-                    "worker".into(),
-                    "--scheduler".into(),
-                    address.clone(),
-                    "--name".into(),
-                    format!("w{i}"),
-                    "--host".into(),
-                    "127.0.0.1".into(),
-                    "--port".into(),
-                    "0".into(),
-                    "--http-port".into(),
-                    "0".into(),
-                    "--nthreads".into(),
-                    a.threads.to_string(),
-                ],
-                &Security::env_of(security.as_ref(), "worker"),
-            ));
-        }
-        let client = connect(&address, security.as_ref()).await;
-        client
-            .wait_for_workers(a.workers as usize, Duration::from_secs(30))
-            .await
-            .expect("workers join");
-        client
-            .sql(tables, |_| {})
-            .await
-            .expect("tables are created");
-        Cluster {
-            client,
-            scheduler,
-            workers,
-            _dir: run_dir,
-        }
-    }
+    println!("{}", plain.peak_memory());
 }
