@@ -25,7 +25,7 @@ pub fn bytes(examples: &[&[u8]], input: &Input) -> Vec<u8> {
         [] => Vec::new(),
         _ => examples[usize::from(*pick) % examples.len()].to_vec(),
     };
-    let n = 1 + usize::from(*pick >> 6);
+    let n = 1 + usize::from(*pick >> 6) % MAX_EDITS;
     for &(at, kind, byte) in edits.iter().take(n) {
         let at = if out.is_empty() {
             0

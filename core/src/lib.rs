@@ -37,6 +37,15 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The message a panic was raised with, when it was given one (as
+/// `panic!` with a literal or a format does).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+}
+
 /// Cluster tokens are at most this long: they travel in every request's headers.
 pub const MAX_TOKEN_BYTES: usize = 512;
 

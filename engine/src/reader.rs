@@ -12,7 +12,6 @@ use bytes::Bytes;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::{
     AcrossPartitions, ConstExpr, EquivalenceProperties, LexOrdering, PhysicalExpr,
 };
@@ -303,9 +302,9 @@ struct ConstantNode {
     /// One value in every partition (else one in each).
     #[prost(bool, tag = "2")]
     uniform: bool,
-    /// That value, when known, as a literal.
+    /// That value, when known.
     #[prost(message, optional, tag = "3")]
-    value: Option<datafusion_proto::protobuf::PhysicalExprNode>,
+    value: Option<datafusion_proto::protobuf::ScalarValue>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -361,11 +360,7 @@ impl PhysicalExtensionCodec for Codec {
             let across = match (c.uniform, &c.value) {
                 (false, _) => AcrossPartitions::Heterogeneous,
                 (true, None) => AcrossPartitions::Uniform(None),
-                (true, Some(v)) => {
-                    let v = parse_physical_expr_with_converter(v, &schema, &decode, converter)?;
-                    let value = v.downcast_ref::<Literal>().map(|l| l.value().clone());
-                    AcrossPartitions::Uniform(value)
-                }
+                (true, Some(v)) => AcrossPartitions::Uniform(Some(v.try_into()?)),
             };
             constants.push(ConstExpr::new(expr(&c.expr)?, across));
         }
@@ -424,15 +419,7 @@ impl PhysicalExtensionCodec for Codec {
                     let (uniform, value) = match &c.across_partitions {
                         AcrossPartitions::Heterogeneous => (false, None),
                         AcrossPartitions::Uniform(None) => (true, None),
-                        AcrossPartitions::Uniform(Some(v)) => {
-                            let literal: Arc<dyn PhysicalExpr> = Arc::new(Literal::new(v.clone()));
-                            (
-                                true,
-                                Some(serialize_physical_expr_with_converter(
-                                    &literal, self, converter,
-                                )?),
-                            )
-                        }
+                        AcrossPartitions::Uniform(Some(v)) => (true, Some(v.try_into()?)),
                     };
                     Ok(ConstantNode {
                         expr: Some(serialize_physical_expr_with_converter(

@@ -6,7 +6,7 @@
 
 mod support;
 
-use daskrs_engine::{compare, tpch};
+use daskrs_engine::compare;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
@@ -157,10 +157,7 @@ fn random_plans_answer_as_single_node() {
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    tpch::generate(dir.path(), 0.01, 2).unwrap();
-    let tables = tpch::create_tables(&dir.path().display().to_string());
-    let (planner, reference) = runtime.block_on(support::planner_and_reference(&tables));
+    let (_dir, planner, reference) = runtime.block_on(support::small_tpch());
     let cases = std::env::var("DASKRS_RANDOM_PLANS")
         .ok()
         .and_then(|v| v.parse().ok())

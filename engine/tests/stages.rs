@@ -7,14 +7,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use daskrs_engine::{Planned, Planner, compare, tpch};
-use support::{assert_same_answer, planner_and_reference, run_query};
+use support::{assert_same_answer, run_query, small_tpch};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn staged_tpch_matches_single_node() {
-    let dir = tempfile::tempdir().unwrap();
-    tpch::generate(dir.path(), 0.01, 2).unwrap();
-    let tables = tpch::create_tables(&dir.path().display().to_string());
-    let (planner, reference) = planner_and_reference(&tables).await;
+    let (_dir, planner, reference) = small_tpch().await;
     let count = "select count(*), sum(l_quantity) from lineitem";
     assert_same_answer(&planner, &reference, count, 3, count).await;
     for q in 1..=22 {
@@ -31,10 +28,7 @@ async fn staged_tpch_matches_single_node() {
 /// sorted. Cut into stages, they answer as single-node DataFusion does.
 #[tokio::test(flavor = "multi_thread")]
 async fn unions_and_windows_cut_into_stages_answer_as_single_node() {
-    let dir = tempfile::tempdir().unwrap();
-    tpch::generate(dir.path(), 0.01, 2).unwrap();
-    let tables = tpch::create_tables(&dir.path().display().to_string());
-    let (planner, reference) = planner_and_reference(&tables).await;
+    let (_dir, planner, reference) = small_tpch().await;
     let queries = [
         // Two aggregations by the same key, appended, aggregated again.
         "select k, sum(v) as v, count(*) as n from ( \

@@ -153,6 +153,21 @@ pub struct IssuerRef {
     pub group: Option<String>,
 }
 
+/// cert-manager's API group, of its `Certificate`s and its own issuers.
+pub const CERT_MANAGER_GROUP: &str = "cert-manager.io";
+
+impl IssuerRef {
+    /// The issuer's kind, `Issuer` when the spec leaves it out.
+    pub fn kind(&self) -> &str {
+        self.kind.as_deref().unwrap_or("Issuer")
+    }
+
+    /// The issuer's API group, cert-manager's when the spec leaves it out.
+    pub fn group(&self) -> &str {
+        self.group.as_deref().unwrap_or(CERT_MANAGER_GROUP)
+    }
+}
+
 fn enabled() -> bool {
     true
 }

@@ -190,12 +190,13 @@ def fuse(graph: dict[Any, Any], keep: set[Any], limit: int = 1) -> dict[Any, Any
     for key in reversed(order):
         group[key] = group[taker[key]] if key in taker else key
     members: dict[Any, list[Any]] = {}
-    has: dict[Any, set[Any]] = {}
+    made: dict[Any, set[Any]] = {}  # the copied blocks each group holds
     for key in order:
         nodes = members.setdefault(group[key], [])
+        copies = made.setdefault(group[key], set())
         for d in graph[key].dependencies:
-            if d in copied and d not in has.setdefault(group[key], set()):
-                has[group[key]].add(d)
+            if d in copied and d not in copies:
+                copies.add(d)
                 nodes.append(graph[d])
         nodes.append(graph[key])
     return {key: nodes[0] if len(nodes) == 1 else Fused(key, nodes) for key, nodes in members.items()}

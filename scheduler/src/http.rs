@@ -396,7 +396,6 @@ mod fuzz {
                     for w in &b.workers {
                         let _ = state.find_worker(w);
                     }
-                    let _ = b.timeout_seconds.map(std::time::Duration::from_secs);
                 }
             });
     }

@@ -100,11 +100,7 @@ fn no_kind(a: &Assignment) -> TaskError {
 }
 
 fn panicked(a: &Assignment, p: &(dyn std::any::Any + Send)) -> TaskError {
-    let msg = p
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default();
+    let msg = daskrs_core::panic_message(p).unwrap_or_default();
     TaskError::Failed(format!("task kind {:?} panicked: {msg}", a.kind))
 }
 

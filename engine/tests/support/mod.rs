@@ -23,6 +23,17 @@ pub async fn planner_and_reference(ddl: &str) -> (Planner, SessionContext) {
     (planner, reference)
 }
 
+/// TPC-H at scale factor 0.01 in two files a table, made in a temporary
+/// directory (kept as long as the first value lives), and
+/// [`planner_and_reference`] over it.
+pub async fn small_tpch() -> (tempfile::TempDir, Planner, SessionContext) {
+    let dir = tempfile::tempdir().unwrap();
+    daskrs_engine::tpch::generate(dir.path(), 0.01, 2).unwrap();
+    let tables = daskrs_engine::tpch::create_tables(&dir.path().display().to_string());
+    let (planner, reference) = planner_and_reference(&tables).await;
+    (dir, planner, reference)
+}
+
 /// Asserts that `sql` run in stages with `threads` threads answers with
 /// the rows single-node DataFusion answers with, in the same order.
 pub async fn assert_same_answer(

@@ -20,10 +20,10 @@ use crate::crd::DaskCluster;
 pub use network::{LABEL_CLIENT, network_policy, network_policy_name};
 pub use scheduler::{scheduler_deployment, scheduler_service};
 pub use tls::{
-    CERT_MANAGER_GROUP, CERTIFICATE_NAME, NOT_AFTER, TLS_DIR, authority_of, ca_secret,
-    ca_secret_name, cert_manager_certificates, certificate_resource, certificate_secret,
-    client_secret_name, issued_by_cert_manager, needs_issue, new_authority, not_after_of,
-    scheduler_names, tls_secret_name,
+    CERTIFICATE_NAME, NOT_AFTER, TLS_DIR, authority_of, ca_secret, ca_secret_name,
+    cert_manager_certificates, certificate_resource, certificate_secret, client_secret_name,
+    issued_by_cert_manager, needs_issue, new_authority, not_after_of, scheduler_names,
+    tls_secret_name,
 };
 pub use token::{TOKEN_KEY, new_token, owned_by, token_of, token_secret, token_secret_name};
 pub use worker::{WorkerSizing, pod_template_hash, worker_pod};

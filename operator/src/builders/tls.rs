@@ -30,7 +30,7 @@ use kube::ResourceExt;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 
 use super::{LABEL_CLUSTER, LABEL_MANAGED_BY, MANAGER, owned_meta, scheduler_name};
-use crate::crd::{DaskCluster, IssuerRef};
+use crate::crd::{CERT_MANAGER_GROUP, DaskCluster, IssuerRef};
 
 /// Where the scheduler and worker pods find their TLS files.
 pub const TLS_DIR: &str = "/etc/daskrs/tls";
@@ -159,8 +159,6 @@ pub fn needs_issue(secret: Option<&Secret>, ca: &Authority, now: SystemTime) -> 
     }
 }
 
-/// cert-manager's API group, of its `Certificate`s and its own issuers.
-pub const CERT_MANAGER_GROUP: &str = "cert-manager.io";
 /// The annotation cert-manager puts on a Secret it issues into: the name
 /// of the `Certificate` that asked for it.
 pub const CERTIFICATE_NAME: &str = "cert-manager.io/certificate-name";
@@ -209,8 +207,8 @@ pub fn cert_manager_certificates(cluster: &DaskCluster, issuer: &IssuerRef) -> V
             },
             "issuerRef": {
                 "name": issuer.name,
-                "kind": issuer.kind.as_deref().unwrap_or("Issuer"),
-                "group": issuer.group.as_deref().unwrap_or(CERT_MANAGER_GROUP),
+                "kind": issuer.kind(),
+                "group": issuer.group(),
             },
         });
         if !ips.is_empty() {

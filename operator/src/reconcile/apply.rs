@@ -286,6 +286,13 @@ async fn ensure_cert_manager(
             object: format!("{ns}/{name}"),
             source,
         };
+        // Whether this pass makes the Certificate: only then is waiting
+        // for its Secret news worth an Event.
+        let new = certificates
+            .get_metadata_opt(&name)
+            .await
+            .map(|m| m.is_none())
+            .unwrap_or(true);
         let params = PatchParams::apply(MANAGER).force();
         match certificates
             .patch(&name, &params, &Patch::Apply(&certificate))
@@ -319,19 +326,21 @@ async fn ensure_cert_manager(
             .await
             .map_err(|e| kube_error("reading the cluster's Secret", e))?;
         let Some(mut secret) = found else {
-            publish(
-                ctx,
-                cluster,
-                EventType::Normal,
-                "Certificate",
-                "Request",
-                format!(
-                    "waiting for {} {} to issue the certificate of Certificate {name}",
-                    issuer.kind.as_deref().unwrap_or("Issuer"),
-                    issuer.name
-                ),
-            )
-            .await;
+            if new {
+                publish(
+                    ctx,
+                    cluster,
+                    EventType::Normal,
+                    "Certificate",
+                    "Request",
+                    format!(
+                        "waiting for {} {} to issue the certificate of Certificate {name}",
+                        issuer.kind(),
+                        issuer.name
+                    ),
+                )
+                .await;
+            }
             continue;
         };
         if builders::owned_by(&secret, cluster) {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use crate::builders::{CERT_MANAGER_GROUP, WorkerSizing};
-use crate::crd::{DaskCluster, TlsSpec};
+use crate::builders::WorkerSizing;
+use crate::crd::{CERT_MANAGER_GROUP, DaskCluster, TlsSpec};
 use crate::quantity::{self, QuantityError};
 
 /// A spec the operator can act on, with its strings resolved.
@@ -89,9 +89,8 @@ fn issuer_problem(tls: &TlsSpec) -> Option<String> {
     if issuer.name.trim().is_empty() {
         return Some("the issuer's name is empty".into());
     }
-    let group = issuer.group.as_deref().unwrap_or(CERT_MANAGER_GROUP);
-    let kind = issuer.kind.as_deref().unwrap_or("Issuer");
-    if group == CERT_MANAGER_GROUP && kind != "Issuer" && kind != "ClusterIssuer" {
+    let kind = issuer.kind();
+    if issuer.group() == CERT_MANAGER_GROUP && kind != "Issuer" && kind != "ClusterIssuer" {
         return Some(format!(
             "kind {kind:?} is not one of cert-manager's: Issuer or ClusterIssuer"
         ));

@@ -415,11 +415,7 @@ impl ClientService {
             let why = e
                 .try_into_panic()
                 .ok()
-                .and_then(|p| {
-                    p.downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                })
+                .and_then(|p| daskrs_core::panic_message(p.as_ref()).map(str::to_string))
                 .unwrap_or_else(|| "cancelled".into());
             Status::invalid_argument(format!(
                 "planning failed while reading the query's files (a corrupt file?): {why}"

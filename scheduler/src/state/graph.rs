@@ -105,6 +105,15 @@ impl State {
         outputs: &[String],
         existing: &HashMap<Arc<str>, TaskId>,
     ) -> Result<Checked, GraphError> {
+        // Before any task is looked at: a graph past the limit costs nothing.
+        let held = self.tasks.len();
+        if held + tasks.len() > self.config.max_tasks {
+            return Err(GraphError::TooManyTasks {
+                held,
+                adding: tasks.len(),
+                limit: self.config.max_tasks,
+            });
+        }
         for t in &tasks {
             kinds::check(&t.kind, &t.payload, t.deps.len()).map_err(|message| {
                 GraphError::InvalidArguments {
@@ -137,14 +146,6 @@ impl State {
             }
         }
         let n_new = tasks.len() - refs.len();
-        let held = self.tasks.len();
-        if held + n_new > self.config.max_tasks {
-            return Err(GraphError::TooManyTasks {
-                held,
-                adding: n_new,
-                limit: self.config.max_tasks,
-            });
-        }
         let valid = daskrs_core::validate(
             tasks,
             outputs,
