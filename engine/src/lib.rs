@@ -15,6 +15,7 @@ pub mod confine;
 pub mod error;
 pub mod footer;
 pub mod ipc;
+pub mod narrow;
 pub mod planner;
 pub mod reader;
 pub mod rewrite;

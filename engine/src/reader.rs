@@ -6,16 +6,23 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use arrow::array::AsArray;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::config::ConfigOptions;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::{
-    AcrossPartitions, ConstExpr, EquivalenceProperties, LexOrdering, PhysicalExpr,
+    AcrossPartitions, ConstExpr, DynamicFilterTracking, EquivalenceProperties, LexOrdering,
+    PhysicalExpr,
 };
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::filter_pushdown::{
+    ChildPushdownResult, FilterPushdownPhase, FilterPushdownPropagation, PushedDown,
+};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
@@ -47,7 +54,7 @@ pub enum Layout {
 /// (upstream stage, reader partition).
 pub type InputData = HashMap<(u32, u32), Vec<Bytes>>;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StageReaderExec {
     stage: u32,
     layout: Layout,
@@ -60,6 +67,12 @@ pub struct StageReaderExec {
     partitioning: Partitioning,
     known: Known,
     properties: Arc<PlanProperties>,
+    /// Filters a join or a top-k above learns while it runs (dynamic
+    /// filters), pushed down in the worker: rows they reject are dropped
+    /// as they are read.
+    filters: Vec<Arc<dyn PhysicalExpr>>,
+    /// Rows read, and rows the filters dropped.
+    metrics: ExecutionPlanMetricsSet,
 }
 
 /// What the plan above a reader may know of the rows it yields, kept from
@@ -139,6 +152,8 @@ impl StageReaderExec {
             data,
             partitioning,
             known: Known::default(),
+            filters: Vec::new(),
+            metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 
@@ -197,7 +212,12 @@ impl DisplayAs for StageReaderExec {
             f,
             "StageReaderExec: stage={}, partitions={}, {how}",
             self.stage, self.partitions
-        )
+        )?;
+        if !self.filters.is_empty() {
+            let filters: Vec<String> = self.filters.iter().map(|e| e.to_string()).collect();
+            write!(f, ", filters=[{}]", filters.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -216,9 +236,63 @@ impl ExecutionPlan for StageReaderExec {
 
     fn apply_expressions(
         &self,
-        _: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
+        for e in &self.filters {
+            if f(e)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
         Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn handle_child_pushdown_result(
+        &self,
+        phase: FilterPushdownPhase,
+        pushed: ChildPushdownResult,
+        _: &ConfigOptions,
+    ) -> Result<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
+        // Only the filters that exist while the plan runs: any other a
+        // stage boundary's planning already placed.
+        let filters: Vec<Arc<dyn PhysicalExpr>> = pushed
+            .parent_filters
+            .into_iter()
+            .map(|f| f.filter)
+            .collect();
+        let taken: Vec<PushedDown> = filters
+            .iter()
+            .map(|f| {
+                if phase == FilterPushdownPhase::Post
+                    && DynamicFilterTracking::classify(f).contains_dynamic_filter()
+                {
+                    PushedDown::Yes
+                } else {
+                    PushedDown::No
+                }
+            })
+            .collect();
+        if !taken.iter().any(|t| matches!(t, PushedDown::Yes)) {
+            return Ok(FilterPushdownPropagation::with_parent_pushdown_result(
+                taken,
+            ));
+        }
+        let mut reader = self.clone();
+        reader.metrics = ExecutionPlanMetricsSet::new();
+        reader.filters.extend(
+            filters
+                .into_iter()
+                .zip(&taken)
+                .filter(|(_, t)| matches!(t, PushedDown::Yes))
+                .map(|(f, _)| f),
+        );
+        Ok(
+            FilterPushdownPropagation::with_parent_pushdown_result(taken)
+                .with_updated_node(Arc::new(reader) as Arc<dyn ExecutionPlan>),
+        )
     }
 
     fn with_new_children(
@@ -242,15 +316,55 @@ impl ExecutionPlan for StageReaderExec {
             )));
         };
         let schema = self.schema.clone();
+        let filters = self.filters.clone();
+        let read = MetricBuilder::new(&self.metrics).counter("rows_read", partition);
+        let dropped = MetricBuilder::new(&self.metrics).counter("rows_filtered", partition);
         let batches = streams
             .into_iter()
             .filter(|b| !b.is_empty())
-            .flat_map(move |bytes| read_ipc(bytes, schema.clone()));
+            .flat_map(move |bytes| read_ipc(bytes, schema.clone()))
+            .filter_map(move |b| match b {
+                Ok(b) => {
+                    let rows = b.num_rows();
+                    read.add(rows);
+                    match keep(b, &filters) {
+                        Ok(Some(b)) => {
+                            dropped.add(rows - b.num_rows());
+                            Some(Ok(b))
+                        }
+                        Ok(None) => {
+                            dropped.add(rows);
+                            None
+                        }
+                        Err(e) => Some(Err(e)),
+                    }
+                }
+                Err(e) => Some(Err(e)),
+            });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
             futures::stream::iter(batches),
         )))
     }
+}
+
+/// The rows of `batch` that every filter keeps; `None` for none.
+fn keep(batch: RecordBatch, filters: &[Arc<dyn PhysicalExpr>]) -> Result<Option<RecordBatch>> {
+    let mut batch = batch;
+    for f in filters {
+        let rows = batch.num_rows();
+        if rows == 0 {
+            break;
+        }
+        let mask = f.evaluate(&batch)?.into_array(rows)?;
+        let mask = mask.as_boolean_opt().ok_or_else(|| {
+            DataFusionError::Internal(format!("a pushed filter yields {}", mask.data_type()))
+        })?;
+        if mask.true_count() < rows {
+            batch = arrow::compute::filter_record_batch(&batch, mask)?;
+        }
+    }
+    Ok((batch.num_rows() > 0).then_some(batch))
 }
 
 /// The batches of one IPC stream, in the reader's schema.

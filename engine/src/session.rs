@@ -48,6 +48,16 @@ pub fn config(t: &Tuning) -> SessionConfig {
     c
 }
 
+/// Lets the joins and top-ks of a plan a worker runs filter the scans
+/// below them by what they have seen (dynamic filters), as in one
+/// process: a plan is cut into stages without them, and each task adds
+/// them to its own part once it holds only its partition
+/// ([`crate::narrow`]).
+pub fn filter_while_running(o: &mut datafusion::config::ConfigOptions) {
+    o.optimizer.enable_join_dynamic_filter_pushdown = true;
+    o.optimizer.enable_topk_dynamic_filter_pushdown = true;
+}
+
 /// Most bytes (and, when the size is unknown, rows) that the build sides of
 /// one broadcast join send to all of a stage's tasks together.
 const BROADCAST_BYTES: usize = 256 << 20;

@@ -10,6 +10,8 @@ use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_optimizer::filter_pushdown::FilterPushdown;
 use datafusion::physical_plan::metrics::Time;
 use datafusion::physical_plan::repartition::{BatchPartitioner, RepartitionExec};
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
@@ -74,8 +76,10 @@ pub struct Executor {
 impl Executor {
     /// Call within the worker's runtime; tasks run on it.
     pub fn new(s3: Option<S3Access>) -> Executor {
+        let ctx = crate::session::context(s3.clone(), crate::session::Tuning::default());
+        crate::session::filter_while_running(ctx.state_ref().write().config_mut().options_mut());
         Executor {
-            ctx: crate::session::context(s3.clone(), crate::session::Tuning::default()),
+            ctx,
             s3,
             runtime: tokio::runtime::Handle::current(),
         }
@@ -117,24 +121,51 @@ impl Executor {
                 .or_default()
                 .push(bytes);
         }
-        let codec = Codec {
-            data: Arc::new(data),
-        };
         let task_ctx = self.ctx.task_ctx();
-        let plan = datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
-            &task.plan, &task_ctx, &codec,
-        )
-        .map_err(|e| {
-            Error::Corrupt(format!(
-                "cannot read the plan of stage {}: {}",
-                task.stage,
-                crate::error::describe(&e)
-            ))
-        })?;
+        let plan = fragment(&task, data, &task_ctx)?;
         Ok(self
             .runtime
             .block_on(execute(plan, &task, task_ctx, self.s3.as_ref()))?)
     }
+
+    /// For a task of `payload`, whether it runs its partition of the
+    /// stage's plan alone, where the filters its joins learn reach its
+    /// scans ([`crate::narrow`]), rather than the plan as it came; `None`
+    /// for a task that runs no plan.
+    pub fn runs_narrowed(&self, payload: &[u8]) -> std::result::Result<Option<bool>, crate::Error> {
+        let task = StageTask::decode(payload)
+            .map_err(|e| crate::Error::Corrupt(format!("corrupt sql.stage payload: {e}")))?;
+        if task.commit {
+            return Ok(None);
+        }
+        let plan = fragment(&task, HashMap::new(), &self.ctx.task_ctx())?;
+        let body = match (task.pieces, plan.downcast_ref::<RepartitionExec>()) {
+            (0, _) | (_, None) => plan.clone(),
+            (_, Some(r)) => r.input().clone(),
+        };
+        Ok(Some(
+            crate::narrow::narrow(&body, task.partition as usize).is_some(),
+        ))
+    }
+}
+
+/// The stage's plan fragment a task carries, its readers holding `data`.
+fn fragment(
+    task: &StageTask,
+    data: InputData,
+    ctx: &TaskContext,
+) -> std::result::Result<Arc<dyn ExecutionPlan>, crate::Error> {
+    let codec = Codec {
+        data: Arc::new(data),
+    };
+    datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(&task.plan, ctx, &codec)
+        .map_err(|e| {
+            crate::Error::Corrupt(format!(
+                "cannot read the plan of stage {}: {}",
+                task.stage,
+                crate::error::describe(&e)
+            ))
+        })
 }
 
 impl Executor {
@@ -175,9 +206,9 @@ async fn execute(
     ctx: Arc<TaskContext>,
     s3: Option<&S3Access>,
 ) -> Result<StageOutput> {
-    let partition = task.partition as usize;
     if let Some(target) = &task.write {
         let schema = plan.schema();
+        let (plan, partition) = one_partition(&plan, task.partition, &ctx)?;
         let stream = plan.execute(partition, ctx)?;
         let manifest =
             crate::write::write_partition(target, task.partition, schema, stream, s3).await?;
@@ -186,6 +217,7 @@ async fn execute(
     let batch_size = ctx.session_config().batch_size();
     if task.pieces == 0 {
         let schema = plan.schema();
+        let (plan, partition) = one_partition(&plan, task.partition, &ctx)?;
         let mut stream = plan.execute(partition, ctx)?;
         let mut out = Compacted::new(schema, batch_size)?;
         while let Some(batch) = stream.next().await {
@@ -203,9 +235,11 @@ async fn execute(
     let input = r.input().clone();
     let schema = input.schema();
     let inputs = input.output_partitioning().partition_count();
+    let partition = task.partition as usize;
     let mut partitioner =
         BatchPartitioner::try_new(r.partitioning().clone(), Time::new(), partition, inputs)?;
     let mut pieces: Vec<Option<Compacted>> = (0..task.pieces).map(|_| None).collect();
+    let (input, partition) = one_partition(&input, task.partition, &ctx)?;
     let mut stream = input.execute(partition, ctx)?;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
@@ -227,6 +261,26 @@ async fn execute(
         .map(|p| p.map_or(Ok(Bytes::new()), Compacted::finish))
         .collect::<Result<Vec<_>>>()?;
     Ok(StageOutput::Pieces(pieces))
+}
+
+/// The plan to run for partition `partition` of `plan`, and its partition
+/// to execute: narrowed to that one partition when it can be
+/// ([`crate::narrow`]), with the filters its joins and top-ks learn while
+/// it runs pushed down to the scans and readers they can prune.
+fn one_partition(
+    plan: &Arc<dyn ExecutionPlan>,
+    partition: u32,
+    ctx: &TaskContext,
+) -> Result<(Arc<dyn ExecutionPlan>, usize)> {
+    let partition = partition as usize;
+    match crate::narrow::narrow(plan, partition) {
+        Some(one) => {
+            let one = FilterPushdown::new_post_optimization()
+                .optimize(one, ctx.session_config().options())?;
+            Ok((one, 0))
+        }
+        None => Ok((plan.clone(), partition)),
+    }
 }
 
 /// A task's output as an Arrow IPC stream of full, compact batches.

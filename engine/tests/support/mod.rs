@@ -118,6 +118,14 @@ pub async fn try_run_query(
             };
             inputs.push(bytes);
         }
+        // Every task runs its partition alone, as dynamic filters need.
+        if executor
+            .runs_narrowed(&t.payload)
+            .map_err(|e| e.to_string())?
+            == Some(false)
+        {
+            return Err(format!("{} runs more than its own partition", t.key));
+        }
         let (e, payload) = (executor.clone(), t.payload.clone());
         let out = tokio::task::spawn_blocking(move || e.run(&payload, inputs))
             .await
