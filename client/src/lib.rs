@@ -131,6 +131,8 @@ pub struct Finished {
     /// Tasks the scheduler accepted for the graph.
     pub tasks: u64,
     pub outputs: Vec<daskrs_proto::OutputInfo>,
+    /// Where the time went: the tasks summed by prefix, most time first.
+    pub prefixes: Vec<daskrs_proto::PrefixTotals>,
     /// For SQL: the graph the scheduler planned.
     pub planned: Option<daskrs_proto::SqlPlanned>,
     // Closing the request stream releases the graph on the scheduler.
@@ -245,6 +247,7 @@ impl Client {
                         graph_id,
                         tasks,
                         outputs: f.outputs,
+                        prefixes: f.prefixes,
                         planned,
                         _hold: tx,
                     }));

@@ -20,6 +20,9 @@ pub struct Answer {
     /// Stages of the distributed plan; 0 for statements the scheduler ran itself.
     pub stages: usize,
     pub tasks: usize,
+    /// Where the time went: the tasks of each stage (`s0`, `s1`, ...)
+    /// summed, most time first.
+    pub stage_times: Vec<daskrs_proto::PrefixTotals>,
 }
 
 impl Answer {
@@ -109,6 +112,7 @@ impl Client {
             batches,
             stages: streams.stages,
             tasks: streams.tasks,
+            stage_times: streams.stage_times,
         })
     }
 
@@ -128,6 +132,7 @@ impl Client {
                     streams: vec![("the scheduler's answer".to_string(), bytes)],
                     stages: 0,
                     tasks: 0,
+                    stage_times: Vec::new(),
                 });
             }
             Ran::Graph(finished) => finished,
@@ -148,6 +153,7 @@ impl Client {
             streams,
             stages: planned.stages as usize,
             tasks: finished.tasks as usize,
+            stage_times: finished.prefixes.clone(),
         })
     }
 }
@@ -159,6 +165,7 @@ pub struct Streams {
     pub streams: Vec<(String, Bytes)>,
     pub stages: usize,
     pub tasks: usize,
+    pub stage_times: Vec<daskrs_proto::PrefixTotals>,
 }
 
 fn read_ipc(what: &str, bytes: &[u8]) -> Result<(SchemaRef, Vec<RecordBatch>), Error> {

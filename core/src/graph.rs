@@ -326,6 +326,45 @@ fn depth_first_order(inputs: &[Vec<u32>], dependents: &[Vec<u32>]) -> Vec<u32> {
     order
 }
 
+/// The name a task shares with its siblings, by which time and progress
+/// are summed (Dask's task prefix): `s3.1` (task 1 of a SQL query's stage 3)
+/// is `s3`; a Python key, as its `repr`, loses its tuple's indices, its
+/// quotes and the token after the name: `('inc-5f3a9c', 4)` and
+/// `'inc-5f3a9c'` are `inc`, `('read-parquet-0a1b2c3d', 0)` is
+/// `read-parquet`; a bare 32-digit token is `data`.
+pub fn key_prefix(key: &str) -> &str {
+    let mut name = key.trim();
+    if let Some(inner) = name.strip_prefix('(') {
+        name = inner.split([',', ')']).next().unwrap_or(inner).trim();
+    }
+    let name = name.trim_matches(|c| c == '\'' || c == '"');
+    if let Some((stage, task)) = name.rsplit_once('.')
+        && !stage.is_empty()
+        && !task.is_empty()
+        && task.bytes().all(|b| b.is_ascii_digit())
+    {
+        return stage;
+    }
+    let hex = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_hexdigit());
+    let mut end = 0;
+    for (i, word) in name.split('-').enumerate() {
+        let taken = if i == 0 {
+            !word.is_empty()
+        } else {
+            word.bytes().all(|b| b.is_ascii_alphabetic()) && !(word.len() == 8 && hex(word))
+        };
+        if !taken || (i > 0 && word.is_empty()) {
+            break;
+        }
+        end += word.len() + usize::from(i > 0);
+    }
+    let prefix = &name[..end];
+    if prefix.len() == 32 && hex(prefix) {
+        return "data";
+    }
+    if prefix.is_empty() { name } else { prefix }
+}
+
 /// The name a SQL query's graph goes by in logs and the dashboard: its
 /// first line that is not a comment, at most 80 characters.
 pub fn query_name(sql: &str) -> String {
@@ -341,6 +380,26 @@ pub fn query_name(sql: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn task_prefixes_drop_indices_tokens_and_quotes() {
+        for (key, prefix) in [
+            ("s3.1", "s3"),
+            ("s12.0", "s12"),
+            ("('inc-5f3a9c1d2e', 4)", "inc"),
+            ("'inc-5f3a9c1d2e'", "inc"),
+            ("('read-parquet-0a1b2c3d', 0, 1)", "read-parquet"),
+            ("('getitem-a1b2c3d4e5f6', 2)", "getitem"),
+            ("\"sum-aggregate-9f9f9f9f\"", "sum-aggregate"),
+            ("5f3a9c1d2e5f3a9c1d2e5f3a9c1d2e00", "data"),
+            ("x", "x"),
+            ("total", "total"),
+            ("-", "-"),
+            ("", ""),
+        ] {
+            assert_eq!(key_prefix(key), prefix, "{key}");
+        }
+    }
 
     fn known(_: &str) -> bool {
         true

@@ -18,7 +18,7 @@ pub mod state;
 pub mod task;
 
 pub use bytesize::ByteSize;
-pub use graph::{GraphError, TaskSpec, ValidGraph, validate};
+pub use graph::{GraphError, TaskSpec, ValidGraph, key_prefix, validate};
 pub use state::TaskState;
 pub use task::{Assignment, DataFormat, Input, Location, Priority};
 

@@ -166,10 +166,20 @@ fn to_run_event(graph_id: GraphId, ev: GraphEvent) -> RunEvent {
             processing,
             erred,
         }),
-        GraphEvent::Finished { outputs } => {
+        GraphEvent::Finished { outputs, prefixes } => {
             run_event::Event::Finished(daskrs_proto::GraphFinished {
                 graph_id,
                 outputs: outputs.iter().map(output_info).collect(),
+                prefixes: prefixes
+                    .into_iter()
+                    .map(|(prefix, t)| daskrs_proto::PrefixTotals {
+                        prefix,
+                        tasks: t.tasks,
+                        seconds: t.seconds,
+                        nbytes: t.nbytes,
+                        transfer_bytes: t.transfer_bytes,
+                    })
+                    .collect(),
             })
         }
         GraphEvent::Done(o) => run_event::Event::Done(daskrs_proto::KeysDone {

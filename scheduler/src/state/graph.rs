@@ -32,6 +32,48 @@ pub struct Graph {
     pub dirty: bool,
     /// A client's session: tasks err one by one and live until released.
     pub session: bool,
+    /// Finished tasks summed by their key's prefix.
+    pub prefixes: HashMap<Box<str>, PrefixTotals>,
+}
+
+/// Tasks of one prefix ([`daskrs_core::key_prefix`]) that finished.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PrefixTotals {
+    pub tasks: u64,
+    /// Seconds they ran, fetching excluded.
+    pub seconds: f64,
+    pub nbytes: u64,
+    pub transfer_bytes: u64,
+}
+
+impl Graph {
+    /// Counts a finished task of key `key`.
+    pub(super) fn count(&mut self, key: &str, seconds: f64, nbytes: u64, transfer_bytes: u64) {
+        let prefix = daskrs_core::key_prefix(key);
+        let totals = match self.prefixes.get_mut(prefix) {
+            Some(t) => t,
+            None => self.prefixes.entry(prefix.into()).or_default(),
+        };
+        totals.tasks += 1;
+        totals.seconds += seconds;
+        totals.nbytes += nbytes;
+        totals.transfer_bytes += transfer_bytes;
+    }
+
+    /// The totals by prefix, most time first.
+    pub(super) fn prefix_totals(&self) -> Vec<(String, PrefixTotals)> {
+        let mut all: Vec<(String, PrefixTotals)> = self
+            .prefixes
+            .iter()
+            .map(|(p, t)| (p.to_string(), *t))
+            .collect();
+        all.sort_by(|a, b| {
+            b.1.seconds
+                .total_cmp(&a.1.seconds)
+                .then_with(|| a.0.cmp(&b.0))
+        });
+        all
+    }
 }
 
 impl Graph {
@@ -47,6 +89,7 @@ impl Graph {
             finished: false,
             dirty: true,
             session,
+            prefixes: HashMap::new(),
         }
     }
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use daskrs_core::{DataFormat, TaskState};
 
 pub use daskrs_core::Priority;
-pub use graph::{Graph, LocateError, OutputInfo, Submission};
+pub use graph::{Graph, LocateError, OutputInfo, PrefixTotals, Submission};
 pub use outbox::{GraphEvent, Outbox, ToWorker};
 pub use task::{Failure, GraphId, Task, TaskId, WorkerId};
 pub use worker::{Registration, RemoveReason, WorkerReport, WorkerState, WorkerStatus};
@@ -356,6 +356,7 @@ impl State {
         t.dependents = dependents;
         if let Some(g) = self.graphs.get_mut(&graph) {
             g.n_done += 1;
+            g.count(&self.tasks[&id].key, duration, nbytes, transfer_bytes);
             if wanted && g.session {
                 let t = &self.tasks[&id];
                 self.outbox.to_clients.push((
@@ -549,9 +550,10 @@ impl State {
                 }
             })
             .collect();
+        let prefixes = g.prefix_totals();
         self.outbox
             .to_clients
-            .push((graph, GraphEvent::Finished { outputs }));
+            .push((graph, GraphEvent::Finished { outputs, prefixes }));
     }
 
     /// Emits progress for graphs that changed since the last call.

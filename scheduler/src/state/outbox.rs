@@ -4,7 +4,7 @@
 
 use daskrs_core::Assignment;
 
-use super::graph::OutputInfo;
+use super::graph::{OutputInfo, PrefixTotals};
 use super::task::{Failure, GraphId, TaskId, WorkerId};
 
 /// A message the state machine wants sent to a worker.
@@ -33,6 +33,8 @@ pub enum GraphEvent {
     },
     Finished {
         outputs: Vec<OutputInfo>,
+        /// The graph's tasks summed by prefix, most time first.
+        prefixes: Vec<(String, PrefixTotals)>,
     },
     Failed {
         key: String,
@@ -46,10 +48,7 @@ pub enum GraphEvent {
     Done(OutputInfo),
     /// In a session: a key the client wants erred, itself or because a
     /// task it depends on did (`failure.key`).
-    Erred {
-        key: String,
-        failure: Box<Failure>,
-    },
+    Erred { key: String, failure: Box<Failure> },
 }
 
 #[derive(Debug, Default)]
