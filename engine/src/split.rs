@@ -10,7 +10,9 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result};
+use datafusion::physical_expr_common::physical_expr::is_volatile;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::repartition::RepartitionExec;
@@ -61,9 +63,10 @@ impl Stage {
 
 /// Stages in dependency order; the last one is the query's final stage.
 pub fn split(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<Stage>> {
-    let mut stages = Vec::new();
+    let mut stages = Stages::default();
     let root = cut(plan, &mut stages)?;
     let tasks = root.output_partitioning().partition_count();
+    let mut stages = stages.list;
     stages.push(Stage {
         id: stages.len() as u32,
         plan: root,
@@ -73,7 +76,67 @@ pub fn split(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<Stage>> {
     Ok(stages)
 }
 
-fn cut(node: Arc<dyn ExecutionPlan>, stages: &mut Vec<Stage>) -> Result<Arc<dyn ExecutionPlan>> {
+/// The stages cut so far, each with its plan's encoding when it may be
+/// shared.
+#[derive(Default)]
+struct Stages {
+    list: Vec<Stage>,
+    encoded: Vec<Option<Vec<u8>>>,
+}
+
+impl Stages {
+    /// Adds a stage of `plan` unless one that computes the same already
+    /// exists, as when a query names a common table expression twice: its
+    /// readers then read that one's outputs. Returns the stage's id.
+    fn add(&mut self, plan: Arc<dyn ExecutionPlan>, tasks: usize, output: Output) -> u32 {
+        let encoded = shareable(&plan);
+        if let Some(e) = &encoded
+            && let Some(i) = self.list.iter().zip(&self.encoded).position(|(s, other)| {
+                s.tasks == tasks && s.output == output && other.as_ref() == Some(e)
+            })
+        {
+            return self.list[i].id;
+        }
+        let id = self.list.len() as u32;
+        self.list.push(Stage {
+            id,
+            plan,
+            tasks,
+            output,
+        });
+        self.encoded.push(encoded);
+        id
+    }
+}
+
+/// The encoding of a stage's plan, by which two stages that compute the
+/// same are found; `None` for a plan whose every run may differ (one
+/// that calls `random()`), whose readers must each get a run of their own.
+fn shareable(plan: &Arc<dyn ExecutionPlan>) -> Option<Vec<u8>> {
+    let mut volatile = false;
+    plan.apply(|node| {
+        node.apply_expressions(&mut |e| {
+            volatile |= is_volatile(e);
+            Ok(if volatile {
+                TreeNodeRecursion::Stop
+            } else {
+                TreeNodeRecursion::Continue
+            })
+        })
+    })
+    .ok()?;
+    if volatile {
+        return None;
+    }
+    datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(
+        plan.clone(),
+        &crate::reader::Codec::default(),
+    )
+    .ok()
+    .map(|b| b.to_vec())
+}
+
+fn cut(node: Arc<dyn ExecutionPlan>, stages: &mut Stages) -> Result<Arc<dyn ExecutionPlan>> {
     let children: Vec<Arc<dyn ExecutionPlan>> = node.children().into_iter().cloned().collect();
     let mut new_children = Vec::with_capacity(children.len());
     for c in &children {
@@ -94,13 +157,11 @@ fn cut(node: Arc<dyn ExecutionPlan>, stages: &mut Vec<Stage>) -> Result<Arc<dyn 
             .preserve_order()
             .then(|| r.input().output_ordering().cloned())
             .flatten();
-        let id = stages.len() as u32;
-        stages.push(Stage {
-            id,
-            plan: node.clone(),
-            tasks: r.input().output_partitioning().partition_count(),
-            output: Output::Pieces(pieces),
-        });
+        let id = stages.add(
+            node.clone(),
+            r.input().output_partitioning().partition_count(),
+            Output::Pieces(pieces),
+        );
         // Pieces from several tasks arrive one after another: hash
         // partitioned as the exchange cut them, but in no order.
         let reader: Arc<dyn ExecutionPlan> = Arc::new(
@@ -131,14 +192,8 @@ fn cut(node: Arc<dyn ExecutionPlan>, stages: &mut Vec<Stage>) -> Result<Arc<dyn 
         if input.downcast_ref::<StageReaderExec>().is_some() {
             return Ok(node);
         }
-        let id = stages.len() as u32;
         let tasks = input.output_partitioning().partition_count();
-        stages.push(Stage {
-            id,
-            plan: input.clone(),
-            tasks,
-            output: Output::Whole,
-        });
+        let id = stages.add(input.clone(), tasks, Output::Whole);
         // Each partition one task's whole output: laid out and sorted as
         // the stage's own partitions were.
         let reader = Arc::new(

@@ -69,6 +69,49 @@ async fn unions_and_windows_cut_into_stages_answer_as_single_node() {
     }
 }
 
+/// A common table expression named twice is computed once: both readers
+/// read the same stage. One that calls `random()` is computed for each.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subplan_named_twice_runs_once_unless_it_is_random() {
+    let (_dir, planner, reference) = small_tpch().await;
+    let cte = |keep: &str| {
+        format!(
+            "with t as (select l_suppkey as k, sum(l_quantity) as q \
+                        from lineitem where {keep} group by l_suppkey) \
+             select a.k, a.q, b.q from t a join t b on a.k = b.k + 1 order by a.k"
+        )
+    };
+    let stages = |q: &daskrs_engine::Query| {
+        q.explain
+            .lines()
+            .filter(|l| l.starts_with("Stage "))
+            .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+            .collect::<Vec<_>>()
+    };
+    let shared = cte("l_quantity > 10");
+    let Planned::Query(q) = planner.plan(&shared, 2).await.unwrap() else {
+        panic!("a query")
+    };
+    let listed = stages(&q);
+    let scans = listed.iter().filter(|s| s.contains("reads files")).count();
+    assert_eq!(scans, 1, "lineitem is read by one stage:\n{}", q.explain);
+    assert_same_answer(&planner, &reference, &shared, 2, "shared").await;
+    assert_same_answer(&planner, &reference, &shared, 3, "shared").await;
+
+    let Planned::Query(q) = planner.plan(&cte("random() < 2"), 2).await.unwrap() else {
+        panic!("a query")
+    };
+    let scans = stages(&q)
+        .iter()
+        .filter(|s| s.contains("reads files"))
+        .count();
+    assert_eq!(
+        scans, 2,
+        "each reference runs random() anew:\n{}",
+        q.explain
+    );
+}
+
 /// Input tables: results a session holds, named by the query, read by the
 /// tasks that scan them as one more input; seen by that request only.
 #[tokio::test(flavor = "multi_thread")]
