@@ -36,19 +36,22 @@ pub fn figures(path: Option<&Path>) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
-/// Where a query's task time went, as a line: the `most` stages that ran
-/// longest, each with its seconds, tasks and bytes fetched from other
-/// workers, and the sum of all.
+/// Where a query's task time went, as a line: the seconds its tasks ran
+/// and waited (for inputs from peers, then for a thread) in all, and the
+/// `most` stages that ran longest, each with its seconds, tasks and bytes
+/// fetched from other workers.
 pub fn stage_times(times: &[daskrs_proto::PrefixTotals], most: usize) -> String {
-    let total: f64 = times.iter().map(|t| t.seconds).sum();
+    let ran: f64 = times.iter().map(|t| t.seconds).sum();
+    let waited: f64 = times.iter().map(|t| t.waited).sum();
     let mut parts: Vec<String> = times
         .iter()
         .take(most)
         .map(|t| {
             format!(
-                "{} {:.3} s in {} tasks, {:.1} MB fetched",
+                "{} ran {:.3} s, waited {:.3} s, {} tasks, {:.1} MB fetched",
                 t.prefix,
                 t.seconds,
+                t.waited,
                 t.tasks,
                 t.transfer_bytes as f64 / 1e6
             )
@@ -57,7 +60,10 @@ pub fn stage_times(times: &[daskrs_proto::PrefixTotals], most: usize) -> String 
     if times.len() > most {
         parts.push(format!("{} more stages", times.len() - most));
     }
-    format!("tasks ran {total:.3} s: {}", parts.join("; "))
+    format!(
+        "tasks ran {ran:.3} s, waited {waited:.3} s: {}",
+        parts.join("; ")
+    )
 }
 
 /// A cluster token and TLS certificates (made by `daskrs certs`), as a

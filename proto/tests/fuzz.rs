@@ -234,6 +234,7 @@ fn worker_batches() {
             format: DataFormat::Arrow as i32,
             duration: 0.5,
             transfer_bytes: 10,
+            waited: 0.25,
         }),
         worker_message::Msg::Erred(TaskErred {
             task_id: 5,

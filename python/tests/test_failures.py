@@ -53,10 +53,18 @@ def test_keyboard_interrupt_cancels_the_graph(client: daskrs.Client) -> None:
         return i
 
     parts = [dask.delayed(nap)(i, dask_key_name=f"nap-{i}") for i in range(6)]
+    # A shell that starts the tests in the background has them ignore
+    # SIGINT, and Python then raises nothing on it: Ctrl-C acts here as in
+    # a terminal or a notebook, however the tests were started.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        dask.compute(*parts, scheduler=client)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            dask.compute(*parts, scheduler=client)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     # Nothing of it is left on the cluster, running or queued.
     deadline = time.monotonic() + 20
     while True:

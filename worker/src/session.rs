@@ -440,6 +440,7 @@ impl Session {
                     format: daskrs_proto::convert::format_number(format),
                     duration,
                     transfer_bytes: ended.transfer_bytes,
+                    waited: ended.waited,
                 }));
             }
             Err(error) => {

@@ -4,6 +4,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::time::Instant;
 
 use daskrs_core::{Assignment, Input, Priority};
 
@@ -24,6 +25,9 @@ struct Assigned {
     missing: Vec<u64>,
     transfer_bytes: u64,
     cancelled: bool,
+    /// When the assignment came, and when its run started.
+    arrived: Instant,
+    started: Option<Instant>,
 }
 
 /// What became of an assignment when it arrived.
@@ -74,6 +78,8 @@ pub struct Ended {
     pub key: std::sync::Arc<str>,
     pub kind: std::sync::Arc<str>,
     pub transfer_bytes: u64,
+    /// Seconds from its arrival to its start: fetching, then waiting for a thread.
+    pub waited: f64,
     /// Freed while it ran: its result is not wanted.
     pub cancelled: bool,
 }
@@ -122,6 +128,8 @@ impl Tasks {
                 missing,
                 transfer_bytes: 0,
                 cancelled: false,
+                arrived: Instant::now(),
+                started: None,
             },
         );
         if ready {
@@ -181,6 +189,7 @@ impl Tasks {
                 continue;
             }
             t.stage = Stage::Running;
+            t.started = Some(Instant::now());
             self.running += 1;
             return Some(Started {
                 assignment: t.assignment.clone(),
@@ -223,10 +232,14 @@ impl Tasks {
         }
         self.running -= 1;
         let t = self.tasks.remove(&task)?;
+        let waited = t
+            .started
+            .map_or(0.0, |s| s.duration_since(t.arrived).as_secs_f64());
         Some(Ended {
             key: t.assignment.key,
             kind: t.assignment.kind,
             transfer_bytes: t.transfer_bytes,
+            waited,
             cancelled: t.cancelled,
         })
     }

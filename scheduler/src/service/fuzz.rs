@@ -151,6 +151,7 @@ fn finished(task_id: u64) -> Up {
         format: 2,
         duration: 0.01,
         transfer_bytes: 0,
+        waited: 0.0,
     })
 }
 

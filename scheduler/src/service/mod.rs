@@ -176,6 +176,7 @@ fn to_run_event(graph_id: GraphId, ev: GraphEvent) -> RunEvent {
                         prefix,
                         tasks: t.tasks,
                         seconds: t.seconds,
+                        waited: t.waited,
                         nbytes: t.nbytes,
                         transfer_bytes: t.transfer_bytes,
                     })

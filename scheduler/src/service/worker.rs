@@ -159,6 +159,7 @@ pub(crate) fn apply_to(
                         format,
                         duration: f.duration,
                         transfer_bytes: f.transfer_bytes,
+                        waited: f.waited,
                     },
                 );
             }

@@ -42,22 +42,25 @@ pub struct PrefixTotals {
     pub tasks: u64,
     /// Seconds they ran, fetching excluded.
     pub seconds: f64,
+    /// Seconds they waited on their workers: fetching, then a thread.
+    pub waited: f64,
     pub nbytes: u64,
     pub transfer_bytes: u64,
 }
 
 impl Graph {
-    /// Counts a finished task of key `key`.
-    pub(super) fn count(&mut self, key: &str, seconds: f64, nbytes: u64, transfer_bytes: u64) {
+    /// Adds what finished tasks of key `key` report to their prefix's totals.
+    pub(super) fn count(&mut self, key: &str, more: PrefixTotals) {
         let prefix = daskrs_core::key_prefix(key);
         let totals = match self.prefixes.get_mut(prefix) {
             Some(t) => t,
             None => self.prefixes.entry(prefix.into()).or_default(),
         };
-        totals.tasks += 1;
-        totals.seconds += seconds;
-        totals.nbytes += nbytes;
-        totals.transfer_bytes += transfer_bytes;
+        totals.tasks += more.tasks;
+        totals.seconds += more.seconds;
+        totals.waited += more.waited;
+        totals.nbytes += more.nbytes;
+        totals.transfer_bytes += more.transfer_bytes;
     }
 
     /// The totals by prefix, most time first.

@@ -57,6 +57,8 @@ pub struct Finished {
     pub duration: f64,
     /// Bytes of inputs it fetched from peers for the task.
     pub transfer_bytes: u64,
+    /// Seconds it waited on the worker before it ran: fetching, then a thread.
+    pub waited: f64,
 }
 
 /// A worker's report that a task failed: its error, and what user code
@@ -306,6 +308,7 @@ impl State {
             format,
             duration,
             transfer_bytes,
+            waited,
         } = done;
         if !self.take_from_processing(worker, id) {
             // Cancelled, stolen or forgotten meanwhile: the worker must not keep it.
@@ -356,7 +359,16 @@ impl State {
         t.dependents = dependents;
         if let Some(g) = self.graphs.get_mut(&graph) {
             g.n_done += 1;
-            g.count(&self.tasks[&id].key, duration, nbytes, transfer_bytes);
+            g.count(
+                &self.tasks[&id].key,
+                PrefixTotals {
+                    tasks: 1,
+                    seconds: duration,
+                    waited,
+                    nbytes,
+                    transfer_bytes,
+                },
+            );
             if wanted && g.session {
                 let t = &self.tasks[&id];
                 self.outbox.to_clients.push((

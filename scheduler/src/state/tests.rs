@@ -17,6 +17,7 @@ fn finished(task: TaskId, duration: f64) -> Finished {
         format: DataFormat::Arrow,
         duration,
         transfer_bytes: 0,
+        waited: 0.0005,
     }
 }
 
@@ -318,13 +319,14 @@ fn a_finished_graph_says_where_its_time_went_by_task_prefix() {
             _ => None,
         })
         .expect("finished");
-    // Each simulated task runs 1 ms and makes 8 bytes.
+    // Each simulated task runs 1 ms after waiting 0.5 ms, and makes 8 bytes.
     let shown: Vec<(&str, u64, u64)> = prefixes
         .iter()
         .map(|(p, t)| (p.as_str(), t.tasks, t.nbytes))
         .collect();
     assert_eq!(shown, [("s0", 4, 32), ("s1", 1, 8)]);
     assert!((prefixes[0].1.seconds - 0.004).abs() < 1e-9);
+    assert!((prefixes[0].1.waited - 0.002).abs() < 1e-9);
 }
 
 #[test]
