@@ -28,6 +28,17 @@ pub struct Common {
     pub queries: Vec<usize>,
 }
 
+impl Common {
+    /// The queries asked for, or 1 to `all`.
+    pub fn queries_or_all(&self, all: usize) -> Vec<usize> {
+        if self.queries.is_empty() {
+            (1..=all).collect()
+        } else {
+            self.queries.clone()
+        }
+    }
+}
+
 /// Figures of another system by query (`{"q1": seconds, ...}`) from a
 /// JSON file, or none when it is not given or unreadable.
 pub fn figures(path: Option<&Path>) -> serde_json::Value {
@@ -226,15 +237,10 @@ impl Cluster {
         )
     }
 
-    /// `workers` workers of `threads` threads; with `secure`, a token and
+    /// The workers and threads `c` asks for; with `secure`, a token and
     /// TLS; `tables` is the SQL that creates the tables.
-    pub async fn start(
-        daskrs: &Path,
-        workers: u32,
-        threads: u32,
-        secure: bool,
-        tables: &str,
-    ) -> Cluster {
+    pub async fn start(c: &Common, secure: bool, tables: &str) -> Cluster {
+        let (daskrs, workers, threads) = (c.daskrs.as_path(), c.workers, c.threads);
         let run_dir = tempfile::tempdir().expect("a temporary directory");
         let security = secure.then(|| Security::make(daskrs, run_dir.path()));
         let (scheduler, address) = start_scheduler(

@@ -153,7 +153,7 @@ impl Client {
             streams,
             stages: planned.stages as usize,
             tasks: finished.tasks as usize,
-            stage_times: finished.prefixes.clone(),
+            stage_times: finished.prefixes,
         })
     }
 }

@@ -348,12 +348,12 @@ pub fn key_prefix(key: &str) -> &str {
     let hex = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_hexdigit());
     let mut end = 0;
     for (i, word) in name.split('-').enumerate() {
-        let taken = if i == 0 {
-            !word.is_empty()
-        } else {
-            word.bytes().all(|b| b.is_ascii_alphabetic()) && !(word.len() == 8 && hex(word))
-        };
-        if !taken || (i > 0 && word.is_empty()) {
+        // The first word, then words of letters that are not a hex token.
+        let taken = !word.is_empty()
+            && (i == 0
+                || word.bytes().all(|b| b.is_ascii_alphabetic())
+                    && !(word.len() == 8 && hex(word)));
+        if !taken {
             break;
         }
         end += word.len() + usize::from(i > 0);

@@ -19,7 +19,7 @@ use datafusion::sql::parser::{DFParser, Statement};
 use prost::Message;
 
 use crate::Error;
-use crate::reader::{Codec, Layout};
+use crate::reader::Layout;
 use crate::s3::S3Access;
 use crate::session::{Tuning, context};
 use crate::split::{Output, Stage, split};
@@ -297,19 +297,18 @@ fn distribute_cut(
             (vec![one_task(physical)], Some(why))
         }
     };
-    let codec = Codec::default();
     let mut tasks = Vec::new();
     // What each stage reads, for the explanation: (upstream stage, layout).
     let mut inputs: Vec<Vec<(u32, Layout)>> = vec![Vec::new(); stages.len()];
     for stage in &stages {
-        let plan = datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(
-            stage.plan.clone(),
-            &codec,
-        )
-        .map_err(|e| {
-            Error::from_datafusion(&e)
-                .context(format!("stage {} cannot be sent to workers", stage.id))
-        })?;
+        // Encoded once, when the plan was cut; again only for the error.
+        let plan = match &stage.encoded {
+            Some(plan) => plan.clone(),
+            None => crate::split::encode(&stage.plan).map_err(|e| {
+                Error::from_datafusion(&e)
+                    .context(format!("stage {} cannot be sent to workers", stage.id))
+            })?,
+        };
         let pieces = match stage.output {
             Output::Whole => 0,
             Output::Pieces(n) => n as u32,
@@ -433,6 +432,7 @@ fn one_task(physical: Arc<dyn ExecutionPlan>) -> Stage {
         plan,
         tasks: 1,
         output: Output::Whole,
+        encoded: None,
     }
 }
 

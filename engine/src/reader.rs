@@ -258,37 +258,26 @@ impl ExecutionPlan for StageReaderExec {
     ) -> Result<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
         // Only the filters that exist while the plan runs: any other a
         // stage boundary's planning already placed.
-        let filters: Vec<Arc<dyn PhysicalExpr>> = pushed
-            .parent_filters
-            .into_iter()
-            .map(|f| f.filter)
-            .collect();
-        let taken: Vec<PushedDown> = filters
-            .iter()
-            .map(|f| {
-                if phase == FilterPushdownPhase::Post
-                    && DynamicFilterTracking::classify(f).contains_dynamic_filter()
-                {
-                    PushedDown::Yes
-                } else {
-                    PushedDown::No
-                }
-            })
-            .collect();
-        if !taken.iter().any(|t| matches!(t, PushedDown::Yes)) {
+        let mut taken = Vec::with_capacity(pushed.parent_filters.len());
+        let mut accepted = Vec::new();
+        for f in pushed.parent_filters {
+            if phase == FilterPushdownPhase::Post
+                && DynamicFilterTracking::classify(&f.filter).contains_dynamic_filter()
+            {
+                taken.push(PushedDown::Yes);
+                accepted.push(f.filter);
+            } else {
+                taken.push(PushedDown::No);
+            }
+        }
+        if accepted.is_empty() {
             return Ok(FilterPushdownPropagation::with_parent_pushdown_result(
                 taken,
             ));
         }
         let mut reader = self.clone();
         reader.metrics = ExecutionPlanMetricsSet::new();
-        reader.filters.extend(
-            filters
-                .into_iter()
-                .zip(&taken)
-                .filter(|(_, t)| matches!(t, PushedDown::Yes))
-                .map(|(f, _)| f),
-        );
+        reader.filters.extend(accepted);
         Ok(
             FilterPushdownPropagation::with_parent_pushdown_result(taken)
                 .with_updated_node(Arc::new(reader) as Arc<dyn ExecutionPlan>),
@@ -323,24 +312,15 @@ impl ExecutionPlan for StageReaderExec {
             .into_iter()
             .filter(|b| !b.is_empty())
             .flat_map(move |bytes| read_ipc(bytes, schema.clone()))
-            .filter_map(move |b| match b {
-                Ok(b) => {
-                    let rows = b.num_rows();
-                    read.add(rows);
-                    match keep(b, &filters) {
-                        Ok(Some(b)) => {
-                            dropped.add(rows - b.num_rows());
-                            Some(Ok(b))
-                        }
-                        Ok(None) => {
-                            dropped.add(rows);
-                            None
-                        }
-                        Err(e) => Some(Err(e)),
-                    }
-                }
-                Err(e) => Some(Err(e)),
-            });
+            .map(move |b| {
+                let b = b?;
+                let rows = b.num_rows();
+                read.add(rows);
+                let kept = keep(b, &filters)?;
+                dropped.add(rows - kept.num_rows());
+                Ok(kept)
+            })
+            .filter(|b| b.as_ref().map_or(true, |b| b.num_rows() > 0));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
             futures::stream::iter(batches),
@@ -348,8 +328,8 @@ impl ExecutionPlan for StageReaderExec {
     }
 }
 
-/// The rows of `batch` that every filter keeps; `None` for none.
-fn keep(batch: RecordBatch, filters: &[Arc<dyn PhysicalExpr>]) -> Result<Option<RecordBatch>> {
+/// The rows of `batch` that every filter keeps.
+fn keep(batch: RecordBatch, filters: &[Arc<dyn PhysicalExpr>]) -> Result<RecordBatch> {
     let mut batch = batch;
     for f in filters {
         let rows = batch.num_rows();
@@ -364,7 +344,7 @@ fn keep(batch: RecordBatch, filters: &[Arc<dyn PhysicalExpr>]) -> Result<Option<
             batch = arrow::compute::filter_record_batch(&batch, mask)?;
         }
     }
-    Ok((batch.num_rows() > 0).then_some(batch))
+    Ok(batch)
 }
 
 /// The batches of one IPC stream, in the reader's schema.

@@ -10,6 +10,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::physical_expr_common::physical_expr::is_volatile;
@@ -40,6 +41,9 @@ pub struct Stage {
     pub plan: Arc<dyn ExecutionPlan>,
     pub tasks: usize,
     pub output: Output,
+    /// The plan's datafusion-proto encoding, which every task of the stage
+    /// carries; `None` when it cannot be encoded (the planner says why).
+    pub encoded: Option<Bytes>,
 }
 
 impl Stage {
@@ -66,9 +70,10 @@ pub fn split(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<Stage>> {
     let mut stages = Stages::default();
     let root = cut(plan, &mut stages)?;
     let tasks = root.output_partitioning().partition_count();
-    let mut stages = stages.list;
+    let mut stages = stages.0;
     stages.push(Stage {
         id: stages.len() as u32,
+        encoded: encode(&root).ok(),
         plan: root,
         tasks,
         output: Output::Whole,
@@ -76,45 +81,53 @@ pub fn split(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<Stage>> {
     Ok(stages)
 }
 
-/// The stages cut so far, each with its plan's encoding when it may be
-/// shared.
-#[derive(Default)]
-struct Stages {
-    list: Vec<Stage>,
-    encoded: Vec<Option<Vec<u8>>>,
+/// A stage plan as the workers get it (datafusion-proto, stage readers by
+/// the engine's codec).
+pub fn encode(plan: &Arc<dyn ExecutionPlan>) -> Result<Bytes> {
+    datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(
+        plan.clone(),
+        &crate::reader::Codec::default(),
+    )
 }
+
+/// The stages cut so far.
+#[derive(Default)]
+struct Stages(Vec<Stage>);
 
 impl Stages {
     /// Adds a stage of `plan` unless one that computes the same already
-    /// exists, as when a query names a common table expression twice: its
-    /// readers then read that one's outputs. Returns the stage's id.
+    /// exists (the same tasks, output and encoded plan), as when a query
+    /// names a common table expression twice: its readers then read that
+    /// one's outputs. A plan whose every run may differ (one that calls
+    /// `random()`) is never shared: its readers each get a run of their
+    /// own. Returns the stage's id.
     fn add(&mut self, plan: Arc<dyn ExecutionPlan>, tasks: usize, output: Output) -> u32 {
-        let encoded = shareable(&plan);
+        let encoded = encode(&plan).ok();
         if let Some(e) = &encoded
-            && let Some(i) = self.list.iter().zip(&self.encoded).position(|(s, other)| {
-                s.tasks == tasks && s.output == output && other.as_ref() == Some(e)
-            })
+            && !is_volatile_plan(&plan)
+            && let Some(same) = self
+                .0
+                .iter()
+                .find(|s| s.tasks == tasks && s.output == output && s.encoded.as_ref() == Some(e))
         {
-            return self.list[i].id;
+            return same.id;
         }
-        let id = self.list.len() as u32;
-        self.list.push(Stage {
+        let id = self.0.len() as u32;
+        self.0.push(Stage {
             id,
             plan,
             tasks,
             output,
+            encoded,
         });
-        self.encoded.push(encoded);
         id
     }
 }
 
-/// The encoding of a stage's plan, by which two stages that compute the
-/// same are found; `None` for a plan whose every run may differ (one
-/// that calls `random()`), whose readers must each get a run of their own.
-fn shareable(plan: &Arc<dyn ExecutionPlan>) -> Option<Vec<u8>> {
+/// Whether some expression of `plan` may give another value each run.
+fn is_volatile_plan(plan: &Arc<dyn ExecutionPlan>) -> bool {
     let mut volatile = false;
-    plan.apply(|node| {
+    let _ = plan.apply(|node| {
         node.apply_expressions(&mut |e| {
             volatile |= is_volatile(e);
             Ok(if volatile {
@@ -123,17 +136,8 @@ fn shareable(plan: &Arc<dyn ExecutionPlan>) -> Option<Vec<u8>> {
                 TreeNodeRecursion::Continue
             })
         })
-    })
-    .ok()?;
-    if volatile {
-        return None;
-    }
-    datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(
-        plan.clone(),
-        &crate::reader::Codec::default(),
-    )
-    .ok()
-    .map(|b| b.to_vec())
+    });
+    volatile
 }
 
 fn cut(node: Arc<dyn ExecutionPlan>, stages: &mut Stages) -> Result<Arc<dyn ExecutionPlan>> {

@@ -45,20 +45,9 @@ async fn main() {
         "no TPC-DS data in {}: run scripts/tpcds-data.sh 1",
         data.display()
     );
-    let queries: Vec<usize> = if a.common.queries.is_empty() {
-        (1..=99).collect()
-    } else {
-        a.common.queries.clone()
-    };
+    let queries = a.common.queries_or_all(99);
     let tables = tpcds::create_tables(&data.display().to_string());
-    let cluster = Cluster::start(
-        &a.common.daskrs,
-        a.common.workers,
-        a.common.threads,
-        false,
-        &tables,
-    )
-    .await;
+    let cluster = Cluster::start(&a.common, false, &tables).await;
     let single = compare::single_node_context(None);
     compare::run_sql(&single, &tables)
         .await

@@ -194,36 +194,16 @@ async fn main() {
         std::fs::rename(&tmp, &data).expect("data is moved in place");
         eprintln!("made in {:.1}s", t.elapsed().as_secs_f64());
     }
-    let queries: Vec<usize> = if a.common.queries.is_empty() {
-        (1..=22).collect()
-    } else {
-        a.common.queries.clone()
-    };
+    let queries = a.common.queries_or_all(22);
 
     let location = a
         .location
         .clone()
         .unwrap_or_else(|| data.display().to_string());
     let tables = tpch::create_tables(&location);
-    let plain = Cluster::start(
-        &a.common.daskrs,
-        a.common.workers,
-        a.common.threads,
-        false,
-        &tables,
-    )
-    .await;
+    let plain = Cluster::start(&a.common, false, &tables).await;
     let secured = match a.secured {
-        true => Some(
-            Cluster::start(
-                &a.common.daskrs,
-                a.common.workers,
-                a.common.threads,
-                true,
-                &tables,
-            )
-            .await,
-        ),
+        true => Some(Cluster::start(&a.common, true, &tables).await),
         false => None,
     };
     let client = &plain.client;

@@ -32,7 +32,8 @@ pub struct Graph {
     pub dirty: bool,
     /// A client's session: tasks err one by one and live until released.
     pub session: bool,
-    /// Finished tasks summed by their key's prefix.
+    /// Finished tasks summed by their key's prefix (not kept for a session,
+    /// which never finishes).
     pub prefixes: HashMap<Box<str>, PrefixTotals>,
 }
 

@@ -359,16 +359,19 @@ impl State {
         t.dependents = dependents;
         if let Some(g) = self.graphs.get_mut(&graph) {
             g.n_done += 1;
-            g.count(
-                &self.tasks[&id].key,
-                PrefixTotals {
-                    tasks: 1,
-                    seconds: duration,
-                    waited,
-                    nbytes,
-                    transfer_bytes,
-                },
-            );
+            // Only a graph that finishes reports them (a session never does).
+            if !g.session {
+                g.count(
+                    &self.tasks[&id].key,
+                    PrefixTotals {
+                        tasks: 1,
+                        seconds: duration,
+                        waited,
+                        nbytes,
+                        transfer_bytes,
+                    },
+                );
+            }
             if wanted && g.session {
                 let t = &self.tasks[&id];
                 self.outbox.to_clients.push((
