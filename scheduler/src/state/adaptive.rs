@@ -27,7 +27,7 @@ impl State {
         let mut work: f64 = self.workers.values().map(|w| w.occupancy).sum();
         for t in self.tasks.values() {
             if matches!(t.state, TaskState::Queued | TaskState::Waiting) {
-                work += self.estimate(&t.kind);
+                work += self.estimate(t);
             }
         }
         let by_work = (work / (target_seconds * threads_per_worker)).ceil() as usize;

@@ -32,9 +32,21 @@ pub struct Graph {
     pub dirty: bool,
     /// A client's session: tasks err one by one and live until released.
     pub session: bool,
-    /// Finished tasks summed by their key's prefix (not kept for a session,
-    /// which never finishes).
-    pub prefixes: HashMap<Box<str>, PrefixTotals>,
+    /// The graph's task prefixes ([`daskrs_core::key_prefix`]), each with
+    /// the totals of its tasks that finished; a task knows its own by index.
+    pub prefixes: Vec<Prefix>,
+    prefix_ids: HashMap<Box<str>, u32>,
+}
+
+/// Past this many prefixes in one graph (keys that share no prefix, such
+/// as a session's `result_1`, `result_2`, ...), new ones are counted
+/// together under the name `other`.
+const MAX_PREFIXES: usize = 10_000;
+
+#[derive(Debug)]
+pub struct Prefix {
+    pub name: Box<str>,
+    pub totals: PrefixTotals,
 }
 
 /// Tasks of one prefix ([`daskrs_core::key_prefix`]) that finished.
@@ -50,13 +62,36 @@ pub struct PrefixTotals {
 }
 
 impl Graph {
-    /// Adds what finished tasks of key `key` report to their prefix's totals.
-    pub(super) fn count(&mut self, key: &str, more: PrefixTotals) {
-        let prefix = daskrs_core::key_prefix(key);
-        let totals = match self.prefixes.get_mut(prefix) {
-            Some(t) => t,
-            None => self.prefixes.entry(prefix.into()).or_default(),
+    /// The index of the prefix of key `key`, added if new.
+    pub(super) fn prefix_of(&mut self, key: &str) -> u32 {
+        let mut name = daskrs_core::key_prefix(key);
+        // Tasks come in runs of one prefix: no lookup for the same as the last.
+        if let Some(last) = self.prefixes.last()
+            && *last.name == *name
+        {
+            return self.prefixes.len() as u32 - 1;
+        }
+        if self.prefixes.len() >= MAX_PREFIXES && !self.prefix_ids.contains_key(name) {
+            name = "other";
+        }
+        if let Some(&i) = self.prefix_ids.get(name) {
+            return i;
+        }
+        let i = self.prefixes.len() as u32;
+        self.prefixes.push(Prefix {
+            name: name.into(),
+            totals: PrefixTotals::default(),
+        });
+        self.prefix_ids.insert(name.into(), i);
+        i
+    }
+
+    /// Adds what a finished task of prefix `prefix` reports to its totals.
+    pub(super) fn count(&mut self, prefix: u32, more: PrefixTotals) {
+        let Some(p) = self.prefixes.get_mut(prefix as usize) else {
+            return;
         };
+        let totals = &mut p.totals;
         totals.tasks += more.tasks;
         totals.seconds += more.seconds;
         totals.waited += more.waited;
@@ -64,12 +99,21 @@ impl Graph {
         totals.transfer_bytes += more.transfer_bytes;
     }
 
+    /// The mean run time of the prefix's tasks that finished, if any did.
+    pub(super) fn mean_seconds(&self, prefix: u32) -> Option<f64> {
+        self.prefixes
+            .get(prefix as usize)
+            .filter(|p| p.totals.tasks > 0)
+            .map(|p| p.totals.seconds / p.totals.tasks as f64)
+    }
+
     /// The totals by prefix, most time first.
     pub(super) fn prefix_totals(&self) -> Vec<(String, PrefixTotals)> {
         let mut all: Vec<(String, PrefixTotals)> = self
             .prefixes
             .iter()
-            .map(|(p, t)| (p.to_string(), *t))
+            .filter(|p| p.totals.tasks > 0)
+            .map(|p| (p.name.to_string(), p.totals))
             .collect();
         all.sort_by(|a, b| {
             b.1.seconds
@@ -93,7 +137,8 @@ impl Graph {
             finished: false,
             dirty: true,
             session,
-            prefixes: HashMap::new(),
+            prefixes: Vec::new(),
+            prefix_ids: HashMap::new(),
         }
     }
 }
@@ -263,11 +308,18 @@ impl State {
             }
             let id = ids[i];
             let key: Arc<str> = Arc::from(spec.key);
-            let kind: Arc<str> = self
-                .estimates
-                .get_key_value(spec.kind.as_str())
-                .map(|(k, _)| k.clone())
-                .unwrap_or_else(|| Arc::from(spec.kind));
+            let kind: Arc<str> = match self.kinds.get(spec.kind.as_str()) {
+                Some(k) => k.clone(),
+                None => {
+                    let k: Arc<str> = Arc::from(spec.kind);
+                    self.kinds.insert(k.clone());
+                    k
+                }
+            };
+            let prefix = self
+                .graphs
+                .get_mut(&graph_id)
+                .map_or(0, |g| g.prefix_of(&key));
             let my_dependents: Vec<TaskId> = dependents[i]
                 .iter()
                 .filter(|&&d| keep[d as usize])
@@ -293,6 +345,7 @@ impl State {
             let task = Task {
                 key: key.clone(),
                 graph: graph_id,
+                prefix,
                 kind,
                 payload: spec.payload,
                 inputs: inputs[i]

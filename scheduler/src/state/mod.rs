@@ -21,7 +21,7 @@ mod tests;
 mod worker;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,12 @@ const PIPELINE_SECONDS: f64 = 0.005;
 const MAX_WINDOW_PER_THREAD: usize = 512;
 /// A worker that dies this many times while running a task fails the task.
 pub const MAX_SUSPICIOUS: u32 = 3;
+/// Bytes per second assumed between workers, to weigh a task's inputs
+/// held elsewhere against the work queued on a worker (Dask's default).
+const BANDWIDTH: f64 = 100e6;
+/// Seconds to fetch an input from a peer however small: a round trip, and
+/// the bookkeeping on both workers.
+const FETCH_SECONDS: f64 = 0.001;
 /// Tasks expected to run shorter than this are not worth stealing.
 const MIN_STEAL_SECONDS: f64 = 0.005;
 
@@ -137,7 +143,8 @@ pub struct State {
     /// the tasks that combine them find their inputs local.
     last_root: Option<(GraphId, WorkerId)>,
     counts: [u64; TaskState::ALL.len()],
-    estimates: HashMap<Arc<str>, f64>,
+    /// Each task kind's name, shared by its tasks.
+    kinds: HashSet<Arc<str>>,
     next_task: TaskId,
     next_graph: GraphId,
     next_worker: WorkerId,
@@ -159,7 +166,7 @@ impl State {
             stealing: Vec::new(),
             last_root: None,
             counts: [0; TaskState::ALL.len()],
-            estimates: HashMap::new(),
+            kinds: HashSet::new(),
             next_task: 1,
             next_graph: 1,
             next_worker: 1,
@@ -195,10 +202,15 @@ impl State {
         }
     }
 
-    fn estimate(&self, kind: &str) -> f64 {
-        self.estimates
-            .get(kind)
-            .copied()
+    /// A task's expected run time: the mean of the tasks of its prefix that
+    /// finished in its graph (as Dask does by prefix). Until one has, the
+    /// default: a prefix, such as a SQL query's stage, may run far longer
+    /// than anything seen before, and a task assumed short is queued behind
+    /// busy threads while others sit idle.
+    fn estimate(&self, t: &Task) -> f64 {
+        self.graphs
+            .get(&t.graph)
+            .and_then(|g| g.mean_seconds(t.prefix))
             .unwrap_or(DEFAULT_ESTIMATE)
     }
 
@@ -324,16 +336,14 @@ impl State {
         t.done = true;
         t.holds_deps = false;
         t.suspicious = 0;
-        let kind = t.kind.clone();
         let graph = t.graph;
+        let prefix = t.prefix;
         let wanted = t.wanted;
         let refs = t.refs;
         // Taken out and put back below: no allocation on this hot path.
         let deps = std::mem::take(&mut t.deps);
         let dependents = std::mem::take(&mut t.dependents);
         self.set_state(id, TaskState::Memory);
-        let est = self.estimates.entry(kind).or_insert(duration);
-        *est = 0.8 * *est + 0.2 * duration;
         if let Some(w) = self.workers.get_mut(&worker) {
             w.has_what.insert(id);
             w.nbytes += nbytes;
@@ -359,19 +369,16 @@ impl State {
         t.dependents = dependents;
         if let Some(g) = self.graphs.get_mut(&graph) {
             g.n_done += 1;
-            // Only a graph that finishes reports them (a session never does).
-            if !g.session {
-                g.count(
-                    &self.tasks[&id].key,
-                    PrefixTotals {
-                        tasks: 1,
-                        seconds: duration,
-                        waited,
-                        nbytes,
-                        transfer_bytes,
-                    },
-                );
-            }
+            g.count(
+                prefix,
+                PrefixTotals {
+                    tasks: 1,
+                    seconds: duration,
+                    waited,
+                    nbytes,
+                    transfer_bytes,
+                },
+            );
             if wanted && g.session {
                 let t = &self.tasks[&id];
                 self.outbox.to_clients.push((

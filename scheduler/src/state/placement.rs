@@ -9,7 +9,8 @@ use daskrs_core::{Assignment, Location, TaskState};
 use super::task::{TaskId, WorkerId};
 use super::worker::{WorkerState, WorkerStatus};
 use super::{
-    MAX_WINDOW_PER_THREAD, MIN_STEAL_SECONDS, PIPELINE_SECONDS, Priority, State, ToWorker,
+    BANDWIDTH, FETCH_SECONDS, MAX_WINDOW_PER_THREAD, MIN_STEAL_SECONDS, PIPELINE_SECONDS, Priority,
+    State, ToWorker,
 };
 
 impl State {
@@ -27,50 +28,57 @@ impl State {
             .any(|w| w.status != WorkerStatus::Retiring && Self::runs(w, kind))
     }
 
-    fn can_take(w: &WorkerState) -> bool {
+    /// Whether the worker has room for a task expected to run `estimate`
+    /// seconds: a free thread, or else queued work, this task's included,
+    /// short enough to pipeline.
+    fn can_take(w: &WorkerState, estimate: f64) -> bool {
         if !w.accepts_tasks() {
             return false;
         }
         let threads = w.nthreads as usize;
         let n = w.processing.len();
         n < threads
-            || (w.occupancy < w.nthreads as f64 * PIPELINE_SECONDS
+            || (w.occupancy + estimate < w.nthreads as f64 * PIPELINE_SECONDS
                 && n < threads * MAX_WINDOW_PER_THREAD)
     }
 
-    /// The worker to run a task on: fewest input bytes to move, then the
-    /// least occupied per thread.
-    fn pick_worker(&self, id: TaskId) -> Option<WorkerId> {
+    /// The worker to run a task on: the one expected to start it soonest,
+    /// counting the work queued there per thread and the time to fetch the
+    /// inputs it lacks (Dask's objective, with a round trip per input);
+    /// then fewest bytes to move, then fewest tasks. A worker that holds a
+    /// few bytes of the inputs but is busy does not win over an idle one.
+    /// Never `except`, the worker a task was just stolen from. Returns the
+    /// worker and the task's expected run time.
+    fn pick_worker(&self, id: TaskId, except: Option<WorkerId>) -> Option<(WorkerId, f64)> {
         let t = &self.tasks[&id];
+        let estimate = self.estimate(t);
+        let fits = |w: &WorkerState| {
+            Some(w.id) != except && Self::can_take(w, estimate) && Self::runs(w, &t.kind)
+        };
         if t.deps.is_empty()
             && let Some((graph, w)) = self.last_root
             && graph == t.graph
-            && self
-                .workers
-                .get(&w)
-                .is_some_and(|w| Self::can_take(w) && Self::runs(w, &t.kind))
+            && self.workers.get(&w).is_some_and(fits)
         {
-            return Some(w);
+            return Some((w, estimate));
         }
-        let mut best: Option<(u64, f64, usize, WorkerId)> = None;
+        let mut best: Option<(f64, u64, usize, WorkerId)> = None;
         for w in self.workers.values() {
-            if !Self::can_take(w) || !Self::runs(w, &t.kind) {
+            if !fits(w) {
                 continue;
             }
-            let to_move: u64 = t
-                .deps
-                .iter()
-                .map(|d| {
-                    let dt = &self.tasks[d];
-                    if dt.who_has.contains(&w.id) {
-                        0
-                    } else {
-                        dt.nbytes
-                    }
-                })
-                .sum();
-            let load = w.occupancy / w.nthreads as f64;
-            let cand = (to_move, load, w.processing.len(), w.id);
+            let (mut to_move, mut fetches) = (0u64, 0u32);
+            for d in &t.deps {
+                let dt = &self.tasks[d];
+                if !dt.who_has.contains(&w.id) {
+                    to_move += dt.nbytes;
+                    fetches += 1;
+                }
+            }
+            let start = w.occupancy / w.nthreads as f64
+                + fetches as f64 * FETCH_SECONDS
+                + to_move as f64 / BANDWIDTH;
+            let cand = (start, to_move, w.processing.len(), w.id);
             let better = match &best {
                 None => true,
                 Some(b) => (cand.0, cand.1, cand.2) < (b.0, b.1, b.2),
@@ -79,7 +87,7 @@ impl State {
                 best = Some(cand);
             }
         }
-        best.map(|b| b.3)
+        best.map(|b| (b.3, estimate))
     }
 
     /// Hands queued tasks to workers with room, best first.
@@ -100,22 +108,18 @@ impl State {
                 self.no_worker.push(entry);
                 continue;
             }
-            let Some(worker) = self.pick_worker(id) else {
+            let Some((worker, estimate)) = self.pick_worker(id, None) else {
                 break;
             };
             self.queue.pop();
-            self.assign(id, worker);
+            self.assign(id, worker, estimate);
         }
         if self.queue.is_empty() {
             self.steal_for_idle();
         }
     }
 
-    fn assign(&mut self, id: TaskId, worker: WorkerId) {
-        let est = {
-            let t = &self.tasks[&id];
-            self.estimate(&t.kind)
-        };
+    fn assign(&mut self, id: TaskId, worker: WorkerId, est: f64) {
         self.set_state(id, TaskState::Processing);
         let t = self.tasks.get_mut(&id).expect("queued task exists");
         if t.deps.is_empty() {
@@ -262,7 +266,15 @@ impl State {
         }
         self.take_from_processing(worker, id);
         self.totals.steals += 1;
-        self.enqueue(id);
+        // Stolen for an idle worker: it must not go back where it was.
+        self.set_state(id, TaskState::Queued);
+        match self.pick_worker(id, Some(worker)) {
+            Some((to, estimate)) => self.assign(id, to, estimate),
+            None => {
+                let t = &self.tasks[&id];
+                self.queue.push(Reverse((t.priority, id)));
+            }
+        }
         self.schedule();
     }
 }

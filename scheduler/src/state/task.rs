@@ -13,6 +13,8 @@ pub type GraphId = u64;
 pub struct Task {
     pub key: Arc<str>,
     pub graph: GraphId,
+    /// Its key's prefix, by index in the graph's prefixes.
+    pub prefix: u32,
     pub kind: Arc<str>,
     pub payload: Bytes,
     /// Inputs in order, with repeats, as the task kind sees them.
