@@ -274,7 +274,9 @@ pub fn distribute_with(
     tables: &[InputTable],
 ) -> Result<Query, Error> {
     distribute_cut(physical, write, tables, |p| {
-        split(crate::rewrite::for_tasks(p)?)
+        split(crate::rewrite::distinct_keys(crate::rewrite::for_tasks(
+            p,
+        )?)?)
     })
 }
 

@@ -7,12 +7,17 @@
 //! emit them once per task. These joins become partitioned hash joins; when
 //! they cannot (null-aware anti joins, nested-loop joins) their probe side is
 //! merged into one partition.
+//!
+//! A semi or anti join needs of one side only whether a key is there: that
+//! side's tasks send each distinct key once ([`distinct_keys`]).
 
 use std::sync::Arc;
 
 use datafusion::common::JoinType;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::Result;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
@@ -87,4 +92,101 @@ pub fn for_tasks(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>>
         Ok(Transformed::no(node))
     })
     .map(|t| t.data)
+}
+
+/// For each semi or anti join, the side it reads only for its keys (the
+/// build side of a right semi join: which item numbers were sold at all)
+/// reaches the join as distinct keys, each task's duplicates dropped
+/// before they are sent: the stage below a broadcast or a shuffle then
+/// ships thousands of keys rather than millions of rows. Only a side whose
+/// every column is a join key, joined without a filter, is changed; the
+/// join's answer is the same, as a key found once is found.
+pub fn distinct_keys(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node| {
+        let Some(j) = node.downcast_ref::<HashJoinExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        if j.filter().is_some() || j.null_aware {
+            return Ok(Transformed::no(node));
+        }
+        let (left_keys, right_keys): (Vec<_>, Vec<_>) = j.on().iter().cloned().unzip();
+        let (side, keys) = match j.join_type() {
+            JoinType::RightSemi | JoinType::RightAnti => (0, left_keys),
+            JoinType::LeftSemi | JoinType::LeftAnti => (1, right_keys),
+            _ => return Ok(Transformed::no(node)),
+        };
+        let mut children: Vec<Arc<dyn ExecutionPlan>> =
+            node.children().into_iter().cloned().collect();
+        let Some(deduped) = dedup_exchange_input(&children[side], &keys)? else {
+            return Ok(Transformed::no(node));
+        };
+        children[side] = deduped;
+        Ok(Transformed::yes(replace_children_if_necessary(
+            node.clone(),
+            children,
+        )?))
+    })
+    .map(|t| t.data)
+}
+
+/// `side` with distinct rows below its exchange (a merge or a shuffle),
+/// when its columns are all join keys; `None` when it is not so shaped.
+fn dedup_exchange_input(
+    side: &Arc<dyn ExecutionPlan>,
+    keys: &[Arc<dyn datafusion::physical_expr::PhysicalExpr>],
+) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    let schema = side.schema();
+    let mut is_key = vec![false; schema.fields().len()];
+    for k in keys {
+        match k.downcast_ref::<Column>() {
+            Some(c) if c.index() < is_key.len() => is_key[c.index()] = true,
+            _ => return Ok(None),
+        }
+    }
+    if !is_key.iter().all(|k| *k) {
+        return Ok(None);
+    }
+    let input = if side.downcast_ref::<CoalescePartitionsExec>().is_some()
+        || side.downcast_ref::<RepartitionExec>().is_some_and(|r| {
+            matches!(r.partitioning(), Partitioning::Hash(..)) && !r.preserve_order()
+        }) {
+        side.children()[0].clone()
+    } else {
+        return Ok(None);
+    };
+    if input.downcast_ref::<AggregateExec>().is_some() {
+        // Already grouped (a distinct, or the keys of an aggregate).
+        return Ok(None);
+    }
+    let group = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            (
+                Arc::new(Column::new(f.name(), i))
+                    as Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+                f.name().clone(),
+            )
+        })
+        .collect();
+    let Ok(distinct) = AggregateExec::try_new(
+        AggregateMode::Partial,
+        PhysicalGroupBy::new_single(group),
+        vec![],
+        vec![],
+        input.clone(),
+        input.schema(),
+    ) else {
+        return Ok(None);
+    };
+    // The join and the exchange were planned for these columns: they must
+    // come out as they went in.
+    if distinct.schema().fields() != input.schema().fields() {
+        return Ok(None);
+    }
+    Ok(Some(replace_children_if_necessary(
+        side.clone(),
+        vec![Arc::new(distinct)],
+    )?))
 }

@@ -112,6 +112,48 @@ async fn a_subplan_named_twice_runs_once_unless_it_is_random() {
     );
 }
 
+/// A semi or anti join reads one side only for its keys: that side's
+/// tasks send each key once, and the answers stay single-node DataFusion's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_side_read_only_for_its_keys_sends_each_key_once() {
+    let (_dir, planner, reference) = small_tpch().await;
+    let keys_sent_distinct = [
+        "select count(*), sum(p_size) from part where p_partkey in (select l_partkey from lineitem)",
+        "select count(*), sum(p_size) from part \
+         where not exists (select 1 from lineitem where l_partkey = p_partkey and l_quantity > 0)",
+        "select o_orderpriority, count(*) from orders where exists \
+           (select 1 from lineitem where l_orderkey = o_orderkey and l_commitdate < l_receiptdate) \
+         group by 1 order by 1",
+    ];
+    for sql in keys_sent_distinct {
+        let Planned::Query(q) = planner.plan(sql, 3).await.unwrap() else {
+            panic!("a query")
+        };
+        let lineitem_stage = q
+            .explain
+            .split("Stage ")
+            .find(|s| s.contains("projection=[l_"))
+            .unwrap_or_else(|| panic!("a stage reads lineitem:\n{}", q.explain));
+        assert!(
+            lineitem_stage.contains("AggregateExec: mode=Partial")
+                && lineitem_stage.contains("aggr=[]"),
+            "lineitem's tasks send distinct keys:\n{}",
+            q.explain
+        );
+        for threads in [1, 3] {
+            assert_same_answer(&planner, &reference, sql, threads, sql).await;
+        }
+    }
+    // A filter on the join reads more than the keys: nothing changes.
+    let filtered = "select count(*) from part where exists \
+        (select 1 from lineitem where l_partkey = p_partkey and l_quantity > p_size)";
+    let Planned::Query(q) = planner.plan(filtered, 3).await.unwrap() else {
+        panic!("a query")
+    };
+    assert!(!q.explain.contains("aggr=[]"), "{}", q.explain);
+    assert_same_answer(&planner, &reference, filtered, 3, filtered).await;
+}
+
 /// Input tables: results a session holds, named by the query, read by the
 /// tasks that scan them as one more input; seen by that request only.
 #[tokio::test(flavor = "multi_thread")]
