@@ -16,6 +16,7 @@ use std::sync::Arc;
 use datafusion::common::JoinType;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::Result;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
@@ -133,7 +134,7 @@ pub fn distinct_keys(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPl
 /// when its columns are all join keys; `None` when it is not so shaped.
 fn dedup_exchange_input(
     side: &Arc<dyn ExecutionPlan>,
-    keys: &[Arc<dyn datafusion::physical_expr::PhysicalExpr>],
+    keys: &[Arc<dyn PhysicalExpr>],
 ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
     let schema = side.schema();
     let mut is_key = vec![false; schema.fields().len()];
@@ -163,11 +164,8 @@ fn dedup_exchange_input(
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            (
-                Arc::new(Column::new(f.name(), i))
-                    as Arc<dyn datafusion::physical_expr::PhysicalExpr>,
-                f.name().clone(),
-            )
+            let column: Arc<dyn PhysicalExpr> = Arc::new(Column::new(f.name(), i));
+            (column, f.name().clone())
         })
         .collect();
     let Ok(distinct) = AggregateExec::try_new(
@@ -176,13 +174,13 @@ fn dedup_exchange_input(
         vec![],
         vec![],
         input.clone(),
-        input.schema(),
+        schema.clone(),
     ) else {
         return Ok(None);
     };
     // The join and the exchange were planned for these columns: they must
     // come out as they went in.
-    if distinct.schema().fields() != input.schema().fields() {
+    if distinct.schema().fields() != schema.fields() {
         return Ok(None);
     }
     Ok(Some(replace_children_if_necessary(

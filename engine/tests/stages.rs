@@ -144,7 +144,8 @@ async fn a_side_read_only_for_its_keys_sends_each_key_once() {
             assert_same_answer(&planner, &reference, sql, threads, sql).await;
         }
     }
-    // A filter on the join reads more than the keys: nothing changes.
+    // A side that carries a column besides its keys (here for the join's
+    // filter) is needed row by row: nothing changes.
     let filtered = "select count(*) from part where exists \
         (select 1 from lineitem where l_partkey = p_partkey and l_quantity > p_size)";
     let Planned::Query(q) = planner.plan(filtered, 3).await.unwrap() else {

@@ -316,10 +316,11 @@ impl State {
                     k
                 }
             };
-            let prefix = self
-                .graphs
-                .get_mut(&graph_id)
-                .map_or(0, |g| g.prefix_of(&key));
+            let prefix = self.graphs.get_mut(&graph_id).map_or(0, |g| {
+                g.keys.insert(key.clone(), id);
+                g.counts[TaskState::Released as usize] += 1;
+                g.prefix_of(&key)
+            });
             let my_dependents: Vec<TaskId> = dependents[i]
                 .iter()
                 .filter(|&&d| keep[d as usize])
@@ -343,7 +344,7 @@ impl State {
                 }
             }
             let task = Task {
-                key: key.clone(),
+                key,
                 graph: graph_id,
                 prefix,
                 kind,
@@ -377,10 +378,6 @@ impl State {
                 replica_pending: None,
             };
             count += 1;
-            if let Some(g) = self.graphs.get_mut(&graph_id) {
-                g.keys.insert(key, id);
-                g.counts[TaskState::Released as usize] += 1;
-            }
             self.counts[TaskState::Released as usize] += 1;
             if waiting_on == 0 {
                 fresh.push(id);
