@@ -6,7 +6,9 @@
 # all built once from the Go module proxy into ~/.cache/daskrs/bin; the
 # dashboard test renders the page in Debian's Chromium (apt, once); the
 # Python package is tested with pytest in two environments made from PyPI
-# under ~/.cache/daskrs (the newest releases, and the oldest supported); the
+# under ~/.cache/daskrs (the newest releases, and the oldest supported), into
+# which the wheel built from this checkout goes before the Rust tests, whose
+# end-to-end test runs its Python workers with the newest; the
 # TPC-DS data the SQL differential test reads is made once by DuckDB's
 # tpcds extension, also from PyPI.
 set -euo pipefail
@@ -41,11 +43,8 @@ for crate in "daskrs-client --no-default-features" daskrs-python; do
 done
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo test"
-# Every test binary runs even when one fails, so one red test hides no other.
-# The Python extension is tested by pytest below.
-status=0
-cargo test --workspace --exclude daskrs-python --locked --no-fail-fast || status=$?
+# Before the Rust tests: the end-to-end test's worker pods run Python
+# tasks with the newest environment, as the python-worker image would.
 echo "== Python package: wheel"
 cargo build -p daskrs-client --bin daskrs --locked
 wheels="$CARGO_TARGET_DIR/wheels"
@@ -57,6 +56,12 @@ export DASKRS_BIN="$CARGO_TARGET_DIR/debug/daskrs"
 for python in "$python_newest" "$python_oldest"; do
   "$python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$wheel"
 done
+echo "== cargo test"
+# Every test binary runs even when one fails, so one red test hides no other.
+# The Python extension is tested by pytest below.
+status=0
+export DASKRS_TEST_PYTHON="$python_newest"
+cargo test --workspace --exclude daskrs-python --locked --no-fail-fast || status=$?
 for python in "$python_newest" "$python_oldest"; do
   echo "== pytest on $("$python" -c 'import sys, dask; print("Python", sys.version.split()[0], "dask", dask.__version__)')"
   # The other environment serves as a worker of other versions.

@@ -26,7 +26,7 @@ use daskrs_engine::{compare, tpch};
 use harness::kube::{ControlPlane, Process, repo, require_tools, stderr, stdout, wait_for};
 use harness::net::{ClusterNet, http_get};
 use harness::node::{NodeAgent, NodeConfig, tail};
-use harness::pod_env::{Image, expand, map_path, own_address};
+use harness::pod_env::{Image, expand, map_path, own_address, test_python};
 use harness::s3::{ACCESS_KEY, Minio, SECRET_KEY};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
@@ -172,6 +172,8 @@ fn overlaps(runs: &[Run], from: u64, to: u64) -> usize {
 async fn helm_install_apply_query_scale_and_delete_a_cluster() {
     require_tools();
     let operator_bin = operator_binary();
+    // The Python of the workers' image, checked before anything starts.
+    let python = test_python();
     let started = std::time::Instant::now();
     let step = |what: &str| eprintln!("e2e: {:6.1}s {what}", started.elapsed().as_secs_f64());
 
@@ -233,24 +235,30 @@ async fn helm_install_apply_query_scale_and_delete_a_cluster() {
         .iter()
         .map(|a| a.as_str().expect("string arg").to_string())
         .collect();
-    let runtime_image = args
-        .iter()
-        .find_map(|a| a.strip_prefix("--default-image="))
-        .expect("--default-image in the Deployment's args")
-        .to_string();
-    let repository = runtime_image
-        .rsplit_once(':')
-        .map_or(runtime_image.as_str(), |(r, _)| r);
+    let repository = |flag: &str| {
+        let image = args
+            .iter()
+            .find_map(|a| a.strip_prefix(&format!("{flag}=")))
+            .unwrap_or_else(|| panic!("{flag} in the Deployment's args: {args:?}"));
+        image.rsplit_once(':').map_or(image, |(r, _)| r).to_string()
+    };
+    let runtime_repository = repository("--default-image");
+    let worker_repository = repository("--worker-image");
 
-    // The node that runs the cluster's pods, its image being the workspace's
-    // daskrs binary.
+    // The node that runs the cluster's pods, its images being the
+    // workspace's daskrs binary: the runtime image (the scheduler's), and
+    // the python-worker image (the workers'), whose Python has the daskrs
+    // package installed.
     let agent = NodeAgent::start(
         client.clone(),
         NodeConfig {
             name: "node-1".into(),
             namespace: NS.into(),
             dir: plane.dir.join("node"),
-            images: vec![Image::daskrs(repository, Path::new(harness::BIN))],
+            images: vec![
+                Image::daskrs(&runtime_repository, Path::new(harness::BIN)),
+                Image::python(&worker_repository, Path::new(harness::BIN), &python),
+            ],
         },
     )
     .await;
@@ -389,6 +397,16 @@ async fn helm_install_apply_query_scale_and_delete_a_cluster() {
         || async { settled(&client, Some(&scheduler), 2).await.then_some(()) },
     )
     .await;
+    // The workers run the python-worker image, so they run Python tasks.
+    let info = scheduler.info().await.expect("the cluster's workers");
+    for w in &info.workers {
+        assert!(
+            w.python.contains("daskrs"),
+            "worker {} runs no Python with the daskrs package: {:?}",
+            w.name,
+            w.python
+        );
+    }
 
     step("the cluster runs with 2 workers");
 
@@ -707,6 +725,24 @@ fn the_test_node_renders_a_pod_like_the_kubelet_on_its_own_network() {
     assert!(image.matches("ghcr.io/daskrs/daskrs"));
     assert!(!image.matches("ghcr.io/daskrs/daskrs-operator:0.1.0"));
     assert!(!image.matches("localhost:5000/daskrs"));
+    let python = Image::python(
+        "ghcr.io/daskrs/daskrs-python",
+        Path::new("/bin/daskrs"),
+        Path::new("/venv/bin/python"),
+    );
+    assert!(python.matches("ghcr.io/daskrs/daskrs-python:0.1.0"));
+    assert!(!python.matches("ghcr.io/daskrs/daskrs:0.1.0"));
+    assert!(!image.matches("ghcr.io/daskrs/daskrs-python:0.1.0"));
+    let var = |name: &str| {
+        python
+            .env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(var("DASKRS_PYTHON"), Some("/venv/bin/python"));
+    assert!(var("PATH").is_some_and(|p| p.starts_with("/venv/bin:")));
+    assert_eq!(python.workdir, "/var/lib/daskrs");
 
     // Unknown `*.svc` names make a pod wait; other words stay as written.
     let net = ClusterNet::new(NS);

@@ -72,7 +72,8 @@ const QUANTITIES_MESSAGE: &str =
 #[serde(rename_all = "camelCase")]
 pub struct DaskClusterSpec {
     /// The daskrs runtime image for the scheduler and the workers. Defaults
-    /// to the operator's `--default-image`.
+    /// to the operator's `--default-image` for the scheduler, and to its
+    /// `--worker-image` (else `--default-image`) for the workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Image pull policy of the scheduler and worker containers.

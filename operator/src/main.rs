@@ -28,9 +28,15 @@ struct Args {
     /// all namespaces when unset.
     #[arg(long, env = "DASKRS_WATCH_NAMESPACE", value_delimiter = ',', value_parser = namespace_name)]
     namespace: Vec<String>,
-    /// The runtime image of clusters whose spec names none.
+    /// The runtime image of clusters whose spec names none: the scheduler's,
+    /// and the workers' unless `--worker-image` is set.
     #[arg(long, env = "DASKRS_DEFAULT_IMAGE", default_value = concat!("ghcr.io/daskrs/daskrs:", env!("CARGO_PKG_VERSION")))]
     default_image: String,
+    /// The workers' image of clusters whose spec names none, such as the
+    /// image that also runs Python tasks (`ghcr.io/daskrs/daskrs-python`);
+    /// `--default-image` when unset.
+    #[arg(long, env = "DASKRS_WORKER_IMAGE")]
+    worker_image: Option<String>,
     /// The scheduler's HTTP API; `{service}`, `{name}` and `{namespace}` are
     /// filled in per cluster. Out of the cluster, the API server's service
     /// proxy works too.
@@ -207,6 +213,7 @@ async fn run(args: Args) -> Result<(), String> {
     let settings = Settings {
         defaults: Defaults {
             image: args.default_image.clone(),
+            worker_image: args.worker_image.clone(),
             network_policies: args.network_policies,
             operator_namespace: args.operator_namespace.clone(),
         },
@@ -231,6 +238,8 @@ async fn run(args: Args) -> Result<(), String> {
         } else {
             namespaces.join(",")
         },
+        default_image = %args.default_image,
+        worker_image = args.worker_image.as_deref().unwrap_or("(the default image)"),
         "reconciling DaskClusters"
     );
     daskrs_operator::controller::run(ctx, namespaces, shutdown).await;

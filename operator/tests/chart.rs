@@ -111,6 +111,7 @@ fn the_default_install_watches_all_namespaces_with_two_leader_elected_replicas()
     let args = args_of(deploy);
     for want in [
         "--default-image=ghcr.io/daskrs/daskrs:0.1.0",
+        "--worker-image=ghcr.io/daskrs/daskrs-python:0.1.0",
         "--leader-election=true",
         "--lease-namespace=ops",
         "--lease-name=rel-daskrs",
@@ -134,6 +135,34 @@ fn the_default_install_watches_all_namespaces_with_two_leader_elected_replicas()
     assert!(find(&docs, "RoleBinding", "rel-daskrs").is_none());
     assert!(find(&docs, "Service", "rel-daskrs-metrics").is_some());
     assert!(find(&docs, "ServiceMonitor", "rel-daskrs").is_none());
+}
+
+#[test]
+fn workers_run_the_python_image_unless_the_values_name_another() {
+    let worker_image = |sets: &[&str]| {
+        let docs = render(sets).expect("helm template");
+        let deploy = find(&docs, "Deployment", "rel-daskrs").expect("operator Deployment");
+        let args = args_of(deploy);
+        assert!(
+            args.iter()
+                .any(|a| a == "--default-image=ghcr.io/daskrs/daskrs:0.1.0"),
+            "the scheduler keeps the runtime image: {args:?}"
+        );
+        args.iter()
+            .find_map(|a| a.strip_prefix("--worker-image="))
+            .map(String::from)
+    };
+    assert_eq!(
+        worker_image(&["workerImage.tag=1.2.3"]).as_deref(),
+        Some("ghcr.io/daskrs/daskrs-python:1.2.3")
+    );
+    // SQL-only workers, on the small runtime image.
+    assert_eq!(
+        worker_image(&["workerImage.repository=ghcr.io/daskrs/daskrs"]).as_deref(),
+        Some("ghcr.io/daskrs/daskrs:0.1.0")
+    );
+    // No repository: workers run the default image, as the scheduler does.
+    assert_eq!(worker_image(&["workerImage.repository="]), None);
 }
 
 #[test]

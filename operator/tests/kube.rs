@@ -424,10 +424,9 @@ spec:
         assert_eq!(value("DASKRS_NTHREADS").as_deref(), Some("2"));
         assert_eq!(value("DASKRS_MEMORY_LIMIT"), Some((4u64 << 30).to_string()));
         assert_eq!(value("DASKRS_S3_REGION").as_deref(), Some("eu-west-1"));
-        assert_eq!(
-            value("DASKRS_S3_ENDPOINT").as_deref(),
-            Some("http://minio:9000")
-        );
+        for name in ["DASKRS_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3"] {
+            assert_eq!(value(name).as_deref(), Some("http://minio:9000"), "{name}");
+        }
         assert_eq!(value("RUST_LOG").as_deref(), Some("debug"));
         // SQL in the pods reads object stores, no local file.
         assert_eq!(value("DASKRS_SQL_LOCAL_ROOTS").as_deref(), Some("none"));

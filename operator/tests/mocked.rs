@@ -253,6 +253,7 @@ async fn pass(
         Settings {
             defaults: Defaults {
                 image: "daskrs:test".into(),
+                worker_image: None,
                 network_policies: true,
                 operator_namespace: None,
             },
@@ -380,6 +381,7 @@ async fn scale_down_deletes_unready_pods_first_then_what_the_scheduler_retires()
         &c,
         &Defaults {
             image: "daskrs:test".into(),
+            worker_image: None,
             network_policies: true,
             operator_namespace: None,
         },

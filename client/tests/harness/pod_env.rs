@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 use kube::Api;
@@ -53,6 +54,31 @@ impl Image {
         }
     }
 
+    /// The Dockerfile's `python-worker` image: the same entrypoint, with
+    /// `python` standing for the image's CPython and the daskrs package
+    /// installed in it, which `daskrs worker` runs Python tasks with
+    /// (`DASKRS_PYTHON`).
+    pub fn python(repository: &str, entrypoint: &Path, python: &Path) -> Image {
+        let bin = python
+            .parent()
+            .unwrap_or_else(|| panic!("{} has no directory", python.display()));
+        Image {
+            repository: repository.to_string(),
+            entrypoint: entrypoint.to_path_buf(),
+            workdir: "/var/lib/daskrs".into(),
+            env: vec![
+                (
+                    "PATH".into(),
+                    format!(
+                        "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                        bin.display()
+                    ),
+                ),
+                ("DASKRS_PYTHON".into(), python.display().to_string()),
+            ],
+        }
+    }
+
     pub fn matches(&self, reference: &str) -> bool {
         let without_digest = reference.split('@').next().unwrap_or(reference);
         // A tag follows the last colon after the last slash.
@@ -61,6 +87,51 @@ impl Image {
             _ => without_digest,
         };
         repo == self.repository
+    }
+}
+
+/// The Python the tests' python-worker image stands for: one with the
+/// daskrs package installed, `$DASKRS_TEST_PYTHON`, else the newest
+/// environment `scripts/test.sh` makes. Checked once: `import daskrs` must
+/// work.
+pub fn test_python() -> PathBuf {
+    static CHECKED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            let python = find_test_python()?;
+            let out = std::process::Command::new(&python)
+                .args(["-c", "import daskrs"])
+                .output()
+                .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "{} cannot import daskrs (scripts/test.sh installs the package built from this checkout):\n{}",
+                    python.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            Ok(python)
+        })
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn find_test_python() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("DASKRS_TEST_PYTHON").filter(|p| !p.is_empty()) {
+        // Absolute, as pods run elsewhere; a venv's interpreter is a
+        // symbolic link that must not be resolved.
+        return std::path::absolute(&p)
+            .map_err(|e| format!("DASKRS_TEST_PYTHON={}: {e}", Path::new(&p).display()));
+    }
+    let newest = std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".cache/daskrs/py-newest/bin/python"));
+    match newest {
+        Some(p) if p.exists() => Ok(p),
+        _ => Err(
+            "the python-worker image needs a Python with the daskrs package installed: \
+             scripts/test.sh installs one (~/.cache/daskrs/py-newest), or set DASKRS_TEST_PYTHON"
+                .into(),
+        ),
     }
 }
 

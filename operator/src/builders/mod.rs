@@ -44,11 +44,38 @@ pub const WORKER_HTTP_PORT: i32 = 8789;
 /// What the operator fills in where the spec is silent.
 #[derive(Clone, Debug)]
 pub struct Defaults {
+    /// The image of schedulers, and of workers when `worker_image` is unset
+    /// (`--default-image`).
     pub image: String,
+    /// The image of workers (`--worker-image`): one that also runs Python
+    /// tasks, which the scheduler never does.
+    pub worker_image: Option<String>,
     /// Whether each cluster gets a NetworkPolicy (see `network_policy`).
     pub network_policies: bool,
     /// The operator's own namespace, which the NetworkPolicy admits it from.
     pub operator_namespace: Option<String>,
+}
+
+impl Defaults {
+    /// The scheduler's image: the spec's, else the default image.
+    pub fn scheduler_image_for(&self, cluster: &DaskCluster) -> String {
+        cluster
+            .spec
+            .image
+            .clone()
+            .unwrap_or_else(|| self.image.clone())
+    }
+
+    /// A worker's image: the spec's, else the workers' default image, else
+    /// the default image.
+    pub fn worker_image_for(&self, cluster: &DaskCluster) -> String {
+        cluster
+            .spec
+            .image
+            .clone()
+            .or_else(|| self.worker_image.clone())
+            .unwrap_or_else(|| self.image.clone())
+    }
 }
 
 pub fn scheduler_name(cluster: &DaskCluster) -> String {
@@ -152,6 +179,7 @@ pub(crate) mod testing {
     pub fn defaults() -> Defaults {
         Defaults {
             image: "daskrs:default".into(),
+            worker_image: None,
             network_policies: true,
             operator_namespace: Some("daskrs-system".into()),
         }

@@ -10,10 +10,9 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::Defaults;
 use crate::crd::{DaskCluster, PodOverrides};
 
-/// The uid and gid of the runtime image's unprivileged user.
+/// The uid and gid of the unprivileged user every daskrs image runs as.
 const RUNTIME_UID: i64 = 65532;
 /// Longer than the worker's own 25 s hand-off on SIGTERM.
 const TERMINATION_GRACE_SECONDS: i64 = 60;
@@ -46,6 +45,9 @@ pub(super) fn s3_env(cluster: &DaskCluster) -> Vec<EnvVar> {
     }
     if let Some(endpoint) = &s3.endpoint {
         out.push(env("DASKRS_S3_ENDPOINT", endpoint));
+        // The AWS SDKs' own variable, which Python tasks' libraries read
+        // (s3fs through botocore, pyarrow), so they reach the same server.
+        out.push(env("AWS_ENDPOINT_URL_S3", endpoint));
     }
     if let Some(n) = s3.max_concurrency {
         out.push(env("DASKRS_S3_MAX_CONCURRENCY", &n.to_string()));
@@ -72,7 +74,7 @@ pub(super) fn s3_env(cluster: &DaskCluster) -> Vec<EnvVar> {
 
 pub(super) fn base_container(
     cluster: &DaskCluster,
-    defaults: &Defaults,
+    image: String,
     mut env: Vec<EnvVar>,
     user_env: &[EnvVar],
 ) -> Container {
@@ -81,13 +83,7 @@ pub(super) fn base_container(
     env.retain(|e| !user_env.iter().any(|u| u.name == e.name));
     env.extend(user_env.iter().cloned());
     Container {
-        image: Some(
-            cluster
-                .spec
-                .image
-                .clone()
-                .unwrap_or_else(|| defaults.image.clone()),
-        ),
+        image: Some(image),
         image_pull_policy: cluster.spec.image_pull_policy.map(|p| p.as_str().into()),
         env: Some(env),
         security_context: Some(SecurityContext {
@@ -240,5 +236,51 @@ pub(super) fn volume_mount(name: &str, path: &str) -> VolumeMount {
         name: name.into(),
         mount_path: path.into(),
         ..VolumeMount::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{cluster, worker};
+    use super::*;
+    use crate::crd::S3Spec;
+
+    fn value(vars: &[EnvVar], name: &str) -> Option<String> {
+        vars.iter().find(|e| e.name == name)?.value.clone()
+    }
+
+    #[test]
+    fn an_s3_endpoint_reaches_daskrs_and_the_python_libraries_alike() {
+        let mut c = cluster(worker(1));
+        c.spec.s3 = Some(S3Spec {
+            region: Some("eu-west-1".into()),
+            endpoint: Some("http://minio:9000".into()),
+            ..S3Spec::default()
+        });
+        let vars = s3_env(&c);
+        for name in ["DASKRS_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3"] {
+            assert_eq!(
+                value(&vars, name).as_deref(),
+                Some("http://minio:9000"),
+                "{name}"
+            );
+        }
+        for name in ["DASKRS_S3_REGION", "AWS_REGION"] {
+            assert_eq!(value(&vars, name).as_deref(), Some("eu-west-1"), "{name}");
+        }
+        assert_eq!(
+            value(&vars, "DASKRS_SQL_LOCAL_ROOTS").as_deref(),
+            Some("none")
+        );
+
+        // Without an endpoint, every library uses AWS's.
+        c.spec.s3 = Some(S3Spec::default());
+        let vars = s3_env(&c);
+        assert!(
+            !vars
+                .iter()
+                .any(|e| e.name.contains("ENDPOINT") || e.name.contains("REGION")),
+            "{vars:?}"
+        );
     }
 }

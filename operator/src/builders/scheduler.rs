@@ -79,7 +79,12 @@ pub fn scheduler_deployment(cluster: &DaskCluster, defaults: &Defaults) -> Deplo
         liveness_probe: Some(http_probe("/health", "http-dashboard", 10, 6)),
         resources: spec.resources.clone(),
         volume_mounts: Some(mounts),
-        ..base_container(cluster, defaults, vars, &spec.pod.env)
+        ..base_container(
+            cluster,
+            defaults.scheduler_image_for(cluster),
+            vars,
+            &spec.pod.env,
+        )
     };
     let pod = pod_spec(cluster, &spec.pod, container, volumes, "Always");
     Deployment {
@@ -112,6 +117,7 @@ pub fn scheduler_deployment(cluster: &DaskCluster, defaults: &Defaults) -> Deplo
         ..Deployment::default()
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::{cluster, defaults, worker};
@@ -144,5 +150,24 @@ mod tests {
             worker_selector(&c),
             "daskrs.dev/cluster=demo,daskrs.dev/role=worker"
         );
+    }
+
+    #[test]
+    fn the_scheduler_runs_the_default_image_not_the_workers() {
+        let image = |c: &DaskCluster, d: &Defaults| {
+            let d = scheduler_deployment(c, d);
+            d.spec.unwrap().template.spec.unwrap().containers[0]
+                .image
+                .clone()
+                .unwrap()
+        };
+        let with_worker_image = Defaults {
+            worker_image: Some("daskrs-python:default".into()),
+            ..defaults()
+        };
+        let mut c = cluster(worker(1));
+        assert_eq!(image(&c, &with_worker_image), "daskrs:default");
+        c.spec.image = Some("team/daskrs:1".into());
+        assert_eq!(image(&c, &with_worker_image), "team/daskrs:1");
     }
 }

@@ -77,7 +77,12 @@ pub fn worker_pod(cluster: &DaskCluster, defaults: &Defaults, sizing: &WorkerSiz
         liveness_probe: Some(http_probe("/health", "http", 10, 6)),
         resources: spec.resources.clone(),
         volume_mounts: Some(mounts),
-        ..base_container(cluster, defaults, vars, &spec.pod.env)
+        ..base_container(
+            cluster,
+            defaults.worker_image_for(cluster),
+            vars,
+            &spec.pod.env,
+        )
     };
     // OnFailure: the kubelet restarts a crashed worker with its own backoff;
     // a worker that was retired exits 0, and the pod ends.
@@ -182,6 +187,27 @@ mod tests {
             Some(&["ALL".to_string()][..])
         );
         assert_eq!(spec.restart_policy.as_deref(), Some("OnFailure"));
+    }
+
+    #[test]
+    fn workers_run_the_spec_image_else_the_worker_image_else_the_default_image() {
+        let image = |c: &DaskCluster, d: &Defaults| {
+            worker_pod(c, d, &sizing()).spec.unwrap().containers[0]
+                .image
+                .clone()
+                .unwrap()
+        };
+        let with_worker_image = Defaults {
+            worker_image: Some("daskrs-python:default".into()),
+            ..defaults()
+        };
+        let c = cluster(worker(1));
+        assert_eq!(image(&c, &defaults()), "daskrs:default");
+        assert_eq!(image(&c, &with_worker_image), "daskrs-python:default");
+        let mut named = cluster(worker(1));
+        named.spec.image = Some("team/daskrs:1".into());
+        assert_eq!(image(&named, &with_worker_image), "team/daskrs:1");
+        assert_eq!(image(&named, &defaults()), "team/daskrs:1");
     }
 
     #[test]

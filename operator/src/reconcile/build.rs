@@ -58,6 +58,7 @@ mod tests {
         let valid = validate(&c).expect("valid");
         let defaults = Defaults {
             image: "daskrs:test".into(),
+            worker_image: None,
             network_policies: true,
             operator_namespace: None,
         };

@@ -28,6 +28,7 @@ const EXAMPLES: [&[u8]; 8] = [
 fn manifests() {
     let defaults = Defaults {
         image: "daskrs:fuzz".into(),
+        worker_image: None,
         network_policies: true,
         operator_namespace: Some("daskrs-system".into()),
     };
