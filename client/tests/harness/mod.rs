@@ -5,6 +5,7 @@
 
 pub mod graphs;
 pub mod kube;
+pub mod kubelet;
 pub mod net;
 pub mod node;
 pub mod pod;

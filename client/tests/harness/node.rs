@@ -8,6 +8,9 @@
 //! - It binds the namespace's unscheduled pods to itself through the
 //!   `pods/binding` subresource.
 //! - It runs each pod bound to it (`pod`), with the cluster network of `net`.
+//! - It serves the kubelet's port-forward and log endpoints (`kubelet`), at
+//!   the port its Node reports, for the API server's `pods/portforward` and
+//!   `pods/log`.
 //! - Dropping it kills every process it started; should the test process
 //!   die first, a watchdog does.
 
@@ -19,7 +22,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    Binding, Node, NodeAddress, NodeCondition, NodeStatus, ObjectReference, Pod, Service,
+    Binding, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
+    ObjectReference, Pod, Service,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
@@ -29,6 +33,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::kubelet::{self, PodTable};
 use super::net::ClusterNet;
 use super::pod::run_pod;
 use super::pod_env::Image;
@@ -67,15 +72,17 @@ impl NodeAgent {
                 config.name
             ))),
             dir: config.dir,
+            pods: PodTable::default(),
         });
         super::kube::start_watchdog(shared.processes.dir());
-        let node = register(&client, &shared.name).await;
+        let (kubelet_port, kubelet_task) = kubelet::serve(shared.clone()).await;
+        let node = register(&client, &shared.name, kubelet_port).await;
         let heartbeat = tokio::spawn(heartbeat(client.clone(), node));
         let pods = tokio::spawn(sync_loop(shared.clone()));
         NodeAgent {
             shared,
             proxy,
-            tasks: vec![proxy_task, heartbeat, pods],
+            tasks: vec![proxy_task, kubelet_task, heartbeat, pods],
         }
     }
 
@@ -211,8 +218,8 @@ fn now() -> Time {
     Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
-/// Creates the Node, Ready, and returns it.
-async fn register(client: &Client, name: &str) -> Node {
+/// Creates the Node, Ready, its kubelet at `kubelet_port`, and returns it.
+async fn register(client: &Client, name: &str, kubelet_port: u16) -> Node {
     let nodes: Api<Node> = Api::all(client.clone());
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let resources = BTreeMap::from([
@@ -239,6 +246,11 @@ async fn register(client: &Client, name: &str) -> Node {
         ]),
         capacity: Some(resources.clone()),
         allocatable: Some(resources),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(kubelet_port),
+            }),
+        }),
         ..NodeStatus::default()
     };
     let node = Node {
@@ -320,6 +332,8 @@ pub struct NodeShared {
     pub images: Vec<Image>,
     pub dir: PathBuf,
     pub processes: Processes,
+    /// The pods it runs, as its kubelet endpoints find them.
+    pub pods: PodTable,
 }
 
 /// The node's running processes by pid, each also written as a file that

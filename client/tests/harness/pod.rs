@@ -26,6 +26,7 @@ use tokio::process::Child;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::kubelet::PodEntry;
 use super::net;
 use super::node::NodeShared;
 use super::pod_env::{self, Rendered, Waiting};
@@ -113,6 +114,18 @@ pub async fn run_pod(node: Arc<NodeShared>, mut rx: watch::Receiver<Option<Pod>>
         return finish(&node, &pod, &mut rx).await;
     };
     let log = pod_dir.join(format!("{}.log", container.name));
+    // Where the kubelet's endpoints find the pod, until this runner ends.
+    let entry = node.pods.enter(
+        &ns,
+        &name,
+        PodEntry {
+            uid: uid.clone(),
+            ip,
+            container: container.name.clone(),
+            log: log.clone(),
+            pid: None,
+        },
+    );
     let restart = pod
         .spec
         .as_ref()
@@ -160,6 +173,7 @@ pub async fn run_pod(node: Arc<NodeShared>, mut rx: watch::Receiver<Option<Pod>>
         };
         let pid = child.id().expect("a process just started has a pid");
         node.processes.add(pid, &name);
+        entry.set_pid(Some(pid));
         eprintln!("node: pod {ns}/{name} runs as pid {pid} on {ip}");
         status.running(pid).await;
         let mut prober = Prober::new(container.readiness_probe.clone(), &pod, ip);
@@ -178,6 +192,7 @@ pub async fn run_pod(node: Arc<NodeShared>, mut rx: watch::Receiver<Option<Pod>>
                 };
                 let exit = terminate(&mut child, grace).await;
                 node.processes.remove(pid);
+                entry.set_pid(None);
                 eprintln!("node: pod {ns}/{name} (pid {pid}) stopped: {exit:?}");
                 if let Fate::Deleting(_) = f {
                     confirm_deletion(&node, &pod).await;
@@ -186,6 +201,7 @@ pub async fn run_pod(node: Arc<NodeShared>, mut rx: watch::Receiver<Option<Pod>>
             }
             Err(exit) => {
                 node.processes.remove(pid);
+                entry.set_pid(None);
                 let code = exit.as_ref().map(exit_code).unwrap_or(128);
                 eprintln!("node: pod {ns}/{name} (pid {pid}) exited with {code}");
                 let again = match restart.as_str() {
