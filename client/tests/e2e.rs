@@ -23,8 +23,9 @@ use std::time::Duration;
 
 use daskrs_client::Client;
 use daskrs_engine::{compare, tpch};
-use harness::kube::{ControlPlane, Process, repo, require_tools, stderr, stdout, wait_for};
-use harness::net::{ClusterNet, http_get};
+use harness::install::{chart_images, diagnostics, helm_install, operator_binary, start_operator};
+use harness::kube::{ControlPlane, repo, require_tools, stderr, stdout, wait_for};
+use harness::net::ClusterNet;
 use harness::node::{NodeAgent, NodeConfig, tail};
 use harness::pod_env::{Image, expand, map_path, own_address, test_python};
 use harness::s3::{ACCESS_KEY, Minio, SECRET_KEY};
@@ -34,27 +35,12 @@ use kube::{Api, ResourceExt};
 
 /// The user's namespace, and the operator's.
 const NS: &str = "analytics";
-const OPS: &str = "daskrs-system";
-const RELEASE: &str = "daskrs";
 const CLUSTER: &str = "demo";
 const WAIT: Duration = Duration::from_secs(180);
 /// Where the TPC-H data lives in S3, as `examples/query.sql` expects it.
 const DATA_URL: &str = "s3://tpch/sf0.01";
 /// TPC-H queries run, over and over, while the cluster scales.
 const QUERIES: [usize; 6] = [1, 3, 5, 9, 10, 18];
-
-fn operator_binary() -> PathBuf {
-    let bin = Path::new(harness::BIN)
-        .parent()
-        .expect("the daskrs binary's directory")
-        .join("daskrs-operator");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p daskrs-operator` first",
-        bin.display()
-    );
-    bin
-}
 
 fn dask_clusters(client: &kube::Client) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("daskrs.dev", "v1alpha1", "DaskCluster");
@@ -128,33 +114,6 @@ async fn scheduler_target(client: &kube::Client) -> Option<SocketAddr> {
     Some(SocketAddr::from((ip, 8786)))
 }
 
-fn diagnostics(plane: &ControlPlane, agent: &NodeAgent, operator: &Process) -> String {
-    let get = plane.kubectl(&[
-        "get",
-        "daskclusters,deployments,replicasets,pods,services",
-        "-n",
-        NS,
-        "-o",
-        "wide",
-    ]);
-    let events = plane.kubectl(&["get", "events", "-n", NS, "--sort-by=.lastTimestamp"]);
-    let exited = operator
-        .exited()
-        .map(|s| format!(" (exited: {s})"))
-        .unwrap_or_default();
-    format!(
-        "=== kubectl get\n{}{}\n=== events\n{}\n=== operator log{}\n{}\n=== pod logs\n{}\n=== pod processes: {:?}\n=== control plane\n{}",
-        stdout(&get),
-        stderr(&get),
-        tail(&stdout(&events), 40),
-        exited,
-        tail(&operator.log(), 60),
-        agent.logs("", 15),
-        agent.processes(),
-        plane.logs(10),
-    )
-}
-
 /// One run of a query while the cluster scales: its place on a logical
 /// clock shared with the scale events.
 struct Run {
@@ -171,7 +130,7 @@ fn overlaps(runs: &[Run], from: u64, to: u64) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn helm_install_apply_query_scale_and_delete_a_cluster() {
     require_tools();
-    let operator_bin = operator_binary();
+    operator_binary();
     // The Python of the workers' image, checked before anything starts.
     let python = test_python();
     let started = std::time::Instant::now();
@@ -197,112 +156,24 @@ async fn helm_install_apply_query_scale_and_delete_a_cluster() {
     let plane = ControlPlane::start_e2e();
     let client = plane.client().await;
     plane.kubectl_ok(&["create", "namespace", NS]);
-    let out = plane.helm(&[
-        "install",
-        RELEASE,
-        "charts/daskrs",
-        "--namespace",
-        OPS,
-        "--create-namespace",
-        "--set",
-        &format!("watchNamespaces={{{NS}}}"),
-    ]);
-    assert!(out.status.success(), "helm install: {}", stderr(&out));
-    plane.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/daskclusters.daskrs.dev",
-        "--timeout=60s",
-    ]);
+    let args = helm_install(&plane, NS);
 
     step("control plane up, chart installed");
 
-    // The operator, run here as its Deployment runs it in the cluster.
-    let deploy: serde_json::Value = serde_json::from_str(&plane.kubectl_ok(&[
-        "get",
-        "deployment",
-        RELEASE,
-        "-n",
-        OPS,
-        "-o",
-        "json",
-    ]))
-    .expect("Deployment JSON");
-    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
-    let args: Vec<String> = container["args"]
-        .as_array()
-        .expect("the operator's args")
-        .iter()
-        .map(|a| a.as_str().expect("string arg").to_string())
-        .collect();
-    let repository = |flag: &str| {
-        let image = args
-            .iter()
-            .find_map(|a| a.strip_prefix(&format!("{flag}=")))
-            .unwrap_or_else(|| panic!("{flag} in the Deployment's args: {args:?}"));
-        image.rsplit_once(':').map_or(image, |(r, _)| r).to_string()
-    };
-    let runtime_repository = repository("--default-image");
-    let worker_repository = repository("--worker-image");
-
-    // The node that runs the cluster's pods, its images being the
-    // workspace's daskrs binary: the runtime image (the scheduler's), and
-    // the python-worker image (the workers'), whose Python has the daskrs
-    // package installed.
+    // The node that runs the cluster's pods, and the operator, run here as
+    // its Deployment runs it in the cluster.
     let agent = NodeAgent::start(
         client.clone(),
         NodeConfig {
             name: "node-1".into(),
             namespace: NS.into(),
             dir: plane.dir.join("node"),
-            images: vec![
-                Image::daskrs(&runtime_repository, Path::new(harness::BIN)),
-                Image::python(&worker_repository, Path::new(harness::BIN), &python),
-            ],
+            images: chart_images(&args, &python),
         },
     )
     .await;
-
-    // On this machine the operator listens on a loopback address of its own,
-    // at the chart's port; every other argument is the Deployment's.
-    let metrics = SocketAddr::from((agent.allocate_address(), 8080));
-    let args: Vec<String> = args
-        .into_iter()
-        .map(|a| {
-            if a.starts_with("--metrics-addr=") {
-                format!("--metrics-addr={metrics}")
-            } else {
-                a
-            }
-        })
-        .collect();
-    let token = plane.kubectl_ok(&["create", "token", RELEASE, "-n", OPS, "--duration=2h"]);
-    let kubeconfig = plane.kubeconfig_with_token("operator", &token);
-    let proxy = format!("http://{}", agent.http_proxy());
-    let mut cmd = Command::new(&operator_bin);
-    // The pod's environment: POD_NAME from its fieldRef, and the
-    // credentials of its ServiceAccount. The scheduler URL of the chart
-    // names the Service (`http://demo-scheduler.analytics.svc:8787`); from
-    // outside the cluster that name resolves through the node's proxy, the
-    // stand-in for cluster DNS.
-    cmd.args(&args)
-        .env_clear()
-        .env("POD_NAME", format!("{RELEASE}-local"))
-        .env("KUBECONFIG", &kubeconfig)
-        .env("HTTP_PROXY", &proxy)
-        .env("http_proxy", &proxy);
-    let operator = Process::start(cmd, plane.dir.join("operator.log"));
-    let diag = || diagnostics(&plane, &agent, &operator);
-    wait_for("the operator to lead", WAIT, &diag, || async {
-        if let Some(status) = operator.exited() {
-            panic!("the operator exited ({status}):\n{}", operator.log());
-        }
-        let (_, body) = http_get(metrics, "/metrics", Duration::from_secs(2)).await?;
-        body.lines()
-            .any(|l| l.starts_with("daskrs_operator_leader ") && l.ends_with(" 1"))
-            .then_some(())
-    })
-    .await;
+    let operator = start_operator(&plane, &agent, args, WAIT).await;
+    let diag = || diagnostics(&plane, &agent, Some(&operator), NS);
 
     step("the operator leads");
 

@@ -21,6 +21,7 @@ from daskrs._futures import (  # noqa: E402
     as_completed,
     wait,
 )
+from daskrs._kube import KubeCluster, KubeError, make_cluster_spec  # noqa: E402
 from daskrs._local import LocalCluster  # noqa: E402
 from daskrs._native import __version__  # noqa: E402
 from daskrs.errors import (  # noqa: E402
@@ -45,6 +46,8 @@ __all__ = [
     "ConnectError",
     "DaskrsError",
     "GatherError",
+    "KubeCluster",
+    "KubeError",
     "LocalCluster",
     "NoWorkers",
     "Rejected",
@@ -53,5 +56,6 @@ __all__ = [
     "VersionMismatch",
     "__version__",
     "as_completed",
+    "make_cluster_spec",
     "wait",
 ]

@@ -76,6 +76,7 @@ class Client:
         from daskrs._local import LocalCluster, token_for
 
         self.cluster: LocalCluster | None = None
+        self._cluster_object: Any = None
         self._default: Any = None
         self._session: NativeSession | None = None
         self._listener: threading.Thread | None = None
@@ -95,8 +96,14 @@ class Client:
             address = self.cluster.scheduler_address
             token = self.cluster.token
         elif hasattr(address, "scheduler_address"):
+            # A cluster object (KubeCluster, LocalCluster): its address,
+            # token and client certificate; kept alive as long as the
+            # client, since it may hold the port forwards.
+            self._cluster_object = address
             token = token or getattr(address, "token", None)
-            address = address.scheduler_address  # a cluster object
+            if tls_dir is None:
+                tls_dir = getattr(address, "tls_dir", None)
+            address = address.scheduler_address
         target = _address(address)
         if token is None:
             token = token_for(target) or os.environ.get("DASKRS_TOKEN") or None
@@ -144,6 +151,8 @@ class Client:
     def dashboard_link(self) -> str:
         if self.cluster is not None:
             return self.cluster.dashboard_link
+        if self._cluster_object is not None and hasattr(self._cluster_object, "dashboard_link"):
+            return str(self._cluster_object.dashboard_link)
         host = self.address.rsplit(":", 1)[0]
         return f"http://{host}:8787/"
 

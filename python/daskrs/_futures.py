@@ -188,7 +188,8 @@ class Future(TaskRef):
 
 
 def futures_of(obj: Any) -> list[Future]:
-    """The futures in a (nested) list, tuple, set or dict, in order."""
+    """The futures in a (nested) list, tuple, set or dict, in order, and
+    those behind persisted dask collections."""
     out: list[Future] = []
     stack = [obj]
     while stack:
@@ -199,7 +200,15 @@ def futures_of(obj: Any) -> list[Future]:
             stack.extend(reversed(list(x)))
         elif isinstance(x, dict):
             stack.extend(reversed(list(x.values())))
+        elif is_dask_collection(x):
+            # A persisted collection's graph maps its keys to futures.
+            stack.extend(reversed(list(x.__dask_graph__().values())))
     return out
+
+
+def is_dask_collection(x: Any) -> bool:
+    graph = getattr(x, "__dask_graph__", None)
+    return not isinstance(x, type) and callable(graph) and graph() is not None
 
 
 FIRST_COMPLETED = "FIRST_COMPLETED"
@@ -213,16 +222,17 @@ class DoneAndNotDoneFutures(NamedTuple):
 
 
 def wait(
-    fs: Future | Iterable[Future],
+    fs: Future | Iterable[Future] | Any,
     timeout: float | None = None,
     return_when: str = ALL_COMPLETED,
 ) -> DoneAndNotDoneFutures:
     """Waits until the futures are done (``ALL_COMPLETED``), one is
     (``FIRST_COMPLETED``), or one erred (``FIRST_EXCEPTION``); raises
-    ``concurrent.futures.TimeoutError`` after ``timeout`` seconds."""
+    ``concurrent.futures.TimeoutError`` after ``timeout`` seconds. A
+    persisted dask collection stands for the futures behind it."""
     if isinstance(fs, Future):
         fs = [fs]
-    fs = list(fs)
+    fs = futures_of(fs) if is_dask_collection(fs) else list(fs)
     n = len(fs)
     if return_when == ALL_COMPLETED:
         enough: Callable[[int, set[str]], bool] = lambda done, _: done == n

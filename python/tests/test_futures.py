@@ -173,6 +173,15 @@ def test_wait_all_and_first_completed(client: daskrs.Client) -> None:
     long.cancel()
 
 
+def test_wait_takes_a_persisted_collection(client: daskrs.Client) -> None:
+    x = client.persist(da.arange(40, chunks=10) * 2)
+    done, not_done = daskrs.wait(x)
+    assert len(done) == 4 and not not_done
+    assert all(f.status == "finished" for f in done)
+    assert {f.key for f in done} == set(x.__dask_keys__())
+    assert x.sum().compute() == 2 * sum(range(40))
+
+
 def test_as_completed_yields_in_completion_order(client: daskrs.Client) -> None:
     delays = [1.2, 0.0, 0.6]
     fs = [client.submit(slow_inc, i, d, pure=False) for i, d in enumerate(delays)]

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod graphs;
+pub mod install;
 pub mod kube;
 pub mod kubelet;
 pub mod net;

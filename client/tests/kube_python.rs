@@ -1,0 +1,175 @@
+//! The notebook user's path on Kubernetes, from Python, on a real control
+//! plane with the real `helm`: the chart installed, then
+//! `daskrs.KubeCluster(...)` creates a cluster, forwards the scheduler's
+//! ports through the API server and reads the cluster's token and client
+//! certificate, `Client(cluster)` runs a `dask.array` reduction, a
+//! `dask.dataframe` groupby over Parquet in S3 (a MinIO server) and a
+//! `client.sql` query, the cluster scales 2 -> 3 -> 1 with persisted
+//! results surviving, and `close()` leaves no pod, Service, Secret or
+//! process (`client/tests/kube/notebook.py` is the notebook).
+//!
+//! Before that, `KubeCluster` is refused with the error that names the
+//! cause: no CRD installed, no operator running, a user without rights, an
+//! image that cannot be pulled.
+//!
+//! The test node (`harness::node`) runs the pods, and serves the kubelet's
+//! port-forward and log endpoints the API server proxies to
+//! (`harness::kubelet`); the workers' Python is `DASKRS_TEST_PYTHON`, with
+//! the daskrs package of this checkout (scripts/test.sh installs it).
+
+mod harness;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use daskrs_engine::tpch;
+use harness::install::{chart_images, diagnostics, helm_install, operator_binary, start_operator};
+use harness::kube::{ControlPlane, repo, require_tools, stderr, stdout, wait_for};
+use harness::node::{NodeAgent, NodeConfig};
+use harness::pod_env::test_python;
+use harness::s3::{ACCESS_KEY, Minio, SECRET_KEY};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::ListParams;
+
+const NS: &str = "notebooks";
+const WAIT: Duration = Duration::from_secs(180);
+const DATA_URL: &str = "s3://tpch/sf0.01";
+
+/// Runs `notebook.py MODE` as the user, with `kubeconfig`.
+fn notebook(python: &Path, kubeconfig: &Path, minio: &Minio, mode: &str) -> Output {
+    Command::new(python)
+        .arg(repo().join("client/tests/kube/notebook.py"))
+        .arg(mode)
+        .env("KUBECONFIG", kubeconfig)
+        .env("E2E_NAMESPACE", NS)
+        .env("E2E_S3_ENDPOINT", &minio.endpoint)
+        .env("E2E_S3_KEY", ACCESS_KEY)
+        .env("E2E_S3_SECRET", SECRET_KEY)
+        .env("E2E_DATA_URL", DATA_URL)
+        // A laptop: neither in a pod nor holding another cluster's keys.
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("DASKRS_TOKEN")
+        .env_remove("DASKRS_TLS_DIR")
+        .output()
+        .expect("run notebook.py")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_notebook_creates_uses_scales_and_closes_a_cluster_from_python() {
+    require_tools();
+    operator_binary();
+    let python = test_python();
+    let started = std::time::Instant::now();
+    let step = |what: &str| {
+        eprintln!(
+            "kube_python: {:6.1}s {what}",
+            started.elapsed().as_secs_f64()
+        )
+    };
+
+    // TPC-H data in S3: the notebook reads lineitem's Parquet files.
+    let minio = Minio::start();
+    let data = tempfile::tempdir().expect("temporary directory");
+    let tpch_dir = data.path().join("tpch");
+    tpch::generate(&tpch_dir, 0.01, 4).expect("generate TPC-H data");
+    let (bucket, prefix) = DATA_URL
+        .strip_prefix("s3://")
+        .and_then(|p| p.split_once('/'))
+        .expect("bucket and prefix");
+    minio.create_bucket(bucket).await;
+    minio.upload_dir(&tpch_dir, bucket, prefix).await;
+
+    let plane = ControlPlane::start_e2e();
+    let client = plane.client().await;
+    plane.kubectl_ok(&["create", "namespace", NS]);
+    let check = |mode: &str, kubeconfig: &Path, diag: &dyn Fn() -> String| {
+        let out = notebook(&python, kubeconfig, &minio, mode);
+        assert!(
+            out.status.success(),
+            "notebook.py {mode}: {}\n--- stdout\n{}\n--- stderr\n{}\n{}",
+            out.status,
+            stdout(&out),
+            stderr(&out),
+            diag()
+        );
+        eprint!("{}", stdout(&out));
+    };
+    let no_diag = || String::new();
+
+    check("no-crd", &plane.kubeconfig, &no_diag);
+    step("refused: no CRD");
+
+    let args = helm_install(&plane, NS);
+    let agent = NodeAgent::start(
+        client.clone(),
+        NodeConfig {
+            name: "node-1".into(),
+            namespace: NS.into(),
+            dir: plane.dir.join("node"),
+            images: chart_images(&args, &python),
+        },
+    )
+    .await;
+    let early = || diagnostics(&plane, &agent, None, NS);
+    check("no-operator", &plane.kubeconfig, &early);
+    step("refused: no operator");
+
+    // A user who may do nothing in the namespace.
+    plane.kubectl_ok(&["create", "serviceaccount", "nobody", "-n", NS]);
+    let token = plane.kubectl_ok(&["create", "token", "nobody", "-n", NS, "--duration=1h"]);
+    let nobody = plane.kubeconfig_with_token("nobody", token.trim());
+    check("forbidden", &nobody, &early);
+    step("refused: forbidden");
+
+    let operator = start_operator(&plane, &agent, args, WAIT).await;
+    let diag = || diagnostics(&plane, &agent, Some(&operator), NS);
+    plane.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "s3-credentials",
+        "-n",
+        NS,
+        &format!("--from-literal=AWS_ACCESS_KEY_ID={ACCESS_KEY}"),
+        &format!("--from-literal=AWS_SECRET_ACCESS_KEY={SECRET_KEY}"),
+    ]);
+    check("bad-image", &plane.kubeconfig, &diag);
+    step("refused: an image that cannot be pulled");
+
+    check("notebook", &plane.kubeconfig, &diag);
+    step("the notebook ran");
+
+    // `close()` waited for the cluster to go; nothing of it is left: no
+    // pod, no process, no Deployment, Service or Secret.
+    wait_for("no pods and no processes left", WAIT, &diag, || async {
+        let pods = Api::<Pod>::namespaced(client.clone(), NS)
+            .list(&ListParams::default())
+            .await
+            .ok()?;
+        let running = agent.processes().is_empty() && agent.processes_in_pods().is_empty();
+        (pods.items.is_empty() && running).then_some(())
+    })
+    .await;
+    let left = plane.kubectl_ok(&[
+        "get",
+        "daskclusters,deployments,services,networkpolicies",
+        "-n",
+        NS,
+        "-o",
+        "name",
+    ]);
+    assert_eq!(left.trim(), "", "left behind by the closed clusters");
+    wait_for("the clusters' Secrets to go", WAIT, &diag, || async {
+        let out = plane.kubectl(&["get", "secrets", "-n", NS, "-o", "name"]);
+        let names = stdout(&out);
+        let left: Vec<&str> = names
+            .lines()
+            .filter(|n| *n != "secret/s3-credentials")
+            .collect();
+        (out.status.success() && left.is_empty()).then_some(())
+    })
+    .await;
+    step("nothing left");
+}
