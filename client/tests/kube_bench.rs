@@ -1,0 +1,100 @@
+//! A benchmark, not a test (ignored unless asked for; `bench/kube.sh` runs
+//! it): how long `daskrs.KubeCluster(n_workers=N)` takes to give a notebook
+//! a client whose cluster has all N workers, and `close()` to leave nothing,
+//! on a real control plane with the chart installed and the test node
+//! running the pods. `DASKRS_BENCH_SIZES` (default `1,10,100`) lists the
+//! sizes.
+
+mod harness;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use harness::install::{chart_images, helm_install, operator_binary, start_operator};
+use harness::kube::{ControlPlane, repo, require_tools, stderr, stdout};
+use harness::node::{NodeAgent, NodeConfig};
+use harness::pod_env::test_python;
+
+const NS: &str = "bench";
+const WAIT: Duration = Duration::from_secs(180);
+
+/// One run of `bench.py SYSTEM N`: its JSON line.
+fn run(python: &Path, kubeconfig: &Path, system: &str, n: usize) -> serde_json::Value {
+    let out = Command::new(python)
+        .arg(repo().join("client/tests/kube/bench.py"))
+        .arg(system)
+        .arg(n.to_string())
+        .env("KUBECONFIG", kubeconfig)
+        .env("E2E_NAMESPACE", NS)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("run bench.py");
+    assert!(
+        out.status.success(),
+        "bench.py {system} {n}: {}\n{}\n{}",
+        out.status,
+        stdout(&out),
+        stderr(&out)
+    );
+    let text = stdout(&out);
+    let line = text.lines().last().expect("a line of JSON");
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a benchmark: bench/kube.sh runs it"]
+async fn kube_cluster_start_and_close_times() {
+    require_tools();
+    operator_binary();
+    let python = test_python();
+    let sizes: Vec<usize> = std::env::var("DASKRS_BENCH_SIZES")
+        .unwrap_or_else(|_| "1,10,100".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("DASKRS_BENCH_SIZES: numbers"))
+        .collect();
+
+    let plane = ControlPlane::start_e2e();
+    let client = plane.client().await;
+    plane.kubectl_ok(&["create", "namespace", NS]);
+    let args = helm_install(&plane, NS);
+    let agent = NodeAgent::start(
+        client.clone(),
+        NodeConfig {
+            name: "node-1".into(),
+            namespace: NS.into(),
+            dir: plane.dir.join("node"),
+            images: chart_images(&args, &python),
+        },
+    )
+    .await;
+    let _operator = start_operator(&plane, &agent, args, WAIT).await;
+
+    // Once, untimed: kube-controller-manager's garbage collector learns a
+    // new resource type at its next discovery pass (every 30 s), and until
+    // then the first deleted cluster's pods wait for it.
+    run(&python, &plane.kubeconfig, "daskrs", 1);
+
+    let mut rows = Vec::new();
+    for &n in &sizes {
+        let r = run(&python, &plane.kubeconfig, "daskrs", n);
+        eprintln!("{r}");
+        rows.push(r);
+    }
+    println!(
+        "\nKubeCluster(n_workers=N) to a client with N workers, and close() to nothing left (seconds)"
+    );
+    println!(
+        "{:<18} {:>8} {:>10} {:>10}",
+        "system", "workers", "ready", "close"
+    );
+    for r in &rows {
+        println!(
+            "{:<18} {:>8} {:>10.2} {:>10.2}",
+            r["system"].as_str().unwrap_or("?"),
+            r["workers"].as_u64().unwrap_or(0),
+            r["ready_s"].as_f64().unwrap_or(f64::NAN),
+            r["close_s"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+}
