@@ -627,8 +627,12 @@ class KubeCluster:
         return f"DaskCluster {getattr(self, 'namespace', '?')}/{self.name}"
 
     async def _api(self) -> Any:
-        import kr8s.asyncio
-
+        try:
+            import kr8s.asyncio
+        except ImportError as e:
+            raise KubeError(
+                f"KubeCluster needs the kr8s package ({e}): pip install 'daskrs[kube]'"
+            ) from None
         try:
             return await kr8s.asyncio.api(kubeconfig=self._kubeconfig, context=self._context)
         except Exception as e:  # noqa: BLE001 - kr8s raises plain errors for config trouble

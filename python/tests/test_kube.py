@@ -188,3 +188,38 @@ def test_a_yaml_spec_from_a_file_or_text(tmp_path: Path) -> None:
         load_spec("kind: DaskCluster\nspec: {}\n")
     with pytest.raises(ValueError, match="not YAML"):
         load_spec("spec: [\n")
+
+
+def pod(name: str, **status: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": status}
+
+
+def test_what_waiting_cannot_fix_is_named_and_pending_pods_say_why() -> None:
+    from daskrs._kube import _pending, _pod_problem
+
+    waiting = {"state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}}
+    pulled = pod("w-1", containerStatuses=[{"image": "reg/x:1", **waiting}])
+    assert _pod_problem([pod("s", phase="Running"), pulled]) == (
+        "pod w-1 cannot pull its image (ImagePullBackOff, image reg/x:1): not found"
+    )
+    crashing = {
+        "restartCount": 3,
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 2}},
+    }
+    assert "keeps crashing (restarted 3 times, last exit code 2)" in (
+        _pod_problem([pod("w-2", containerStatuses=[crashing])]) or ""
+    )
+    # A first crash may be the scheduler not being up yet: not fatal.
+    once = {**crashing, "restartCount": 1}
+    assert _pod_problem([pod("w-3", containerStatuses=[once])]) is None
+    unschedulable = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": "0/3 nodes are available: 3 Insufficient cpu.",
+    }
+    pending = [pod(f"w-{i}", phase="Pending", conditions=[unschedulable]) for i in range(2)]
+    assert _pending(pending + [pod("s", phase="Running")]) == (
+        "; 2 pods Pending (Unschedulable: 0/3 nodes are available: 3 Insufficient cpu.)"
+    )
