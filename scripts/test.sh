@@ -19,6 +19,16 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/daskrs/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# Each build leaves its test executables in the shared target directory,
+# and a new build of a test makes a new one beside the old: only the newest
+# of each is of use, and the rest would fill the disk over many runs.
+deps="$CARGO_TARGET_DIR/debug/deps"
+if [ -d "$deps" ]; then
+  find "$deps" -maxdepth 1 -type f -perm -u+x ! -name '*.*' -printf '%T@ %f\n' | sort -rn |
+    awk '{ stem = $2; sub(/-[0-9a-f]+$/, "", stem); if (seen[stem]++) print $2 }' |
+    (cd "$deps" && xargs -r rm -f)
+fi
+
 echo "== MinIO for the S3 tests"
 scripts/install-minio.sh
 echo "== Kubernetes control plane for the operator tests"

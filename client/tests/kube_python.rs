@@ -141,6 +141,19 @@ async fn a_notebook_creates_uses_scales_and_closes_a_cluster_from_python() {
     check("notebook", &plane.kubeconfig, &diag);
     step("the notebook ran");
 
+    // The example notebook, as a user runs it: the kubeconfig's context
+    // names the namespace.
+    let user = plane.dir.join("kubeconfig-notebooks");
+    std::fs::copy(&plane.kubeconfig, &user).expect("copy the kubeconfig");
+    let out = Command::new(harness::kube::bin_dir().join("kubectl"))
+        .args(["config", "set-context", "--current", "--namespace", NS])
+        .env("KUBECONFIG", &user)
+        .output()
+        .expect("kubectl config set-context");
+    assert!(out.status.success(), "{}", stderr(&out));
+    check("example", &user, &diag);
+    step("examples/kubernetes.ipynb ran");
+
     // `close()` waited for the cluster to go; nothing of it is left: no
     // pod, no process, no Deployment, Service or Secret.
     wait_for("no pods and no processes left", WAIT, &diag, || async {

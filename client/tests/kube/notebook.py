@@ -6,7 +6,8 @@ chart installed, its operator running and a test node running the pods.
 
 MODE ``no-crd``, ``no-operator``, ``forbidden`` and ``bad-image`` each
 expect ``KubeCluster`` to fail with the error that names the cause;
-``notebook`` runs the session itself. Every check raises on a mismatch, so
+``notebook`` runs the session itself; ``example`` runs
+``examples/kubernetes.ipynb`` in a Jupyter kernel and checks its outputs. Every check raises on a mismatch, so
 the process exits non-zero; the Rust test reads the exit status and output.
 Settings come from the environment: KUBECONFIG, E2E_NAMESPACE,
 E2E_S3_ENDPOINT, E2E_S3_KEY, E2E_S3_SECRET, E2E_DATA_URL.
@@ -154,6 +155,44 @@ def notebook() -> None:
     step("closed")
 
 
+def example() -> None:
+    """examples/kubernetes.ipynb, top to bottom in a real Jupyter kernel,
+    with the kubeconfig's context naming the namespace."""
+    import re
+    from pathlib import Path
+
+    import nbclient
+    import nbformat
+
+    path = Path(__file__).resolve().parents[3] / "examples" / "kubernetes.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3").execute()
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, errors
+
+    def text(cell: dict) -> str:
+        parts = []
+        for out in cell.get("outputs", []):
+            parts.append(out.get("text", ""))
+            data = out.get("data", {})
+            parts += [data.get("text/html", ""), data.get("text/plain", "")]
+        return "".join(parts)
+
+    # The progress line, updated in place to its last state, then the
+    # cluster's HTML view with its dashboard link.
+    first = text(code[0])
+    assert "DaskCluster notebooks/notebook-demo: running, 2 workers ready" in first, first
+    assert "daskrs.KubeCluster" in first and "?token=" in first, first
+    assert "2 workers" in text(code[1]), text(code[1])
+    total, sync = re.search(r"array total ([\d.]+), sync ([\d.]+)", text(code[2])).groups()  # type: ignore[union-attr]
+    assert total == sync, (total, sync)
+    assert "workers: 3" in text(code[3]), text(code[3])
+    assert "workers: 1" in text(code[4]), text(code[4])
+    assert "closed" in text(code[5]), text(code[5])
+    step("examples/kubernetes.ipynb ran top to bottom")
+
+
 def wait_until(condition, what: str, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -174,6 +213,8 @@ def main() -> None:
         expect_failure("cannot pull its image", name="broken", image="registry.invalid/none:1")
     elif mode == "notebook":
         notebook()
+    elif mode == "example":
+        example()
     else:
         raise SystemExit(f"unknown mode {mode}")
 
