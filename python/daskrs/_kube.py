@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import html
+import json
 import os
 import re
 import shutil
@@ -162,7 +163,9 @@ def _env(env: Mapping[str, str] | list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for item in env:
         if not isinstance(item, Mapping) or "name" not in item:
-            raise ValueError(f"env entries are {{'name': ..., 'value': ...}} mappings, not {item!r}")
+            raise ValueError(
+                f"env entries are {{'name': ..., 'value': ...}} mappings, not {item!r}"
+            )
         out.append(dict(item))
     return out
 
@@ -244,7 +247,9 @@ class _Loop:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="daskrs-kube", daemon=True)
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="daskrs-kube", daemon=True
+        )
         self.thread.start()
 
     def run(self, coro: Any, timeout: float | None = None) -> Any:
@@ -311,7 +316,9 @@ class _Forward:
         finally:
             writer.close()
 
-    async def _pump(self, ws: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, ws: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         async def up() -> None:
             while data := await reader.read(1 << 16):
                 await ws.send_bytes(b"\x00" + data)
@@ -636,9 +643,20 @@ class KubeCluster:
         try:
             return await kr8s.asyncio.api(kubeconfig=self._kubeconfig, context=self._context)
         except Exception as e:  # noqa: BLE001 - kr8s raises plain errors for config trouble
-            raise KubeError(f"no usable Kubernetes configuration (kubeconfig or in-cluster): {e}") from e
+            raise KubeError(
+                f"no usable Kubernetes configuration (kubeconfig or in-cluster): {e}"
+            ) from e
 
-    async def _call(self, what: str, method: str, url: str, *, version: str = f"{GROUP}/{VERSION}", namespaced: bool = True, **kwargs: Any) -> dict[str, Any]:
+    async def _call(
+        self,
+        what: str,
+        method: str,
+        url: str,
+        *,
+        version: str = f"{GROUP}/{VERSION}",
+        namespaced: bool = True,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
         """One API call, its answer as JSON; failures as ``KubeError``
         naming ``what`` was asked."""
         from kr8s._exceptions import APITimeoutError, ServerError
@@ -673,7 +691,9 @@ class KubeCluster:
                         f"({PLURAL}.{GROUP}); install the daskrs operator first "
                         "(helm install daskrs charts/daskrs)"
                     ) from None
-                raise KubeError(f"{what}: {e.message} (does namespace {self.namespace} exist?)") from None
+                raise KubeError(
+                    f"{what}: {e.message} (does namespace {self.namespace} exist?)"
+                ) from None
             if e.code == 409:
                 raise KubeError(
                     f"{what}: a DaskCluster named {self.name} already exists in namespace "
@@ -690,7 +710,9 @@ class KubeCluster:
 
     async def _crd_installed(self) -> bool:
         try:
-            found = await self._call("discover", "GET", "", version=f"{GROUP}/{VERSION}", namespaced=False)
+            found = await self._call(
+                "discover", "GET", "", version=f"{GROUP}/{VERSION}", namespaced=False
+            )
         except KubeError:
             return False
         return any(r.get("name") == PLURAL for r in found.get("resources", []))
@@ -708,7 +730,9 @@ class KubeCluster:
                         f"{what}: this Kubernetes cluster has no DaskCluster resource "
                         f"({PLURAL}.{GROUP}); install the daskrs operator first"
                     ) from None
-                raise KubeError(f"{what}: there is no DaskCluster {self.name} in namespace {self.namespace}") from None
+                raise KubeError(
+                    f"{what}: there is no DaskCluster {self.name} in namespace {self.namespace}"
+                ) from None
             raise e.error() from None
         self._spec = found.get("spec") or {}
         self.status = found.get("status") or {}
@@ -729,13 +753,16 @@ class KubeCluster:
         ready = [
             p["metadata"]["name"]
             for p in pods
-            if p["metadata"].get("labels", {}).get("daskrs.dev/role") == "scheduler" and _pod_ready(p)
+            if p["metadata"].get("labels", {}).get("daskrs.dev/role") == "scheduler"
+            and _pod_ready(p)
         ]
         if not ready:
             raise KubeError(f"{self._where()} has no ready scheduler pod")
         return ready[0]
 
-    async def _wait_running(self, timeout: float, operator_timeout: float, workers: int | None = None) -> None:
+    async def _wait_running(
+        self, timeout: float, operator_timeout: float, workers: int | None = None
+    ) -> None:
         """Until the cluster is Running with its workers ready (or
         ``workers`` ready); fails fast on what waiting cannot fix."""
         progress = _Progress(self.quiet)
@@ -795,7 +822,9 @@ class KubeCluster:
         if tls:
             certs = await self._secret(f"{self.name}-daskrs-client")
             if certs is None:
-                raise KubeError(f"{self._where()} has TLS on but no Secret {self.name}-daskrs-client")
+                raise KubeError(
+                    f"{self._where()} has TLS on but no Secret {self.name}-daskrs-client"
+                )
             self._tls_dir = tempfile.mkdtemp(prefix=f"daskrs-{self.name}-")
             for file in ("ca.crt", "tls.crt", "tls.key"):
                 path = Path(self._tls_dir) / file
@@ -850,7 +879,7 @@ class KubeCluster:
                 f"{what} ({self._where()})",
                 "PATCH",
                 f"{PLURAL}/{self.name}",
-                content=__import__("json").dumps(patch),
+                content=json.dumps(patch),
                 headers={"Content-Type": "application/merge-patch+json"},
             )
         except _KubeStatus as e:
@@ -859,14 +888,25 @@ class KubeCluster:
 
     async def _logs(self, tail_lines: int | None) -> dict[str, str]:
         pods = await self._pods()
-        pods.sort(key=lambda p: (p["metadata"].get("labels", {}).get("daskrs.dev/role") != "scheduler", p["metadata"]["name"]))
+        pods.sort(
+            key=lambda p: (
+                p["metadata"].get("labels", {}).get("daskrs.dev/role") != "scheduler",
+                p["metadata"]["name"],
+            )
+        )
         out = {}
         for pod in pods:
             name = pod["metadata"]["name"]
             params = {} if tail_lines is None else {"tailLines": str(tail_lines)}
             api = await self._api()
             try:
-                async with api.call_api("GET", version="v1", namespace=self.namespace, url=f"pods/{name}/log", params=params) as r:
+                async with api.call_api(
+                    "GET",
+                    version="v1",
+                    namespace=self.namespace,
+                    url=f"pods/{name}/log",
+                    params=params,
+                ) as r:
                     out[name] = r.text
             except Exception as e:  # noqa: BLE001 - one pod's logs, not all
                 out[name] = f"<no logs: {e}>"
@@ -875,7 +915,9 @@ class KubeCluster:
     async def _delete(self, timeout: float) -> None:
         what = f"delete {self._where()}"
         try:
-            await self._call(what, "DELETE", f"{PLURAL}/{self.name}", params={"propagationPolicy": "Background"})
+            await self._call(
+                what, "DELETE", f"{PLURAL}/{self.name}", params={"propagationPolicy": "Background"}
+            )
         except _KubeStatus as e:
             if e.code == 404:
                 return
@@ -924,7 +966,7 @@ def _pod_problem(pods: list[dict[str, Any]]) -> str | None:
                     f"{waiting.get('message', '')}".rstrip(": ")
                 )
             if reason == "CrashLoopBackOff" and int(c.get("restartCount") or 0) >= 3:
-                last = ((c.get("lastState") or {}).get("terminated") or {})
+                last = (c.get("lastState") or {}).get("terminated") or {}
                 return (
                     f"pod {name} keeps crashing (restarted {c.get('restartCount')} times, last exit "
                     f"code {last.get('exitCode')}); see cluster.get_logs()"

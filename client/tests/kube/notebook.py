@@ -57,7 +57,10 @@ def notebook() -> None:
     storage = {
         "key": os.environ["E2E_S3_KEY"],
         "secret": os.environ["E2E_S3_SECRET"],
-        "client_kwargs": {"endpoint_url": os.environ["E2E_S3_ENDPOINT"], "region_name": "us-east-1"},
+        "client_kwargs": {
+            "endpoint_url": os.environ["E2E_S3_ENDPOINT"],
+            "region_name": "us-east-1",
+        },
     }
 
     start = time.monotonic()
@@ -122,16 +125,22 @@ def notebook() -> None:
     daskrs.wait(kept)
     cluster.scale(3)
     cluster.wait_for_workers(3)
-    wait_until(lambda: len(client.scheduler_info()["workers"]) == 3, "the scheduler to know 3 workers")
+    wait_until(
+        lambda: len(client.scheduler_info()["workers"]) == 3, "the scheduler to know 3 workers"
+    )
     step("scaled to 3")
     cluster.adapt(1, 3)
     cluster.refresh()
     assert cluster.spec["autoscaling"] == {"minReplicas": 1, "maxReplicas": 3}, cluster.spec
     cluster.scale(1)
     cluster.refresh()
-    assert "autoscaling" not in cluster.spec and cluster.spec["worker"]["replicas"] == 1, cluster.spec
+    assert "autoscaling" not in cluster.spec and cluster.spec["worker"]["replicas"] == 1, (
+        cluster.spec
+    )
     cluster.wait_for_workers(1)
-    wait_until(lambda: len(client.scheduler_info()["workers"]) == 1, "the scheduler to know 1 worker")
+    wait_until(
+        lambda: len(client.scheduler_info()["workers"]) == 1, "the scheduler to know 1 worker"
+    )
     step("scaled to 1")
     assert np.isclose(kept.sum().compute(), total)
     assert np.array_equal(kept.compute(), x.compute(scheduler="sync"))
