@@ -20,14 +20,7 @@ scripts/install-kube.sh
 cargo build --release --locked -p daskrs-operator >&2
 
 # The reference operator and the Kubernetes client the driver watches with.
-venv=$cache/dask-kubernetes-venv
-python=$venv/bin/python
-if [[ "$("$python" -c 'import importlib.metadata as m; print(m.version("dask-kubernetes"))' 2>/dev/null)" != "$DASK_KUBERNETES_VERSION" ]]; then
-  echo "installing dask-kubernetes==$DASK_KUBERNETES_VERSION into $venv" >&2
-  python3 -m venv "$venv"
-  "$python" -m pip install --quiet --upgrade pip
-  "$python" -m pip install --quiet "dask-kubernetes==$DASK_KUBERNETES_VERSION"
-fi
+python=$(DASK_KUBERNETES_VERSION=$DASK_KUBERNETES_VERSION bench/install-dask-kubernetes.sh | tail -n 1)
 dask_crds=$("$python" -c 'import dask_kubernetes, os; print(os.path.join(os.path.dirname(dask_kubernetes.__file__), "operator/deployment/helm/dask-kubernetes-operator/crds"))')
 
 work=$(mktemp -d)

@@ -630,7 +630,7 @@ fn the_test_node_renders_a_pod_like_the_kubelet_on_its_own_network() {
 
 /// The cluster network of the test node: a Service's name resolves to a
 /// stable address, and connections there reach a ready pod of the Service,
-/// on the port its `targetPort` names.
+/// on the port its `targetPort` names, or are refused while it has none.
 #[tokio::test(flavor = "multi_thread")]
 async fn service_names_resolve_to_an_address_that_forwards_to_a_ready_pod() {
     use k8s_openapi::api::core::v1::{
@@ -727,7 +727,21 @@ async fn service_names_resolve_to_an_address_that_forwards_to_a_ready_pod() {
     let service_addr = SocketAddr::from((ip, service_port));
     assert_eq!(read(service_addr).await, "hello from the pod");
 
-    // A pod that is not ready gets no connections.
-    net.update(vec![service], vec![pod("False")]);
-    assert_eq!(read(service_addr).await, "");
+    // A pod that is not ready gets no connections: with no ready endpoint
+    // the Service refuses them, as kube-proxy does, until one is ready again.
+    net.update(vec![service.clone()], vec![pod("False")]);
+    let refused = async {
+        loop {
+            match tokio::net::TcpStream::connect(service_addr).await {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+                // The listener closes as its task ends, a moment later.
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), refused)
+        .await
+        .expect("connections refused once no pod is ready");
+    net.update(vec![service], vec![pod("True")]);
+    assert_eq!(read(service_addr).await, "hello from the pod");
 }

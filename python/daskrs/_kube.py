@@ -738,7 +738,8 @@ class KubeCluster:
         self.status = found.get("status") or {}
         return found
 
-    async def _pods(self) -> list[dict[str, Any]]:
+    async def _pods(self, terminating: bool = False) -> list[dict[str, Any]]:
+        """The cluster's pods; those being deleted only when asked."""
         found = await self._call(
             f"list the pods of {self._where()}",
             "GET",
@@ -746,7 +747,10 @@ class KubeCluster:
             version="v1",
             params={"labelSelector": f"daskrs.dev/cluster={self.name}"},
         )
-        return [p for p in found.get("items", []) if not p["metadata"].get("deletionTimestamp")]
+        pods = found.get("items", [])
+        return (
+            pods if terminating else [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        )
 
     async def _scheduler_pod(self) -> str:
         pods = await self._pods()
@@ -925,7 +929,8 @@ class KubeCluster:
         deadline = time.monotonic() + timeout
         while True:
             gone = await self._get(missing_ok=True) is None
-            if gone and not await self._pods():
+            # Gone means gone: no pod left, terminating ones included.
+            if gone and not await self._pods(terminating=True):
                 return
             if time.monotonic() > deadline:
                 raise KubeError(f"{what}: still there after {timeout:.0f} s")

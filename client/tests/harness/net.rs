@@ -8,7 +8,11 @@
 //!   ...), so every pod can listen on the same ports, as in a cluster;
 //! - each Service gets a stable loopback address (`127.B.0.N`) that stands
 //!   for its ClusterIP, and a userspace proxy there forwards each connection
-//!   to a ready endpoint pod (kube-proxy's old userspace mode);
+//!   to a ready endpoint pod (kube-proxy's old userspace mode); it listens
+//!   only while the Service has a ready endpoint, so that a connection is
+//!   refused otherwise, as kube-proxy rejects it (a client that retries a
+//!   refused connection, as Dask's workers do, then waits for the pod
+//!   rather than failing on a connection closed once accepted);
 //! - Service names in a pod's environment (`svc`, `svc.ns`, `svc.ns.svc`,
 //!   `svc.ns.svc.cluster.local`) are replaced by the Service's address
 //!   before the process starts, which is what a DNS lookup would answer;
@@ -96,7 +100,8 @@ impl ClusterNet {
     }
 
     /// Takes in the namespace's Services and pods as just listed: new
-    /// Services get an address and a proxy, removed ones lose theirs.
+    /// Services get an address, and a proxy while they have a ready
+    /// endpoint; removed ones lose both.
     pub fn update(self: &Arc<Self>, services: Vec<Service>, pods: Vec<Pod>) {
         let mut st = self.state.lock().expect("net state");
         st.pods = pods;
@@ -124,23 +129,32 @@ impl ClusterNet {
                 .and_then(|s| s.ports.as_ref())
                 .map(|ps| ps.iter().map(|p| p.port).collect())
                 .unwrap_or_default();
+            let ready = has_ready_endpoint(&svc, &st.pods);
             if let Some(entry) = st.services.get_mut(&name) {
                 entry.service = svc;
-                if entry.ports == ports {
-                    continue;
+                if entry.ports != ports {
+                    for l in entry.listeners.drain(..) {
+                        l.abort();
+                    }
+                    entry.ports = ports;
                 }
-                for l in entry.listeners.drain(..) {
-                    l.abort();
+                if !ready {
+                    for l in entry.listeners.drain(..) {
+                        l.abort();
+                    }
+                } else if entry.listeners.is_empty() {
+                    entry.listeners = self.listen(&name, entry.ip, &entry.ports);
                 }
-                entry.ports = ports.clone();
-                let ip = entry.ip;
-                entry.listeners = self.listen(&name, ip, &ports);
                 continue;
             }
             let n = NEXT_SERVICE.fetch_add(1, Ordering::Relaxed) + 1;
             assert!(n < 255, "the test node ran out of Service addresses");
             let ip = Ipv4Addr::new(127, self.block, 0, n as u8);
-            let listeners = self.listen(&name, ip, &ports);
+            let listeners = if ready {
+                self.listen(&name, ip, &ports)
+            } else {
+                Vec::new()
+            };
             st.services.insert(
                 name,
                 ServiceEntry {
@@ -187,8 +201,8 @@ impl ClusterNet {
                                             tokio::io::copy_bidirectional(&mut conn, &mut up).await;
                                     }
                                 }
-                                // No ready endpoint: the connection ends at
-                                // once, as kube-proxy rejects it.
+                                // No ready endpoint any more (the listener
+                                // closes at the next update): it ends.
                                 None => drop(conn),
                             }
                         });
@@ -457,6 +471,22 @@ async fn respond(conn: &mut TcpStream, status: u16, message: &str) -> std::io::R
     conn.write_all(head.as_bytes()).await?;
     conn.write_all(body.as_bytes()).await?;
     conn.shutdown().await
+}
+
+/// Whether a pod that the Service selects is ready and not being deleted.
+fn has_ready_endpoint(svc: &Service, pods: &[Pod]) -> bool {
+    let Some(selector) = svc.spec.as_ref().and_then(|s| s.selector.as_ref()) else {
+        return false;
+    };
+    pods.iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            let labels = p.metadata.labels.as_ref();
+            selector
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        })
+        .any(pod_ready)
 }
 
 pub fn pod_ready(pod: &Pod) -> bool {

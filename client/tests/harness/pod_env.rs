@@ -79,6 +79,29 @@ impl Image {
         }
     }
 
+    /// Dask's image (`ghcr.io/dask/dask`), which dask-kubernetes' pods
+    /// name: its entrypoint (`tini -g -- /usr/bin/prepare.sh`) ends in
+    /// `exec "$@"`, running the container's args. Here `/usr/bin/env` does,
+    /// with the bin directory of `python`'s venv first on PATH, so that
+    /// `dask-scheduler` and `dask-worker` are that venv's.
+    pub fn dask(repository: &str, python: &Path) -> Image {
+        let bin = python
+            .parent()
+            .unwrap_or_else(|| panic!("{} has no directory", python.display()));
+        Image {
+            repository: repository.to_string(),
+            entrypoint: PathBuf::from("/usr/bin/env"),
+            workdir: "/".into(),
+            env: vec![(
+                "PATH".into(),
+                format!(
+                    "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    bin.display()
+                ),
+            )],
+        }
+    }
+
     pub fn matches(&self, reference: &str) -> bool {
         let without_digest = reference.split('@').next().unwrap_or(reference);
         // A tag follows the last colon after the last slash.
