@@ -23,12 +23,15 @@ use std::time::Duration;
 
 use daskrs_client::Client;
 use daskrs_engine::{compare, tpch};
-use harness::install::{chart_images, diagnostics, helm_install, operator_binary, start_operator};
+use harness::install::{
+    chart_images, diagnostics, helm_install, nothing_left_running, operator_binary, s3_credentials,
+    start_node, start_operator,
+};
 use harness::kube::{ControlPlane, repo, require_tools, stderr, stdout, wait_for};
 use harness::net::ClusterNet;
-use harness::node::{NodeAgent, NodeConfig, tail};
+use harness::node::tail;
 use harness::pod_env::{Image, expand, map_path, own_address, test_python};
-use harness::s3::{ACCESS_KEY, Minio, SECRET_KEY};
+use harness::s3::Minio;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Api, ResourceExt};
@@ -140,13 +143,7 @@ async fn helm_install_apply_query_scale_and_delete_a_cluster() {
     let minio = Minio::start();
     let data = tempfile::tempdir().expect("temporary directory");
     let tpch_dir = data.path().join("tpch");
-    tpch::generate(&tpch_dir, 0.01, 4).expect("generate TPC-H data");
-    let (bucket, prefix) = DATA_URL
-        .strip_prefix("s3://")
-        .and_then(|p| p.split_once('/'))
-        .expect("bucket and prefix");
-    minio.create_bucket(bucket).await;
-    minio.upload_dir(&tpch_dir, bucket, prefix).await;
+    minio.put_tpch(DATA_URL, &tpch_dir).await;
     let local_sql = |sql: &str| sql.replace(DATA_URL, &tpch_dir.display().to_string());
 
     step("TPC-H data in MinIO");
@@ -162,16 +159,7 @@ async fn helm_install_apply_query_scale_and_delete_a_cluster() {
 
     // The node that runs the cluster's pods, and the operator, run here as
     // its Deployment runs it in the cluster.
-    let agent = NodeAgent::start(
-        client.clone(),
-        NodeConfig {
-            name: "node-1".into(),
-            namespace: NS.into(),
-            dir: plane.dir.join("node"),
-            images: chart_images(&args, &python),
-        },
-    )
-    .await;
+    let agent = start_node(&plane, &client, NS, chart_images(&args, &python)).await;
     let operator = start_operator(&plane, &agent, args, WAIT).await;
     let diag = || diagnostics(&plane, &agent, Some(&operator), NS);
 
@@ -179,16 +167,7 @@ async fn helm_install_apply_query_scale_and_delete_a_cluster() {
 
     // The example cluster, then S3 settings on top: where the data is and
     // a Secret with the keys.
-    plane.kubectl_ok(&[
-        "create",
-        "secret",
-        "generic",
-        "s3-credentials",
-        "-n",
-        NS,
-        &format!("--from-literal=AWS_ACCESS_KEY_ID={ACCESS_KEY}"),
-        &format!("--from-literal=AWS_SECRET_ACCESS_KEY={SECRET_KEY}"),
-    ]);
+    s3_credentials(&plane, NS);
     plane.kubectl_ok(&["apply", "-n", NS, "-f", "examples/cluster.yaml"]);
     let log_env = serde_json::json!([{ "name": "DASKRS_LOG", "value": "info" }]);
     let patch = serde_json::json!({
@@ -534,13 +513,8 @@ async fn helm_install_apply_query_scale_and_delete_a_cluster() {
     // Deleting the cluster leaves no pod and no process.
     drop(scheduler);
     plane.kubectl_ok(&["delete", "daskcluster", CLUSTER, "-n", NS, "--timeout=120s"]);
-    wait_for("no pods and no processes left", WAIT, &diag, || async {
-        let pods = Api::<Pod>::namespaced(client.clone(), NS)
-            .list(&ListParams::default())
-            .await
-            .ok()?;
-        let running = agent.processes().is_empty() && agent.processes_in_pods().is_empty();
-        (pods.items.is_empty() && running).then_some(())
+    wait_for("no pods and no processes left", WAIT, &diag, || {
+        nothing_left_running(&client, &agent, NS)
     })
     .await;
     step("cluster deleted: no pods, no processes");

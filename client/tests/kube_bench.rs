@@ -14,13 +14,14 @@
 mod harness;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use harness::dask_kubernetes;
-use harness::install::{chart_images, diagnostics, helm_install, operator_binary, start_operator};
-use harness::kube::{ControlPlane, repo, require_tools, stderr, stdout};
-use harness::node::{NodeAgent, NodeConfig};
+use harness::install::{
+    chart_images, diagnostics, helm_install, operator_binary, start_node, start_operator,
+    succeeded, user_python,
+};
+use harness::kube::{ControlPlane, require_tools};
 use harness::pod_env::test_python;
 
 const NS: &str = "bench";
@@ -35,24 +36,11 @@ fn run(
     n: usize,
     diagnose: &dyn Fn() -> String,
 ) -> serde_json::Value {
-    let out = Command::new(python)
-        .arg(repo().join("client/tests/kube/bench.py"))
-        .arg(system)
-        .arg(n.to_string())
-        .env("KUBECONFIG", kubeconfig)
-        .env("E2E_NAMESPACE", NS)
-        .env_remove("KUBERNETES_SERVICE_HOST")
+    let size = n.to_string();
+    let out = user_python(python, "bench.py", &[system, &size], kubeconfig, NS)
         .output()
         .expect("run bench.py");
-    assert!(
-        out.status.success(),
-        "bench.py {system} {n}: {}\n{}\n{}\n{}",
-        out.status,
-        stdout(&out),
-        stderr(&out),
-        diagnose()
-    );
-    let text = stdout(&out);
+    let text = succeeded(&format!("bench.py {system} {n}"), &out, diagnose);
     let line = text.lines().last().expect("a line of JSON");
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
 }
@@ -101,16 +89,7 @@ async fn kube_cluster_start_and_close_times() {
         dask_kubernetes::install_crds(&plane, p);
         images.push(dask_kubernetes::image(p));
     }
-    let agent = NodeAgent::start(
-        client.clone(),
-        NodeConfig {
-            name: "node-1".into(),
-            namespace: NS.into(),
-            dir: plane.dir.join("node"),
-            images,
-        },
-    )
-    .await;
+    let agent = start_node(&plane, &client, NS, images).await;
 
     let operator = start_operator(&plane, &agent, args, WAIT).await;
     let diagnose = || diagnostics(&plane, &agent, Some(&operator), NS);

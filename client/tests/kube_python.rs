@@ -23,15 +23,13 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use daskrs_engine::tpch;
-use harness::install::{chart_images, diagnostics, helm_install, operator_binary, start_operator};
-use harness::kube::{ControlPlane, repo, require_tools, stderr, stdout, wait_for};
-use harness::node::{NodeAgent, NodeConfig};
+use harness::install::{
+    chart_images, diagnostics, helm_install, nothing_left_running, operator_binary, s3_credentials,
+    start_node, start_operator, succeeded, user_python,
+};
+use harness::kube::{ControlPlane, require_tools, stderr, stdout, wait_for};
 use harness::pod_env::test_python;
 use harness::s3::{ACCESS_KEY, Minio, SECRET_KEY};
-use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
-use kube::api::ListParams;
 
 const NS: &str = "notebooks";
 const WAIT: Duration = Duration::from_secs(180);
@@ -39,19 +37,11 @@ const DATA_URL: &str = "s3://tpch/sf0.01";
 
 /// Runs `notebook.py MODE` as the user, with `kubeconfig`.
 fn notebook(python: &Path, kubeconfig: &Path, minio: &Minio, mode: &str) -> Output {
-    Command::new(python)
-        .arg(repo().join("client/tests/kube/notebook.py"))
-        .arg(mode)
-        .env("KUBECONFIG", kubeconfig)
-        .env("E2E_NAMESPACE", NS)
+    user_python(python, "notebook.py", &[mode], kubeconfig, NS)
         .env("E2E_S3_ENDPOINT", &minio.endpoint)
         .env("E2E_S3_KEY", ACCESS_KEY)
         .env("E2E_S3_SECRET", SECRET_KEY)
         .env("E2E_DATA_URL", DATA_URL)
-        // A laptop: neither in a pod nor holding another cluster's keys.
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env_remove("DASKRS_TOKEN")
-        .env_remove("DASKRS_TLS_DIR")
         .output()
         .expect("run notebook.py")
 }
@@ -72,29 +62,14 @@ async fn a_notebook_creates_uses_scales_and_closes_a_cluster_from_python() {
     // TPC-H data in S3: the notebook reads lineitem's Parquet files.
     let minio = Minio::start();
     let data = tempfile::tempdir().expect("temporary directory");
-    let tpch_dir = data.path().join("tpch");
-    tpch::generate(&tpch_dir, 0.01, 4).expect("generate TPC-H data");
-    let (bucket, prefix) = DATA_URL
-        .strip_prefix("s3://")
-        .and_then(|p| p.split_once('/'))
-        .expect("bucket and prefix");
-    minio.create_bucket(bucket).await;
-    minio.upload_dir(&tpch_dir, bucket, prefix).await;
+    minio.put_tpch(DATA_URL, &data.path().join("tpch")).await;
 
     let plane = ControlPlane::start_e2e();
     let client = plane.client().await;
     plane.kubectl_ok(&["create", "namespace", NS]);
     let check = |mode: &str, kubeconfig: &Path, diag: &dyn Fn() -> String| {
         let out = notebook(&python, kubeconfig, &minio, mode);
-        assert!(
-            out.status.success(),
-            "notebook.py {mode}: {}\n--- stdout\n{}\n--- stderr\n{}\n{}",
-            out.status,
-            stdout(&out),
-            stderr(&out),
-            diag()
-        );
-        eprint!("{}", stdout(&out));
+        eprint!("{}", succeeded(&format!("notebook.py {mode}"), &out, diag));
     };
     let no_diag = || String::new();
 
@@ -102,16 +77,7 @@ async fn a_notebook_creates_uses_scales_and_closes_a_cluster_from_python() {
     step("refused: no CRD");
 
     let args = helm_install(&plane, NS);
-    let agent = NodeAgent::start(
-        client.clone(),
-        NodeConfig {
-            name: "node-1".into(),
-            namespace: NS.into(),
-            dir: plane.dir.join("node"),
-            images: chart_images(&args, &python),
-        },
-    )
-    .await;
+    let agent = start_node(&plane, &client, NS, chart_images(&args, &python)).await;
     let early = || diagnostics(&plane, &agent, None, NS);
     check("no-operator", &plane.kubeconfig, &early);
     step("refused: no operator");
@@ -125,16 +91,7 @@ async fn a_notebook_creates_uses_scales_and_closes_a_cluster_from_python() {
 
     let operator = start_operator(&plane, &agent, args, WAIT).await;
     let diag = || diagnostics(&plane, &agent, Some(&operator), NS);
-    plane.kubectl_ok(&[
-        "create",
-        "secret",
-        "generic",
-        "s3-credentials",
-        "-n",
-        NS,
-        &format!("--from-literal=AWS_ACCESS_KEY_ID={ACCESS_KEY}"),
-        &format!("--from-literal=AWS_SECRET_ACCESS_KEY={SECRET_KEY}"),
-    ]);
+    s3_credentials(&plane, NS);
     check("bad-image", &plane.kubeconfig, &diag);
     step("refused: an image that cannot be pulled");
 
@@ -156,13 +113,8 @@ async fn a_notebook_creates_uses_scales_and_closes_a_cluster_from_python() {
 
     // `close()` waited for the cluster to go; nothing of it is left: no
     // pod, no process, no Deployment, Service or Secret.
-    wait_for("no pods and no processes left", WAIT, &diag, || async {
-        let pods = Api::<Pod>::namespaced(client.clone(), NS)
-            .list(&ListParams::default())
-            .await
-            .ok()?;
-        let running = agent.processes().is_empty() && agent.processes_in_pods().is_empty();
-        (pods.items.is_empty() && running).then_some(())
+    wait_for("no pods and no processes left", WAIT, &diag, || {
+        nothing_left_running(&client, &agent, NS)
     })
     .await;
     let left = plane.kubectl_ok(&[

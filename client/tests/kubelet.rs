@@ -7,9 +7,9 @@ mod harness;
 use std::path::Path;
 use std::time::Duration;
 
+use harness::install::start_node;
 use harness::kube::{ControlPlane, require_tools, wait_for};
 use harness::net::pod_ready;
-use harness::node::{NodeAgent, NodeConfig};
 use harness::pod_env::Image;
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, HTTPGetAction, Pod, PodSpec, Probe,
@@ -111,14 +111,11 @@ async fn a_pod_on_the_test_node_forwards_ports_and_serves_logs_through_the_api_s
     );
     let client = plane.client().await;
     plane.kubectl_ok(&["create", "namespace", NS]);
-    let agent = NodeAgent::start(
-        client.clone(),
-        NodeConfig {
-            name: "node-1".into(),
-            namespace: NS.into(),
-            dir: plane.dir.join("node"),
-            images: vec![Image::daskrs(IMAGE, Path::new(harness::BIN))],
-        },
+    let agent = start_node(
+        &plane,
+        &client,
+        NS,
+        vec![Image::daskrs(IMAGE, Path::new(harness::BIN))],
     )
     .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);

@@ -64,7 +64,13 @@ _S3_KEYS = {
 
 class KubeError(DaskrsError):
     """Kubernetes refused, or could not do, what the cluster needs: the
-    message says what was asked, of which object, and why."""
+    message says what was asked, of which object, and why. ``code`` is the
+    API server's HTTP status when it answered, and ``detail`` its message."""
+
+    def __init__(self, message: str, *, code: int | None = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.detail = detail or message
 
 
 def make_cluster_spec(
@@ -653,7 +659,7 @@ class KubeCluster:
         method: str,
         url: str,
         *,
-        version: str = f"{GROUP}/{VERSION}",
+        version: str = API_VERSION,
         namespaced: bool = True,
         **kwargs: Any,
     ) -> dict[str, Any]:
@@ -673,7 +679,7 @@ class KubeCluster:
                 return response.json() if response.content else {}
         except ServerError as e:
             code = e.response.status_code if e.response is not None else 0
-            raise _KubeStatus(what, code, str(e), e.status) from None
+            raise KubeError(f"{what}: {e} (HTTP {code})", code=code, detail=str(e)) from None
         except APITimeoutError as e:
             raise KubeError(f"{what}: the Kubernetes API server did not answer ({e})") from None
         except OSError as e:
@@ -683,16 +689,12 @@ class KubeCluster:
         what = f"create {self._where()}"
         try:
             created = await self._call(what, "POST", PLURAL, json=manifest)
-        except _KubeStatus as e:
+        except KubeError as e:
             if e.code == 404:
                 if not await self._crd_installed():
-                    raise KubeError(
-                        f"{what}: this Kubernetes cluster has no DaskCluster resource "
-                        f"({PLURAL}.{GROUP}); install the daskrs operator first "
-                        "(helm install daskrs charts/daskrs)"
-                    ) from None
+                    raise _no_crd(what) from None
                 raise KubeError(
-                    f"{what}: {e.message} (does namespace {self.namespace} exist?)"
+                    f"{what}: {e.detail} (does namespace {self.namespace} exist?)"
                 ) from None
             if e.code == 409:
                 raise KubeError(
@@ -701,18 +703,16 @@ class KubeCluster:
                     "or choose another name"
                 ) from None
             if e.code == 403:
-                raise KubeError(f"{what}: forbidden: {e.message}") from None
+                raise KubeError(f"{what}: forbidden: {e.detail}") from None
             if e.code == 422:
-                raise KubeError(f"{what}: the API server refused the spec: {e.message}") from None
-            raise e.error() from None
+                raise KubeError(f"{what}: the API server refused the spec: {e.detail}") from None
+            raise
         self._spec = created.get("spec") or {}
         self.status = created.get("status") or {}
 
     async def _crd_installed(self) -> bool:
         try:
-            found = await self._call(
-                "discover", "GET", "", version=f"{GROUP}/{VERSION}", namespaced=False
-            )
+            found = await self._call("discover", "GET", "", namespaced=False)
         except KubeError:
             return False
         return any(r.get("name") == PLURAL for r in found.get("resources", []))
@@ -721,19 +721,16 @@ class KubeCluster:
         what = f"read {self._where()}"
         try:
             found = await self._call(what, "GET", f"{PLURAL}/{self.name}")
-        except _KubeStatus as e:
+        except KubeError as e:
             if e.code == 404:
                 if missing_ok:
                     return None
                 if not await self._crd_installed():
-                    raise KubeError(
-                        f"{what}: this Kubernetes cluster has no DaskCluster resource "
-                        f"({PLURAL}.{GROUP}); install the daskrs operator first"
-                    ) from None
+                    raise _no_crd(what) from None
                 raise KubeError(
                     f"{what}: there is no DaskCluster {self.name} in namespace {self.namespace}"
                 ) from None
-            raise e.error() from None
+            raise
         self._spec = found.get("spec") or {}
         self.status = found.get("status") or {}
         return found
@@ -771,52 +768,48 @@ class KubeCluster:
         ``workers`` ready); fails fast on what waiting cannot fix."""
         progress = _Progress(self.quiet)
         start = time.monotonic()
-        state = "waiting for the operator"
-        try:
-            while True:
-                found = await self._get(missing_ok=True)
-                if found is None:
-                    raise KubeError(f"{self._where()} was deleted while it was starting")
-                status = self.status
-                generation = found["metadata"].get("generation")
-                acted = status.get("observedGeneration") == generation
-                pods = await self._pods()
-                problem = _pod_problem(pods)
-                if problem is not None:
-                    raise KubeError(f"{self._where()}: {problem}")
-                if status.get("phase") == "Failed" and acted:
-                    raise KubeError(f"{self._where()} failed: {_conditions(status)}")
-                want = workers if workers is not None else int(status.get("targetReplicas") or 0)
-                ready = int(status.get("readyReplicas") or 0)
-                scheduler_ready = _condition(status, "SchedulerReady") == "True"
-                if acted and scheduler_ready and ready >= want and status.get("phase") == "Running":
-                    progress.done(f"{self._where()}: running, {ready} workers ready")
-                    return
-                elapsed = time.monotonic() - start
-                if not status:
-                    state = "waiting for the operator"
-                    if elapsed > operator_timeout:
-                        raise KubeError(
-                            f"{self._where()}: no operator acted on it in {operator_timeout:.0f} s; "
-                            f"is the daskrs operator running and watching namespace {self.namespace}? "
-                            "(helm install daskrs charts/daskrs; the chart's watchNamespaces)"
-                        )
-                else:
-                    workers_state = (
-                        f"{ready} workers ready, scaling down to {want}"
-                        if ready > want
-                        else f"{ready} of {want} workers ready"
+        while True:
+            found = await self._get(missing_ok=True)
+            if found is None:
+                raise KubeError(f"{self._where()} was deleted while it was starting")
+            status = self.status
+            generation = found["metadata"].get("generation")
+            acted = status.get("observedGeneration") == generation
+            pods = await self._pods()
+            problem = _pod_problem(pods)
+            if problem is not None:
+                raise KubeError(f"{self._where()}: {problem}")
+            if status.get("phase") == "Failed" and acted:
+                raise KubeError(f"{self._where()} failed: {_conditions(status)}")
+            want = workers if workers is not None else int(status.get("targetReplicas") or 0)
+            ready = int(status.get("readyReplicas") or 0)
+            scheduler_ready = _condition(status, "SchedulerReady") == "True"
+            if acted and scheduler_ready and ready >= want and status.get("phase") == "Running":
+                progress.done(f"{self._where()}: running, {ready} workers ready")
+                return
+            elapsed = time.monotonic() - start
+            if not status:
+                state = "waiting for the operator"
+                if elapsed > operator_timeout:
+                    raise KubeError(
+                        f"{self._where()}: no operator acted on it in {operator_timeout:.0f} s; "
+                        f"is the daskrs operator running and watching namespace {self.namespace}? "
+                        "(helm install daskrs charts/daskrs; the chart's watchNamespaces)"
                     )
-                    state = (
-                        f"scheduler {'ready' if scheduler_ready else 'starting'}, "
-                        f"{workers_state}{_pending(pods)}"
-                    )
-                if elapsed > timeout:
-                    raise KubeError(f"{self._where()} not running after {timeout:.0f} s: {state}")
-                progress.show(f"{self._where()}: {state} ({elapsed:.0f} s)")
-                await asyncio.sleep(0.5)
-        finally:
-            progress.close()
+            else:
+                workers_state = (
+                    f"{ready} workers ready, scaling down to {want}"
+                    if ready > want
+                    else f"{ready} of {want} workers ready"
+                )
+                state = (
+                    f"scheduler {'ready' if scheduler_ready else 'starting'}, "
+                    f"{workers_state}{_pending(pods)}"
+                )
+            if elapsed > timeout:
+                raise KubeError(f"{self._where()} not running after {timeout:.0f} s: {state}")
+            progress.show(f"{self._where()}: {state} ({elapsed:.0f} s)")
+            await asyncio.sleep(0.5)
 
     async def _credentials(self) -> None:
         token = await self._secret(f"{self.name}-daskrs-token")
@@ -848,14 +841,14 @@ class KubeCluster:
             try:
                 found = await self._call(what, "GET", f"secrets/{name}", version="v1")
                 return {k: base64.b64decode(v) for k, v in (found.get("data") or {}).items()}
-            except _KubeStatus as e:
+            except KubeError as e:
                 if e.code == 403:
                     raise KubeError(
-                        f"{what}: forbidden ({e.message}); connecting needs `get` on this "
+                        f"{what}: forbidden ({e.detail}); connecting needs `get` on this "
                         "Secret, or pass the token and certificates to Client yourself"
                     ) from None
                 if e.code != 404 or time.monotonic() > deadline:
-                    raise e.error() from None
+                    raise
             await asyncio.sleep(0.5)
 
     def _check_forward(self) -> None:
@@ -878,16 +871,13 @@ class KubeCluster:
             ) from None
 
     async def _patch(self, patch: dict[str, Any], what: str) -> None:
-        try:
-            found = await self._call(
-                f"{what} ({self._where()})",
-                "PATCH",
-                f"{PLURAL}/{self.name}",
-                content=json.dumps(patch),
-                headers={"Content-Type": "application/merge-patch+json"},
-            )
-        except _KubeStatus as e:
-            raise e.error() from None
+        found = await self._call(
+            f"{what} ({self._where()})",
+            "PATCH",
+            f"{PLURAL}/{self.name}",
+            content=json.dumps(patch),
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
         self.status = found.get("status") or {}
 
     async def _logs(self, tail_lines: int | None) -> dict[str, str]:
@@ -899,10 +889,10 @@ class KubeCluster:
             )
         )
         out = {}
+        api = await self._api()
+        params = {} if tail_lines is None else {"tailLines": str(tail_lines)}
         for pod in pods:
             name = pod["metadata"]["name"]
-            params = {} if tail_lines is None else {"tailLines": str(tail_lines)}
-            api = await self._api()
             try:
                 async with api.call_api(
                     "GET",
@@ -922,10 +912,10 @@ class KubeCluster:
             await self._call(
                 what, "DELETE", f"{PLURAL}/{self.name}", params={"propagationPolicy": "Background"}
             )
-        except _KubeStatus as e:
+        except KubeError as e:
             if e.code == 404:
                 return
-            raise e.error() from None
+            raise
         deadline = time.monotonic() + timeout
         while True:
             gone = await self._get(missing_ok=True) is None
@@ -937,19 +927,12 @@ class KubeCluster:
             await asyncio.sleep(0.5)
 
 
-class _KubeStatus(KubeError):
-    """An API server answer other than success, before it becomes a
-    ``KubeError`` worded for what was asked."""
-
-    def __init__(self, what: str, code: int, message: str, status: Any) -> None:
-        super().__init__(f"{what}: {message} (HTTP {code})")
-        self.what = what
-        self.code = code
-        self.message = message
-        self.reason = status.get("reason") if isinstance(status, dict) else None
-
-    def error(self) -> KubeError:
-        return KubeError(str(self))
+def _no_crd(what: str) -> KubeError:
+    return KubeError(
+        f"{what}: this Kubernetes cluster has no DaskCluster resource "
+        f"({PLURAL}.{GROUP}); install the daskrs operator first "
+        "(helm install daskrs charts/daskrs)"
+    )
 
 
 def _pod_ready(pod: dict[str, Any]) -> bool:
@@ -1052,7 +1035,3 @@ class _Progress:
             sys.stderr.write("\r\x1b[K" + text + "\n")
         else:
             print(text, file=sys.stderr)
-
-    def close(self) -> None:
-        if self.tty and not self.quiet and self.last:
-            sys.stderr.flush()

@@ -4,13 +4,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use super::kube::{ControlPlane, Process, stderr, stdout, wait_for};
+use super::kube::{ControlPlane, Process, repo, stderr, stdout, wait_for};
 use super::net::http_get;
-use super::node::{NodeAgent, tail};
+use super::node::{NodeAgent, NodeConfig, tail};
 use super::pod_env::Image;
+use super::s3::{ACCESS_KEY, SECRET_KEY};
 
 /// The operator's namespace and the chart's release name.
 pub const OPS: &str = "daskrs-system";
@@ -86,6 +87,26 @@ pub fn chart_images(args: &[String], python: &Path) -> Vec<Image> {
     ]
 }
 
+/// The test node of `plane` (`node-1`, its directories under the plane's),
+/// running the pods of `namespace` with `images`.
+pub async fn start_node(
+    plane: &ControlPlane,
+    client: &kube::Client,
+    namespace: &str,
+    images: Vec<Image>,
+) -> NodeAgent {
+    NodeAgent::start(
+        client.clone(),
+        NodeConfig {
+            name: "node-1".into(),
+            namespace: namespace.into(),
+            dir: plane.dir.join("node"),
+            images,
+        },
+    )
+    .await
+}
+
 /// Starts the operator with the Deployment's `args` and its
 /// ServiceAccount's credentials, and waits until it leads.
 pub async fn start_operator(
@@ -135,6 +156,72 @@ pub async fn start_operator(
     })
     .await;
     operator
+}
+
+/// Some once `namespace` holds no pod and the test node runs no process:
+/// what deleting every cluster there leaves.
+pub async fn nothing_left_running(
+    client: &kube::Client,
+    agent: &NodeAgent,
+    namespace: &str,
+) -> Option<()> {
+    let pods = kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), namespace)
+        .list(&kube::api::ListParams::default())
+        .await
+        .ok()?;
+    let running = agent.processes().is_empty() && agent.processes_in_pods().is_empty();
+    (pods.items.is_empty() && running).then_some(())
+}
+
+/// The Secret `s3-credentials` in `namespace`, with the keys of the tests'
+/// MinIO server under the names the AWS SDKs read, as a DaskCluster's
+/// `s3.credentialsSecret` names it.
+pub fn s3_credentials(plane: &ControlPlane, namespace: &str) {
+    plane.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "s3-credentials",
+        "-n",
+        namespace,
+        &format!("--from-literal=AWS_ACCESS_KEY_ID={ACCESS_KEY}"),
+        &format!("--from-literal=AWS_SECRET_ACCESS_KEY={SECRET_KEY}"),
+    ]);
+}
+
+/// `python client/tests/kube/SCRIPT ARGS...` as a notebook user on a
+/// laptop runs it: with `kubeconfig`, the namespace in `E2E_NAMESPACE`, and
+/// nothing that says it runs in a pod or holds another cluster's keys.
+pub fn user_python(
+    python: &Path,
+    script: &str,
+    args: &[&str],
+    kubeconfig: &Path,
+    namespace: &str,
+) -> Command {
+    let mut cmd = Command::new(python);
+    cmd.arg(repo().join("client/tests/kube").join(script))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("E2E_NAMESPACE", namespace)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("DASKRS_TOKEN")
+        .env_remove("DASKRS_TLS_DIR");
+    cmd
+}
+
+/// What `what` printed, once it has succeeded; otherwise a panic with its
+/// output and what `diagnose` tells about the state.
+pub fn succeeded(what: &str, out: &Output, diagnose: &dyn Fn() -> String) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}\n--- stdout\n{}\n--- stderr\n{}\n{}",
+        out.status,
+        stdout(out),
+        stderr(out),
+        diagnose()
+    );
+    stdout(out)
 }
 
 /// What to read when a wait fails: the namespace's objects and events, the

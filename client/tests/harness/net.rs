@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -318,21 +318,10 @@ impl ClusterNet {
     }
 
     async fn proxy_one(&self, mut conn: TcpStream) {
-        let mut head = Vec::new();
-        let mut buf = [0u8; 8192];
-        let split = loop {
-            match conn.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
-            }
-            if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            if head.len() > 64 * 1024 {
-                return;
-            }
+        let Some((head, early)) = read_head(&mut conn).await else {
+            return;
         };
-        let text = String::from_utf8_lossy(&head[..split]).into_owned();
+        let text = String::from_utf8_lossy(&head).into_owned();
         let mut lines = text.split("\r\n");
         let request = lines.next().unwrap_or_default();
         let mut parts = request.split(' ');
@@ -342,7 +331,7 @@ impl ClusterNet {
             parts.next().unwrap_or("HTTP/1.1"),
         );
         let Some(rest) = uri.strip_prefix("http://") else {
-            let _ = respond(&mut conn, 400, "only http:// URLs are proxied").await;
+            respond(&mut conn, 400, "only http:// URLs are proxied").await;
             return;
         };
         let (authority, path) = match rest.find('/') {
@@ -358,7 +347,7 @@ impl ClusterNet {
             None => match host.parse() {
                 Ok(ip) => ip,
                 Err(_) => {
-                    let _ = respond(&mut conn, 502, &format!("cannot resolve {host}")).await;
+                    respond(&mut conn, 502, &format!("cannot resolve {host}")).await;
                     return;
                 }
             },
@@ -366,7 +355,7 @@ impl ClusterNet {
         let mut up = match TcpStream::connect((ip, port)).await {
             Ok(s) => s,
             Err(e) => {
-                let _ = respond(&mut conn, 502, &format!("{host}:{port}: {e}")).await;
+                respond(&mut conn, 502, &format!("{host}:{port}: {e}")).await;
                 return;
             }
         };
@@ -388,9 +377,7 @@ impl ClusterNet {
             }
         }
         out.push_str("Connection: close\r\n\r\n");
-        if up.write_all(out.as_bytes()).await.is_err()
-            || up.write_all(&head[split..]).await.is_err()
-        {
+        if up.write_all(out.as_bytes()).await.is_err() || up.write_all(&early).await.is_err() {
             return;
         }
         let (mut cr, mut cw) = conn.split();
@@ -462,15 +449,44 @@ fn is_host_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '-' || c == '.'
 }
 
-async fn respond(conn: &mut TcpStream, status: u16, message: &str) -> std::io::Result<()> {
+/// Reads an HTTP/1.1 request's head, up to and including its blank line,
+/// and what came after it in the same reads (a body, or a WebSocket
+/// client's first frames). None when the connection ends first, or the
+/// head passes 64 KiB.
+pub async fn read_head<S: AsyncRead + Unpin>(conn: &mut S) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = head.split_off(i + 4);
+            return Some((head, rest));
+        }
+        if head.len() > 64 * 1024 {
+            return None;
+        }
+    }
+}
+
+/// A whole answer in plain text; the connection closes after it.
+pub async fn respond<S: AsyncWrite + Unpin>(conn: &mut S, status: u16, message: &str) {
     let body = format!("{message}\n");
-    let head = format!(
-        "HTTP/1.1 {status} Proxy\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        502 => "Bad Gateway",
+        _ => "Internal Server Error",
+    };
+    let answer = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    conn.write_all(head.as_bytes()).await?;
-    conn.write_all(body.as_bytes()).await?;
-    conn.shutdown().await
+    let _ = conn.write_all(answer.as_bytes()).await;
+    let _ = conn.shutdown().await;
 }
 
 /// Whether a pod that the Service selects is ready and not being deleted.

@@ -22,6 +22,17 @@ use kube::Api;
 
 use super::net::ClusterNet;
 
+/// The PATH of the images' Debian bases.
+const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The PATH of an image whose Python is `python`: its bin directory first.
+fn venv_path(python: &Path) -> String {
+    let bin = python
+        .parent()
+        .unwrap_or_else(|| panic!("{} has no directory", python.display()));
+    format!("{}:{SYSTEM_PATH}", bin.display())
+}
+
 /// An image the node can run: its repository (any tag), the local binary
 /// that is its entrypoint, and the environment and working directory the
 /// image sets.
@@ -42,10 +53,7 @@ impl Image {
             entrypoint: entrypoint.to_path_buf(),
             workdir: "/var/lib/daskrs".into(),
             env: vec![
-                (
-                    "PATH".into(),
-                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-                ),
+                ("PATH".into(), SYSTEM_PATH.into()),
                 (
                     "SSL_CERT_FILE".into(),
                     "/etc/ssl/certs/ca-certificates.crt".into(),
@@ -59,21 +67,12 @@ impl Image {
     /// installed in it, which `daskrs worker` runs Python tasks with
     /// (`DASKRS_PYTHON`).
     pub fn python(repository: &str, entrypoint: &Path, python: &Path) -> Image {
-        let bin = python
-            .parent()
-            .unwrap_or_else(|| panic!("{} has no directory", python.display()));
         Image {
             repository: repository.to_string(),
             entrypoint: entrypoint.to_path_buf(),
             workdir: "/var/lib/daskrs".into(),
             env: vec![
-                (
-                    "PATH".into(),
-                    format!(
-                        "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                        bin.display()
-                    ),
-                ),
+                ("PATH".into(), venv_path(python)),
                 ("DASKRS_PYTHON".into(), python.display().to_string()),
             ],
         }
@@ -85,20 +84,11 @@ impl Image {
     /// with the bin directory of `python`'s venv first on PATH, so that
     /// `dask-scheduler` and `dask-worker` are that venv's.
     pub fn dask(repository: &str, python: &Path) -> Image {
-        let bin = python
-            .parent()
-            .unwrap_or_else(|| panic!("{} has no directory", python.display()));
         Image {
             repository: repository.to_string(),
             entrypoint: PathBuf::from("/usr/bin/env"),
             workdir: "/".into(),
-            env: vec![(
-                "PATH".into(),
-                format!(
-                    "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                    bin.display()
-                ),
-            )],
+            env: vec![("PATH".into(), venv_path(python))],
         }
     }
 

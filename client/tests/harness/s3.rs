@@ -77,6 +77,19 @@ impl Minio {
             .unwrap();
     }
 
+    /// TPC-H at scale 0.01 (4 files a table) made in `dir` and uploaded to
+    /// `url` (`s3://bucket/prefix`), a directory of Parquet files per table
+    /// below it, into a bucket made here.
+    pub async fn put_tpch(&self, url: &str, dir: &Path) {
+        daskrs_engine::tpch::generate(dir, 0.01, 4).expect("generate TPC-H data");
+        let (bucket, prefix) = url
+            .strip_prefix("s3://")
+            .and_then(|p| p.split_once('/'))
+            .expect("an s3://bucket/prefix URL");
+        self.create_bucket(bucket).await;
+        self.upload_dir(dir, bucket, prefix).await;
+    }
+
     /// Uploads every file below `dir` to `s3://bucket/prefix/<relative path>`.
     pub async fn upload_dir(&self, dir: &Path, bucket: &str, prefix: &str) -> usize {
         let client = self.client();

@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 TIMEOUT = 600
 
@@ -35,13 +36,12 @@ def wait_pods_gone(namespace: str, selector: dict[str, str], since: float) -> No
         time.sleep(0.1)
 
 
-def daskrs_cluster(n: int, namespace: str) -> dict[str, float]:
-    import daskrs
-
-    start = time.monotonic()
-    name = f"bench-{n}"
-    cluster = daskrs.KubeCluster(name, namespace=namespace, n_workers=n, quiet=True)
-    client = daskrs.Client(cluster, set_as_default=False)
+def use_and_close(
+    start: float, cluster: Any, client: Any, n: int, namespace: str, selector: dict[str, str]
+) -> dict[str, float]:
+    """The same for both systems, from a cluster started at ``start``:
+    ready once the client has ``n`` workers and ran a task; closed once
+    ``close()`` has returned and no pod of the cluster is left."""
     client.wait_for_workers(n, timeout=TIMEOUT)
     assert client.submit(sum, [1, 2]).result() == 3
     ready = time.monotonic() - start
@@ -49,8 +49,18 @@ def daskrs_cluster(n: int, namespace: str) -> dict[str, float]:
     start = time.monotonic()
     cluster.close(timeout=TIMEOUT)
     closed = time.monotonic() - start
-    wait_pods_gone(namespace, {"daskrs.dev/cluster": name}, start)
+    wait_pods_gone(namespace, selector, start)
     return {"ready_s": ready, "close_s": time.monotonic() - start, "close_returned_s": closed}
+
+
+def daskrs_cluster(n: int, namespace: str) -> dict[str, float]:
+    import daskrs
+
+    start = time.monotonic()
+    name = f"bench-{n}"
+    cluster = daskrs.KubeCluster(name, namespace=namespace, n_workers=n, quiet=True)
+    client = daskrs.Client(cluster, set_as_default=False)
+    return use_and_close(start, cluster, client, n, namespace, {"daskrs.dev/cluster": name})
 
 
 def dask_kubernetes_cluster(n: int, namespace: str) -> dict[str, float]:
@@ -99,24 +109,11 @@ def dask_kubernetes_cluster(n: int, namespace: str) -> dict[str, float]:
             stuck += 1
             print(f"{name}: {e}; again", file=sys.stderr)
             wait_pods_gone(namespace, selector, time.monotonic())
+    # Its close() returns once the DaskCluster is gone; the garbage
+    # collector then deletes its Deployments, their ReplicaSets and pods.
     client = Client(cluster, set_as_default=False)
-    client.wait_for_workers(n, timeout=TIMEOUT)
-    assert client.submit(sum, [1, 2]).result() == 3
-    ready = time.monotonic() - start
-    client.close()
-    start = time.monotonic()
-    # Returns once the DaskCluster is gone; the garbage collector then
-    # deletes its Deployments, their ReplicaSets and pods: nothing is left
-    # once the pods are gone too.
-    cluster.close(timeout=TIMEOUT)
-    closed = time.monotonic() - start
-    wait_pods_gone(namespace, selector, start)
-    return {
-        "ready_s": ready,
-        "close_s": time.monotonic() - start,
-        "close_returned_s": closed,
-        "stuck_starts": stuck,
-    }
+    times = use_and_close(start, cluster, client, n, namespace, selector)
+    return {**times, "stuck_starts": stuck}
 
 
 def main() -> None:

@@ -185,6 +185,14 @@ pub(crate) mod testing {
         }
     }
 
+    /// The defaults with a workers' image of their own (`--worker-image`).
+    pub fn with_worker_image() -> Defaults {
+        Defaults {
+            worker_image: Some("daskrs-python:default".into()),
+            ..defaults()
+        }
+    }
+
     pub fn sizing() -> WorkerSizing {
         WorkerSizing {
             threads: 1,

@@ -120,7 +120,7 @@ pub fn scheduler_deployment(cluster: &DaskCluster, defaults: &Defaults) -> Deplo
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{cluster, defaults, worker};
+    use super::super::testing::{cluster, defaults, with_worker_image, worker};
     use super::super::{scheduler_address, worker_selector};
     use super::*;
 
@@ -161,10 +161,7 @@ mod tests {
                 .clone()
                 .unwrap()
         };
-        let with_worker_image = Defaults {
-            worker_image: Some("daskrs-python:default".into()),
-            ..defaults()
-        };
+        let with_worker_image = with_worker_image();
         let mut c = cluster(worker(1));
         assert_eq!(image(&c, &with_worker_image), "daskrs:default");
         c.spec.image = Some("team/daskrs:1".into());

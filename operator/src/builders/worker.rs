@@ -138,7 +138,7 @@ pub fn pod_template_hash(pod: &Pod) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{cluster, defaults, env_value, sizing, worker};
+    use super::super::testing::{cluster, defaults, env_value, sizing, with_worker_image, worker};
     use super::super::{LABEL_CLUSTER, LABEL_ROLE};
     use super::*;
 
@@ -197,10 +197,7 @@ mod tests {
                 .clone()
                 .unwrap()
         };
-        let with_worker_image = Defaults {
-            worker_image: Some("daskrs-python:default".into()),
-            ..defaults()
-        };
+        let with_worker_image = with_worker_image();
         let c = cluster(worker(1));
         assert_eq!(image(&c, &defaults()), "daskrs:default");
         assert_eq!(image(&c, &with_worker_image), "daskrs-python:default");

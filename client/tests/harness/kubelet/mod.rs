@@ -24,13 +24,14 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
+use super::net::{read_head, respond};
 use super::node::NodeShared;
 
 /// What the kubelet's server knows of the pods the node runs, kept by each
@@ -182,21 +183,7 @@ impl Request {
 /// Reads a request's head; also what came after it (a WebSocket client may
 /// send its first frames right behind its upgrade request).
 async fn read_request<S: AsyncRead + Unpin>(conn: &mut S) -> Option<(Request, Vec<u8>)> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 8192];
-    let split = loop {
-        match conn.read(&mut buf).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        if head.len() > 64 * 1024 {
-            return None;
-        }
-    };
-    let rest = head.split_off(split);
+    let (head, rest) = read_head(conn).await?;
     let text = String::from_utf8_lossy(&head);
     let mut lines = text.split("\r\n");
     let mut parts = lines.next()?.split(' ');
@@ -238,26 +225,5 @@ async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(mut conn: S, node: &NodeSh
             );
             respond(&mut conn, 404, &message).await
         }
-    }
-}
-
-/// A whole answer in plain text; the connection closes after it.
-async fn respond<S: AsyncWrite + Unpin>(conn: &mut S, status: u16, message: &str) {
-    let body = format!("{message}\n");
-    let answer = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        reason(status),
-        body.len()
-    );
-    let _ = conn.write_all(answer.as_bytes()).await;
-    let _ = conn.shutdown().await;
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        _ => "Internal Server Error",
     }
 }
