@@ -192,6 +192,7 @@ impl Client {
             tasks: graph.tasks.into_iter().map(Into::into).collect(),
             outputs: graph.outputs,
             name: graph.name,
+            explain: String::new(),
         });
         match self.start(submit, progress).await? {
             Ran::Graph(finished) => Ok(finished),

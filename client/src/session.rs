@@ -78,18 +78,24 @@ impl Session {
     /// Queues a graph; its tasks may depend on keys the session has. Its
     /// outputs are reported as events.
     pub fn submit(&self, graph: Graph) -> Result<(), Error> {
+        self.submit_explained(graph, String::new())
+    }
+
+    fn submit_explained(&self, graph: Graph, explain: String) -> Result<(), Error> {
         self.send(run_request::Msg::Submit(daskrs_proto::SubmitGraph {
             tasks: graph.tasks.into_iter().map(Into::into).collect(),
             outputs: graph.outputs,
             name: graph.name,
+            explain,
         }))
     }
 
     /// Queues a planned query ([`Client::plan_sql_with`] with one output)
     /// whose answer becomes the session's key `answer`; its other tasks are
     /// keyed under `answer/`. Keys it reads that the plan does not make are
-    /// the session's own (its input tables).
-    pub fn submit_query(&self, mut graph: Graph, answer: &str) -> Result<(), Error> {
+    /// the session's own (its input tables). `explain`, the plan's
+    /// `--explain`, lets the dashboard show the query's stages.
+    pub fn submit_query(&self, mut graph: Graph, answer: &str, explain: &str) -> Result<(), Error> {
         let [output] = graph.outputs.as_slice() else {
             return Err(Error::Rejected(format!(
                 "a query submitted as one key needs one output, not {}",
@@ -115,7 +121,7 @@ impl Session {
             }
         }
         graph.outputs = vec![answer.to_string()];
-        self.submit(graph)
+        self.submit_explained(graph, explain.to_string())
     }
 
     /// The client no longer wants these keys.

@@ -1,38 +1,30 @@
 //! The scheduler's dashboard, rendered by a real browser (Debian's Chromium,
-//! headless) while a graph runs.
+//! headless) while graphs and queries run: once as the DOM after a few
+//! seconds of the page's own polling, and once driven over the DevTools
+//! protocol while a Python client's graph and SQL query run, checking each
+//! picture as it changes and saving screenshots of them under
+//! `target/screenshots/`.
 
 mod harness;
 
-use std::process::Command;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use daskrs_client::Graph;
-use harness::Cluster;
+use harness::browser::{Browser, Page, chromium, headless_args, screenshot_dir};
 use harness::graphs::{range, sleep, slow_sum, start_graph};
-
-fn chromium() -> String {
-    let path = std::env::var("DASKRS_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        std::path::Path::new(&path).exists(),
-        "no browser at {path}: run scripts/install-chromium.sh (or set DASKRS_CHROMIUM)"
-    );
-    path
-}
+use harness::{Cluster, pod_env};
 
 /// The page's DOM after its script has polled the scheduler for `budget_ms`
 /// of the browser's virtual time.
 fn rendered(url: &str, budget_ms: u32) -> String {
     let profile = tempfile::tempdir().expect("a browser profile directory");
     let out = Command::new(chromium())
+        .args(headless_args(profile.path()))
         .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            &format!("--user-data-dir={}", profile.path().display()),
             &format!("--virtual-time-budget={budget_ms}"),
             "--dump-dom",
             url,
@@ -130,4 +122,294 @@ async fn the_status_api_and_page_are_served() {
     assert_eq!(status["graphs"].as_array().map(Vec::len), Some(0));
     assert!(status["tasks"]["processing"].is_u64(), "{status}");
     assert!(status["totals"]["tasks_finished"].is_u64(), "{status}");
+}
+
+/// The Python client of `client/tests/dashboard/watched.py`, and the lines
+/// it says as it goes.
+struct Watched {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+    gates: tempfile::TempDir,
+    stderr: PathBuf,
+}
+
+impl Watched {
+    fn start(python: &Path, cluster: &Cluster) -> Watched {
+        let gates = tempfile::tempdir().unwrap();
+        let stderr = gates.path().join("stderr");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard/watched.py");
+        let mut child = Command::new(python)
+            .arg(script)
+            .arg(cluster.address())
+            .arg(cluster.token.expose())
+            .arg(gates.path())
+            .env_remove("DASKRS_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("the Python client starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Watched {
+            child,
+            lines,
+            gates,
+            stderr,
+        }
+    }
+
+    /// Waits until the script says `line`.
+    fn expect(&mut self, line: &str) {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(180)) {
+                Ok(l) if l == line => return,
+                Ok(_) => continue,
+                Err(e) => {
+                    let _ = self.child.kill();
+                    let status = self.child.wait();
+                    panic!(
+                        "the Python client did not say {line:?} ({e}; {status:?}):\n{}",
+                        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Lets the script's tasks waiting at `gate` go on.
+    fn open(&self, gate: &str) {
+        std::fs::write(self.gates.path().join(gate), b"").unwrap();
+    }
+
+    fn finish(mut self) {
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "the Python client failed ({status}):\n{}",
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        );
+    }
+}
+
+async fn number(browser: &mut Browser, page: &Page, expression: &str) -> u64 {
+    let v = browser.eval(page, &format!("Number({expression})")).await;
+    v.as_f64()
+        .unwrap_or_else(|| panic!("{expression} is not a number: {v}")) as u64
+}
+
+/// A picture's count of redraws that changed it (see `drawn` in the page).
+fn updates(picture: &str) -> String {
+    format!("document.getElementById({picture:?}).dataset.updates")
+}
+
+fn items(picture: &str) -> String {
+    format!("document.getElementById({picture:?}).dataset.drawn")
+}
+
+const WAIT: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_picture_follows_a_python_graph_and_a_sql_query() {
+    let python = pod_env::test_python();
+    let python_arg = python.display().to_string();
+    let cluster = Cluster::start(3, &[], &["--python", &python_arg]);
+    let _client = cluster.client(3).await;
+    let mut watched = Watched::start(&python, &cluster);
+    watched.expect("graph running");
+
+    let mut browser = Browser::launch(1400, 1000).await;
+    let url = format!(
+        "http://127.0.0.1:{}/?token={}",
+        cluster.http_port,
+        cluster.token.expose()
+    );
+    let page = browser.open(&url).await;
+    let b = &mut browser;
+    b.wait_for(&page, "document.body.dataset.updated", WAIT)
+        .await;
+
+    // Before the gate: the first graph's bars, the squares waiting.
+    b.wait_for(&page, &format!("{} > 0", items("stream")), WAIT)
+        .await;
+    let row =
+        |prefix: &str| format!("document.querySelector('#progress [data-prefix=\"{prefix}\"]')");
+    b.wait_for(&page, &row("slow_square"), WAIT).await;
+    let cells = |prefix: &str| {
+        format!(
+            "[...{}.cells].slice(2).map(c => Number(c.textContent))",
+            row(prefix)
+        )
+    };
+    // done, running, waiting, erred, tasks
+    let squares = b.eval(&page, &cells("slow_square")).await;
+    assert_eq!(
+        squares[0], 0,
+        "no square is done before the gate: {squares}"
+    );
+    assert!(squares[4].as_u64() > Some(0), "{squares}");
+    let bars = number(b, &page, &items("stream")).await;
+    let stream_updates = number(b, &page, &updates("stream")).await;
+    let progress_updates = number(b, &page, &updates("progress")).await;
+
+    watched.open("graph");
+    // The squares run: new bars, and their progress moves.
+    b.wait_for(
+        &page,
+        &format!(
+            "{} > {bars} && {} > {stream_updates}",
+            items("stream"),
+            updates("stream")
+        ),
+        WAIT,
+    )
+    .await;
+    b.wait_for(
+        &page,
+        &format!(
+            "{} > {progress_updates} && {}[0] > 0",
+            updates("progress"),
+            cells("slow_square")
+        ),
+        WAIT,
+    )
+    .await;
+    watched.expect("graph done");
+    let done = cells("slow_square");
+    b.wait_for(&page, &format!("{done}[0] == {done}[4]"), WAIT)
+        .await;
+    let shots = screenshot_dir();
+    b.screenshot(&page, "#stream", &shots.join("dashboard-task-stream.png"))
+        .await;
+    b.screenshot(&page, "#progress", &shots.join("dashboard-progress.png"))
+        .await;
+
+    // Hovering a bar names its task, its duration and its worker. Redraws
+    // wait while the pointer is on the stream, so the bar stays put.
+    let canvas = b
+        .eval(
+            &page,
+            "(() => { const r = document.getElementById('stream-canvas').getBoundingClientRect(); return [r.left, r.top]; })()",
+        )
+        .await;
+    let (left, top) = (canvas[0].as_f64().unwrap(), canvas[1].as_f64().unwrap());
+    b.mouse_move(&page, left + 2.0, top + 2.0).await;
+    let bar = b
+        .eval(
+            &page,
+            "(() => { const b = stream.bars.find(b => b.r.kind === 'task' && b.r.prefix === 'slow_square');
+                      return b && [(b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2, b.r.key, b.r.worker]; })()",
+        )
+        .await;
+    let (x, y) = (bar[0].as_f64().unwrap(), bar[1].as_f64().unwrap());
+    let key = bar[2].as_str().unwrap().to_string();
+    b.mouse_move(&page, left + x, top + y).await;
+    let tip = b
+        .eval(&page, "document.getElementById('stream-tip').textContent")
+        .await;
+    let tip = tip.as_str().unwrap_or_default().to_string();
+    assert!(tip.starts_with(&key), "{tip:?} names {key}");
+    assert!(tip.contains(" ms on w"), "duration and worker: {tip:?}");
+    b.screenshot(
+        &page,
+        "#stream",
+        &shots.join("dashboard-task-stream-hover.png"),
+    )
+    .await;
+    b.mouse_move(&page, 1.0, 1.0).await;
+
+    // Memory: a chart per worker, with a sample per heartbeat.
+    b.wait_for(
+        &page,
+        "document.querySelectorAll('#memory figure canvas').length == 3",
+        WAIT,
+    )
+    .await;
+    let memory_updates = number(b, &page, &updates("memory")).await;
+    let samples = number(b, &page, &items("memory")).await;
+    b.wait_for(
+        &page,
+        &format!(
+            "{} > {memory_updates} && {} > {samples}",
+            updates("memory"),
+            items("memory")
+        ),
+        WAIT,
+    )
+    .await;
+    let caption = b
+        .eval(
+            &page,
+            "document.querySelector('#memory figcaption').textContent",
+        )
+        .await;
+    assert!(
+        caption
+            .as_str()
+            .is_some_and(|c| c.contains("managed") && c.contains("limit")),
+        "{caption}"
+    );
+    b.screenshot(&page, "#memory", &shots.join("dashboard-memory.png"))
+        .await;
+
+    // SQL: the query's stages as planned, waiting behind the held threads.
+    watched.expect("sql running");
+    b.wait_for(
+        &page,
+        "document.querySelector('#sql [data-stage]') && document.querySelector('#sql h3').textContent.includes('running')",
+        WAIT,
+    )
+    .await;
+    let plan = b
+        .eval(
+            &page,
+            "document.querySelector('#sql [data-stage=\"0\"] td.plan').textContent",
+        )
+        .await;
+    assert!(
+        plan.as_str().is_some_and(|p| p.contains("reads table t")),
+        "stage 0 reads the table: {plan}"
+    );
+    let sql_updates = number(b, &page, &updates("sql")).await;
+    b.screenshot(&page, "#sql", &shots.join("dashboard-sql-waiting.png"))
+        .await;
+    watched.open("sql");
+    b.wait_for(
+        &page,
+        &format!(
+            "{} > {sql_updates} && document.querySelector('#sql h3').textContent.includes('finished')",
+            updates("sql")
+        ),
+        WAIT,
+    )
+    .await;
+    // Every stage's tasks are done, and the stream has the stages' bars.
+    let stages = b
+        .eval(
+            &page,
+            "[...document.querySelectorAll('#sql [data-stage]')].map(r => [Number(r.cells[3].textContent), Number(r.cells[6].textContent)])",
+        )
+        .await;
+    for s in stages.as_array().unwrap() {
+        assert_eq!(s[0], s[1], "a stage's tasks are all done: {stages}");
+    }
+    b.wait_for(
+        &page,
+        "stream.records.some(r => r.kind === 'task' && /\\/s0$/.test(r.prefix))",
+        WAIT,
+    )
+    .await;
+    b.screenshot(&page, "#sql", &shots.join("dashboard-sql.png"))
+        .await;
+    watched.expect("sql done");
+    watched.open("end");
+    watched.finish();
 }

@@ -9,6 +9,7 @@
 pub mod bytesize;
 #[cfg(feature = "certs")]
 pub mod certs;
+pub mod clock;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod graph;

@@ -24,6 +24,7 @@ pub fn worker_batch(messages: Vec<worker_message::Msg>) -> WorkerBatch {
             .into_iter()
             .map(|m| WorkerMessage { msg: Some(m) })
             .collect(),
+        clock: daskrs_core::clock::now(),
     }
 }
 

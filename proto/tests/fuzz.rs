@@ -65,6 +65,7 @@ fn run_request() {
             tasks: vec![task("a", &[], vec![]), task("b", &["a", "a"], vec![0, -1])],
             outputs: vec!["b".into()],
             name: "g".into(),
+            explain: "Stage 0: 2 tasks, reads files, output returned to the client".into(),
         })),
     };
     let sql = RunRequest {
@@ -235,6 +236,10 @@ fn worker_batches() {
             duration: 0.5,
             transfer_bytes: 10,
             waited: 0.25,
+            stop: 12.5,
+            fetch_start: 11.0,
+            fetch_stop: 11.75,
+            thread: 3,
         }),
         worker_message::Msg::Erred(TaskErred {
             task_id: 5,

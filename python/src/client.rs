@@ -134,9 +134,9 @@ impl NativeClient {
                 local: Some(bytes),
                 graph: std::sync::Mutex::new(None),
             },
-            daskrs_client::sql::Plan::Query { graph, .. } => PlannedSql {
+            daskrs_client::sql::Plan::Query { graph, explain, .. } => PlannedSql {
                 local: None,
-                graph: std::sync::Mutex::new(Some(graph)),
+                graph: std::sync::Mutex::new(Some((graph, explain))),
             },
         })
     }
@@ -174,7 +174,8 @@ fn graph(name: String, tasks: Vec<PyTask>, outputs: Vec<String>) -> Graph {
 #[pyclass(module = "daskrs._native", frozen)]
 pub struct PlannedSql {
     local: Option<Bytes>,
-    graph: std::sync::Mutex<Option<Graph>>,
+    /// The query's graph and its `--explain`, until submitted.
+    graph: std::sync::Mutex<Option<(Graph, String)>>,
 }
 
 #[pymethods]
@@ -213,7 +214,7 @@ impl NativeSession {
 
     /// Queues a planned query; its answer becomes the key `answer`.
     fn submit_query(&self, py: Python<'_>, planned: &PlannedSql, answer: &str) -> PyResult<()> {
-        let graph = planned
+        let (graph, explain) = planned
             .graph
             .lock()
             .ok()
@@ -224,7 +225,7 @@ impl NativeSession {
                 )
             })?;
         self.session
-            .submit_query(graph, answer)
+            .submit_query(graph, answer, &explain)
             .map_err(|e| to_py(py, e))
     }
 

@@ -1,6 +1,7 @@
 //! HTTP on port 8787: the dashboard (`/`), `/health`, `/ready`, `/metrics`,
-//! the cluster's state as JSON (`/api/v1/status`, which the dashboard
-//! polls), and the API the operator uses (`/api/v1/workers`,
+//! the cluster's state as JSON (`/api/v1/status`, `/api/v1/task-stream`
+//! and `/api/v1/memory`, which the dashboard polls), and the API the
+//! operator uses (`/api/v1/workers`,
 //! `/api/v1/retire`, `/api/v1/adaptive`).
 //!
 //! With a cluster token, everything but `/health` and `/ready` (and
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State as AxState};
+use axum::extract::{Query, Request, State as AxState};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Json, Response};
@@ -171,6 +172,8 @@ fn routes(core: Arc<Core>) -> Router {
     Router::new()
         .route("/", get(dashboard))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/task-stream", get(task_stream))
+        .route("/api/v1/memory", get(memory))
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(|| async { "ready\n" }))
         .route("/metrics", get(metrics))
@@ -209,6 +212,7 @@ async fn status(AxState(core): AxState<Arc<Core>>) -> Json<serde_json::Value> {
         .iter()
         .map(|gr| {
             let count = |st: TaskState| gr.counts[st as usize];
+            let (prefixes, omitted) = prefix_progress(gr);
             serde_json::json!({
                 "id": gr.id,
                 "name": gr.name,
@@ -218,12 +222,16 @@ async fn status(AxState(core): AxState<Arc<Core>>) -> Json<serde_json::Value> {
                 "waiting": count(TaskState::Waiting) + count(TaskState::Queued),
                 "erred": count(TaskState::Erred),
                 "finished": gr.finished,
+                "prefixes": prefixes,
+                "prefixes_omitted": omitted,
+                "queries": gr.queries.iter().rev().map(|q| query_progress(gr, q)).collect::<Vec<_>>(),
             })
         })
         .collect();
     let t = &s.totals;
     Json(serde_json::json!({
         "version": info.scheduler_version,
+        "now": daskrs_core::clock::now(),
         "workers": info.workers.iter().map(|w| serde_json::json!({
             "id": w.id,
             "name": w.name,
@@ -255,6 +263,176 @@ async fn status(AxState(core): AxState<Arc<Core>>) -> Json<serde_json::Value> {
             "steals": t.steals,
         },
     }))
+}
+
+/// Prefixes shown per graph; a session may have thousands.
+const MOST_PREFIXES: usize = 100;
+
+/// A prefix's tasks by state, as the dashboard draws them.
+fn prefix_counts(p: &crate::state::Prefix) -> serde_json::Value {
+    use daskrs_core::TaskState;
+    let count = |st: TaskState| p.counts[st as usize];
+    let (total, running, erred) = (
+        p.total(),
+        count(TaskState::Processing),
+        count(TaskState::Erred),
+    );
+    serde_json::json!({
+        "total": total,
+        "done": p.done,
+        "running": running,
+        "erred": erred,
+        "waiting": total.saturating_sub(p.done + running + erred),
+        "seconds": p.totals.seconds,
+        "nbytes": p.totals.nbytes,
+        "transfer_bytes": p.totals.transfer_bytes,
+    })
+}
+
+/// Progress by task prefix, in the order the prefixes came: those with
+/// work left first, at most [`MOST_PREFIXES`]; and how many were left out.
+fn prefix_progress(g: &crate::state::Graph) -> (Vec<serde_json::Value>, usize) {
+    let present = g.prefixes.iter().filter(|p| p.total() > 0);
+    let (open, complete): (Vec<_>, Vec<_>) = present.partition(|p| p.done < p.total());
+    let all = open.len() + complete.len();
+    let shown = open
+        .into_iter()
+        .chain(complete)
+        .take(MOST_PREFIXES)
+        .map(|p| {
+            let mut v = prefix_counts(p);
+            v["name"] = p.name.as_ref().into();
+            v
+        })
+        .collect::<Vec<_>>();
+    let omitted = all - shown.len();
+    (shown, omitted)
+}
+
+/// A query's stages as its plan describes them, each with its tasks' progress.
+fn query_progress(g: &crate::state::Graph, q: &crate::state::QueryInfo) -> serde_json::Value {
+    let stages: Vec<serde_json::Value> = q
+        .stages()
+        .into_iter()
+        .map(|(stage, tasks, plan)| {
+            let mut v = match g.prefix_named(&q.stage_prefix(stage)) {
+                Some(p) => prefix_counts(p),
+                None => prefix_counts(&crate::state::Prefix::empty()),
+            };
+            v["stage"] = stage.into();
+            v["tasks"] = tasks.into();
+            v["plan"] = plan.into();
+            v
+        })
+        .collect();
+    let finished = stages
+        .iter()
+        .all(|s| s["done"].as_u64() >= s["tasks"].as_u64());
+    serde_json::json!({
+        "keys": q.keys,
+        "explain": q.explain,
+        "stages": stages,
+        "finished": finished,
+    })
+}
+
+#[derive(Deserialize)]
+struct StreamQuery {
+    /// Only records newer than this number.
+    #[serde(default)]
+    since: u64,
+    /// Only records that ended in the last this many seconds.
+    #[serde(default = "default_window")]
+    seconds: f64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_window() -> f64 {
+    300.0
+}
+
+fn default_limit() -> usize {
+    20_000
+}
+
+/// The task stream's records that are new to the reader (see
+/// [`crate::state::TaskStream`]), with the workers' names and threads.
+async fn task_stream(
+    AxState(core): AxState<Arc<Core>>,
+    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    use crate::state::What;
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return bad_request(e.body_text()),
+    };
+    let now = daskrs_core::clock::now();
+    let g = core.lock();
+    let s = &g.state;
+    let records: Vec<serde_json::Value> = s
+        .stream
+        .after(q.since, now - q.seconds.max(0.0), q.limit)
+        .map(|r| match &r.what {
+            What::Task {
+                key,
+                prefix,
+                thread,
+                fetch,
+                nbytes,
+                transfer_bytes,
+            } => serde_json::json!({
+                "seq": r.seq, "kind": "task", "worker": r.worker, "thread": thread,
+                "start": r.start, "stop": r.stop, "key": key.as_ref(), "prefix": prefix.as_ref(),
+                "fetch": fetch.map(|(a, b)| [a, b]), "nbytes": nbytes, "transfer_bytes": transfer_bytes,
+            }),
+            What::Spill { bytes } => serde_json::json!({
+                "seq": r.seq, "kind": "spill", "worker": r.worker,
+                "start": r.start, "stop": r.stop, "nbytes": bytes,
+            }),
+        })
+        .collect();
+    let mut workers: Vec<_> = s.workers.values().collect();
+    workers.sort_by_key(|w| w.id);
+    Json(serde_json::json!({
+        "now": now,
+        "last": s.stream.last_seq(),
+        "workers": workers.iter().map(|w| serde_json::json!({
+            "id": w.id, "name": w.name, "nthreads": w.nthreads,
+        })).collect::<Vec<_>>(),
+        "records": records,
+    }))
+    .into_response()
+}
+
+/// Each worker's memory over the last minutes: `[at, managed, spilled,
+/// process]` per heartbeat, with its limit and pause threshold.
+async fn memory(AxState(core): AxState<Arc<Core>>) -> Json<serde_json::Value> {
+    let now = daskrs_core::clock::now();
+    let g = core.lock();
+    let mut workers: Vec<_> = g.state.workers.values().collect();
+    workers.sort_by_key(|w| w.id);
+    Json(serde_json::json!({
+        "now": now,
+        "seconds": crate::state::MEMORY_HISTORY_SECONDS,
+        "workers": workers.iter().map(|w| serde_json::json!({
+            "id": w.id,
+            "name": w.name,
+            "memory_limit": w.memory_limit,
+            "pause_bytes": w.pause_bytes,
+            "samples": w.memory_history.iter()
+                .map(|m| serde_json::json!([m.at, m.managed, m.spilled, m.process]))
+                .collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+fn bad_request(error: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(serde_json::json!({ "error": error })),
+    )
+        .into_response()
 }
 
 async fn metrics(AxState(core): AxState<Arc<Core>>) -> impl IntoResponse {

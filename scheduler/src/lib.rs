@@ -94,6 +94,7 @@ impl Scheduler {
         let state = State::new(StateConfig {
             worker_ttl: config.worker_ttl,
             max_tasks: config.max_tasks,
+            ..StateConfig::default()
         });
         let core = Core::new(
             state,

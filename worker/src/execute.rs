@@ -19,6 +19,10 @@ pub struct Ran {
     pub result: Result<(u64, DataFormat), TaskError>,
     /// Seconds the kind ran, fetching excluded.
     pub duration: f64,
+    /// When it ended, on the process's clock ([`daskrs_core::clock`]), and
+    /// the pool thread it ran on.
+    pub stop: f64,
+    pub thread: u32,
     /// The kind, when the stored result holds something outside the worker.
     pub external: Option<Arc<dyn TaskKind>>,
 }
@@ -114,12 +118,17 @@ fn finish(
     result: Result<Data, TaskError>,
     duration: f64,
 ) -> Ran {
+    // Before storing: a spill the store makes is drawn apart.
+    let stop = daskrs_core::clock::now();
+    let thread = crate::pool::thread_index();
     let data = match result {
         Ok(data) => data,
         Err(e) => {
             return Ran {
                 result: Err(e),
                 duration,
+                stop,
+                thread,
                 external: None,
             };
         }
@@ -131,6 +140,8 @@ fn finish(
         return Ran {
             result: Ok((n, format)),
             duration,
+            stop,
+            thread,
             external,
         };
     }
@@ -142,6 +153,8 @@ fn finish(
     Ran {
         result: Ok((n, format)),
         duration,
+        stop,
+        thread,
         external: None,
     }
 }

@@ -4,10 +4,20 @@
 //! so a thread that finishes a short task starts the next without waiting
 //! for the session to hear about the first.
 
+use std::cell::Cell;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
+
+thread_local! {
+    static THREAD: Cell<u32> = const { Cell::new(0) };
+}
+
+/// The index of the pool thread this runs on, from 0 (0 off the pool).
+pub fn thread_index() -> u32 {
+    THREAD.with(Cell::get)
+}
 
 pub struct Pool {
     tx: Sender<Job>,
@@ -22,6 +32,7 @@ impl Pool {
             std::thread::Builder::new()
                 .name(format!("{name}-task-{i}"))
                 .spawn(move || {
+                    THREAD.with(|t| t.set(i as u32));
                     loop {
                         // The lock is held only while waiting for the next job.
                         let job = match rx.lock() {
@@ -59,11 +70,16 @@ mod tests {
             let tx = tx.clone();
             pool.submit(move || {
                 let name = std::thread::current().name().unwrap().to_string();
-                tx.send((i, name)).unwrap();
+                tx.send((i, name, thread_index())).unwrap();
             });
         }
-        let mut got: Vec<(i32, String)> = (0..100).map(|_| rx.recv().unwrap()).collect();
+        let mut got: Vec<(i32, String, u32)> = (0..100).map(|_| rx.recv().unwrap()).collect();
         got.sort();
+        // Each thread knows its index, the one in its name.
+        for (_, name, index) in &got {
+            assert_eq!(*name, format!("t-task-{index}"));
+        }
+        assert_eq!(thread_index(), 0, "off the pool");
         assert_eq!(
             got.iter().map(|g| g.0).collect::<Vec<_>>(),
             (0..100).collect::<Vec<_>>()

@@ -410,6 +410,8 @@ impl Session {
         let Ran {
             result,
             duration,
+            stop,
+            thread,
             external,
         } = ran;
         let Some(ended) = self.tasks.ended(task) else {
@@ -441,6 +443,10 @@ impl Session {
                     duration,
                     transfer_bytes: ended.transfer_bytes,
                     waited: ended.waited,
+                    stop,
+                    fetch_start: ended.fetch.map_or(0.0, |f| f.0),
+                    fetch_stop: ended.fetch.map_or(0.0, |f| f.1),
+                    thread,
                 }));
             }
             Err(error) => {
@@ -546,6 +552,16 @@ impl Session {
         let store = &self.shared.store;
         let m = &self.shared.metrics;
         let (memory, spilled) = (store.memory_bytes(), store.spilled_bytes());
+        // The process's own memory where it is its own (one worker per
+        // process), else its results'.
+        let own = if self.shared.config.pause_on_process_memory {
+            self.shared
+                .process_bytes
+                .load(std::sync::atomic::Ordering::Relaxed)
+        } else {
+            memory
+        };
+        let limit = self.shared.config.memory_limit;
         m.memory_bytes.set(memory as i64);
         m.spilled_bytes.set(spilled as i64);
         m.held_results.set(store.len() as i64);
@@ -555,6 +571,18 @@ impl Session {
             spilled_bytes: spilled,
             paused: self.paused,
             executed: self.executed,
+            managed_bytes: memory,
+            process_bytes: own + outside,
+            pause_bytes: (limit as f64 * crate::store::PAUSE_FRACTION) as u64,
+            spills: store
+                .take_spills()
+                .into_iter()
+                .map(|s| daskrs_proto::Spill {
+                    start: s.start,
+                    stop: s.stop,
+                    bytes: s.bytes,
+                })
+                .collect(),
         }));
     }
 }

@@ -77,6 +77,37 @@ struct Inner {
     generation: u64,
     /// Results read by a task or a peer since they were stored.
     claimed: HashSet<u64>,
+    /// Spills since [`Store::take_spills`] last took them.
+    spills: Vec<SpillMark>,
+}
+
+/// Results written to disk at once: when (on the process's clock,
+/// [`daskrs_core::clock`]) and how many bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpillMark {
+    pub start: f64,
+    pub stop: f64,
+    pub bytes: u64,
+}
+
+/// Spill marks kept between heartbeats; past this, new spills are added to
+/// the last mark.
+const MAX_SPILL_MARKS: usize = 256;
+/// Spills that start this soon after the last one ended extend its mark.
+const SPILL_GAP_SECONDS: f64 = 0.001;
+
+impl Inner {
+    fn mark_spill(&mut self, start: f64, stop: f64, bytes: u64) {
+        let full = self.spills.len() >= MAX_SPILL_MARKS;
+        if let Some(last) = self.spills.last_mut()
+            && (start - last.stop < SPILL_GAP_SECONDS || full)
+        {
+            last.stop = last.stop.max(stop);
+            last.bytes += bytes;
+            return;
+        }
+        self.spills.push(SpillMark { start, stop, bytes });
+    }
 }
 
 /// Writes a spilled result's file. The store's one way to the disk, so a
@@ -197,7 +228,9 @@ impl Store {
     fn spill(&self, victims: Vec<(u64, u64, Data)>) {
         for (id, token, data) in victims {
             let path = self.dir.join(format!("{id}-{token}.bin"));
+            let start = daskrs_core::clock::now();
             let write = self.writer.write(&path, &data.bytes);
+            let stop = daskrs_core::clock::now();
             let mut g = self.lock();
             let current = g.spilling.get(&id).is_some_and(|s| s.token == token);
             if !current {
@@ -214,6 +247,7 @@ impl Store {
                     g.memory_bytes -= len;
                     g.disk_bytes += len;
                     g.spilled_total += len;
+                    g.mark_spill(start, stop, len);
                     g.disk.insert(
                         id,
                         OnDisk {
@@ -339,6 +373,11 @@ impl Store {
 
     pub fn spilled_total(&self) -> u64 {
         self.lock().spilled_total
+    }
+
+    /// The spills since the last call, oldest first.
+    pub fn take_spills(&self) -> Vec<SpillMark> {
+        std::mem::take(&mut self.lock().spills)
     }
 
     pub fn spill_failures(&self) -> u64 {
@@ -467,6 +506,34 @@ mod tests {
         assert!(
             !store.contains(5),
             "a result from before the clear is dropped"
+        );
+    }
+
+    #[test]
+    fn spills_are_marked_for_the_heartbeat_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(1000, dir.path());
+        let before = daskrs_core::clock::now();
+        store.put(1, blob(250, 1));
+        store.put(2, blob(250, 2));
+        assert!(store.take_spills().is_empty(), "nothing spilled yet");
+        store.put(3, blob(250, 3));
+        store.put(4, blob(250, 4));
+        let marks = store.take_spills();
+        assert_eq!(marks.iter().map(|m| m.bytes).sum::<u64>(), 500, "{marks:?}");
+        for m in &marks {
+            assert!(before <= m.start && m.start <= m.stop, "{m:?}");
+        }
+        assert!(store.take_spills().is_empty(), "taken once");
+        // However many spills come between heartbeats, the marks stay few.
+        for i in 10..(10 + 4 * MAX_SPILL_MARKS as u64) {
+            store.put(i, blob(250, 5));
+        }
+        let marks = store.take_spills();
+        assert!(marks.len() <= MAX_SPILL_MARKS, "{}", marks.len());
+        assert_eq!(
+            marks.iter().map(|m| m.bytes).sum::<u64>(),
+            store.spilled_total() - 500
         );
     }
 

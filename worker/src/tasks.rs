@@ -25,8 +25,10 @@ struct Assigned {
     missing: Vec<u64>,
     transfer_bytes: u64,
     cancelled: bool,
-    /// When the assignment came, and when its run started.
+    /// When the assignment came, when its last input arrived from a peer
+    /// (if it fetched any), and when its run started.
     arrived: Instant,
+    fetched_at: Option<Instant>,
     started: Option<Instant>,
 }
 
@@ -80,6 +82,9 @@ pub struct Ended {
     pub transfer_bytes: u64,
     /// Seconds from its arrival to its start: fetching, then waiting for a thread.
     pub waited: f64,
+    /// When fetching its inputs from peers began and ended, on the
+    /// process's clock ([`daskrs_core::clock`]), if it fetched any.
+    pub fetch: Option<(f64, f64)>,
     /// Freed while it ran: its result is not wanted.
     pub cancelled: bool,
 }
@@ -129,6 +134,7 @@ impl Tasks {
                 transfer_bytes: 0,
                 cancelled: false,
                 arrived: Instant::now(),
+                fetched_at: None,
                 started: None,
             },
         );
@@ -165,6 +171,7 @@ impl Tasks {
         if t.pending_fetches > 0 {
             return AfterFetch::Waiting;
         }
+        t.fetched_at = Some(Instant::now());
         if t.missing.is_empty() {
             t.stage = Stage::Ready;
             let p = t.assignment.priority;
@@ -240,6 +247,10 @@ impl Tasks {
             kind: t.assignment.kind,
             transfer_bytes: t.transfer_bytes,
             waited,
+            fetch: t.fetched_at.map(|end| {
+                use daskrs_core::clock::seconds_at;
+                (seconds_at(t.arrived), seconds_at(end))
+            }),
             cancelled: t.cancelled,
         })
     }

@@ -143,11 +143,28 @@ async fn worker_keeps_heartbeating_while_it_spills() {
         }
     };
     assert_eq!((finished.task_id, finished.nbytes), (7, 4_000_000));
+    // Stamped for the task stream: its thread and end, and no fetch.
+    assert_eq!(finished.thread, 0);
+    assert!(finished.stop > 0.0, "{finished:?}");
+    assert_eq!((finished.fetch_start, finished.fetch_stop), (0.0, 0.0));
     loop {
         if let Up::Heartbeat(h) = next_up(&mut up).await
             && h.spilled_bytes == 4_000_000
         {
-            assert_eq!(h.memory_bytes, 0);
+            assert_eq!((h.memory_bytes, h.managed_bytes), (0, 0));
+            assert_eq!(h.pause_bytes, (0.8 * f64::from(1 << 20)) as u64);
+            // The spill, once, on the worker's clock: it began before the
+            // task's report went out, as the store wrote it then.
+            let [spill] = h.spills.as_slice() else {
+                panic!("one spill mark: {:?}", h.spills);
+            };
+            assert_eq!(spill.bytes, 4_000_000);
+            assert!(spill.start <= spill.stop, "{spill:?}");
+            assert!(
+                spill.start >= finished.stop,
+                "{spill:?} after {}",
+                finished.stop
+            );
             break;
         }
     }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod dask_kubernetes;
 pub mod graphs;
 pub mod install;

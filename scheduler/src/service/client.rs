@@ -107,8 +107,12 @@ impl Scheduler for ClientService {
             .await?
             .ok_or_else(|| Status::invalid_argument("stream closed before the submit message"))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let submission = match first.msg {
-            Some(run_request::Msg::Submit(sub)) => submission(sub)?,
+        // With a query's `--explain`, shown on the dashboard with its stages.
+        let (submission, explain) = match first.msg {
+            Some(run_request::Msg::Submit(mut sub)) => {
+                let explain = std::mem::take(&mut sub.explain);
+                (submission(sub)?, explain)
+            }
             Some(run_request::Msg::Session(open)) => {
                 return Ok(Response::new(session(
                     &self.core, open.name, inbound, tx, rx,
@@ -133,11 +137,12 @@ impl Scheduler for ClientService {
                             stages: q.stages as u32,
                         })),
                     }));
-                    Submission {
+                    let submission = Submission {
                         name: daskrs_core::graph::query_name(&s.sql),
                         tasks: q.tasks,
                         outputs: q.outputs,
-                    }
+                    };
+                    (submission, q.explain)
                 }
             },
             None => {
@@ -151,6 +156,9 @@ impl Scheduler for ClientService {
                 .state
                 .submit(submission)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            if !explain.is_empty() {
+                i.state.describe_query(graph_id, "", explain, None);
+            }
             let _ = tx.send(Ok(RunEvent {
                 event: Some(run_event::Event::Accepted(daskrs_proto::GraphAccepted {
                     graph_id,
@@ -349,11 +357,23 @@ fn session(
                 }
             };
             match req.msg {
-                Some(run_request::Msg::Submit(sub)) => {
+                Some(run_request::Msg::Submit(mut sub)) => {
                     let outputs = sub.outputs.clone();
+                    let explain = std::mem::take(&mut sub.explain);
                     let added = submission(sub).and_then(|sub| {
-                        core.with(|i| i.state.submit_to(graph_id, sub))
-                            .map_err(|e| Status::invalid_argument(e.to_string()))
+                        core.with(|i| {
+                            i.state.submit_to(graph_id, sub)?;
+                            // A query's tasks are `<answer>/s<stage>.<task>`.
+                            if let ([answer], false) = (outputs.as_slice(), explain.is_empty()) {
+                                let keys = format!("{answer}/");
+                                i.state
+                                    .describe_query(graph_id, &keys, explain, Some(answer));
+                            }
+                            Ok(())
+                        })
+                        .map_err(|e: daskrs_core::GraphError| {
+                            Status::invalid_argument(e.to_string())
+                        })
                     });
                     if let Err(status) = added {
                         let _ = tx.send(Ok(RunEvent {

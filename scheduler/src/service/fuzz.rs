@@ -100,6 +100,7 @@ fn play(script: Script) {
             if let Some(id) = worker {
                 let rest = WorkerBatch {
                     messages: messages.collect(),
+                    clock: 3.0,
                 };
                 apply_to(&mut state, id, rest, |_| {});
                 if step.leave {
@@ -152,6 +153,10 @@ fn finished(task_id: u64) -> Up {
         duration: 0.01,
         transfer_bytes: 0,
         waited: 0.0,
+        stop: 2.5,
+        fetch_start: 1.0,
+        fetch_stop: 1.5,
+        thread: 1,
     })
 }
 
@@ -165,6 +170,7 @@ fn example() -> Script {
                 tasks,
                 outputs: outputs.iter().map(|o| o.to_string()).collect(),
                 name: "g".into(),
+                explain: String::new(),
             })),
         }),
         ..Default::default()
@@ -198,6 +204,14 @@ fn example() -> Script {
                         spilled_bytes: 0,
                         paused: true,
                         executed: 2,
+                        managed_bytes: 1 << 19,
+                        process_bytes: 1 << 21,
+                        pause_bytes: 1 << 29,
+                        spills: vec![daskrs_proto::Spill {
+                            start: 1.0,
+                            stop: 1.25,
+                            bytes: 1 << 18,
+                        }],
                     }),
                     Up::StealResponse(StealResponse {
                         task_id: 2,

@@ -41,6 +41,7 @@ impl WorkerControl for WorkerService {
             .ok_or_else(|| Status::invalid_argument("stream closed before the register message"))?;
         // Register opens the first batch; anything after it in that batch is
         // handled once the worker is known.
+        let clock = first.clock;
         let mut first = first.messages.into_iter();
         let reg = match first.next().and_then(|m| m.msg) {
             Some(Up::Register(r)) => r,
@@ -62,7 +63,11 @@ impl WorkerControl for WorkerService {
             i.workers.insert(id, tx);
             let rest: Vec<_> = first.collect();
             if !rest.is_empty() {
-                apply(&self.core, i, id, WorkerBatch { messages: rest });
+                let rest = WorkerBatch {
+                    messages: rest,
+                    clock,
+                };
+                apply(&self.core, i, id, rest);
             }
             id
         });
@@ -136,6 +141,15 @@ pub(crate) fn apply_to(
     mut ran: impl FnMut(f64),
 ) {
     state.seen(worker, Instant::now());
+    // The worker's clock to the scheduler's: the batch left it at `clock`
+    // and arrived now (the time in flight is counted as none).
+    let now = daskrs_core::clock::now();
+    let offset = if batch.clock > 0.0 {
+        now - batch.clock
+    } else {
+        0.0
+    };
+    let on_ours = |t: f64| if t > 0.0 { t + offset } else { now };
     for m in batch.messages.into_iter().filter_map(|m| m.msg) {
         match m {
             Up::Register(_) => {
@@ -160,6 +174,10 @@ pub(crate) fn apply_to(
                         duration: f.duration,
                         transfer_bytes: f.transfer_bytes,
                         waited: f.waited,
+                        stop: on_ours(f.stop),
+                        thread: f.thread,
+                        fetch: (f.fetch_stop > 0.0)
+                            .then(|| (on_ours(f.fetch_start), on_ours(f.fetch_stop))),
                     },
                 );
             }
@@ -172,15 +190,24 @@ pub(crate) fn apply_to(
                 },
                 e.missing_inputs,
             ),
-            Up::Heartbeat(h) => state.heartbeat(
-                worker,
-                WorkerReport {
-                    memory_bytes: h.memory_bytes,
-                    spilled_bytes: h.spilled_bytes,
-                    paused: h.paused,
-                    executed: h.executed,
-                },
-            ),
+            Up::Heartbeat(h) => {
+                for s in &h.spills {
+                    state.spilled(worker, on_ours(s.start), on_ours(s.stop), s.bytes);
+                }
+                state.heartbeat(
+                    worker,
+                    WorkerReport {
+                        memory_bytes: h.memory_bytes,
+                        managed_bytes: h.managed_bytes,
+                        process_bytes: h.process_bytes,
+                        pause_bytes: h.pause_bytes,
+                        at: now,
+                        spilled_bytes: h.spilled_bytes,
+                        paused: h.paused,
+                        executed: h.executed,
+                    },
+                )
+            }
             Up::StealResponse(s) => state.steal_response(worker, s.task_id, s.stolen),
             Up::ReplicaAdded(r) => state.replica_added(worker, r.task_id, r.nbytes),
             Up::ReplicaFailed(r) => state.replica_failed(worker, r.task_id, &r.error),
@@ -231,6 +258,7 @@ mod tests {
                 spilled_bytes: 0,
                 paused: true,
                 executed: 3,
+                ..Default::default()
             }),
         ]);
         // The stream stays open so the worker stays registered.

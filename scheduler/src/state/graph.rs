@@ -36,6 +36,43 @@ pub struct Graph {
     /// the totals of its tasks that finished; a task knows its own by index.
     pub prefixes: Vec<Prefix>,
     prefix_ids: HashMap<Box<str>, u32>,
+    /// The SQL queries among its tasks, newest last (at most
+    /// [`MAX_QUERIES`]), for the dashboard.
+    pub queries: Vec<QueryInfo>,
+}
+
+/// The most queries a graph remembers; a session's older ones are forgotten.
+const MAX_QUERIES: usize = 32;
+
+/// A planned SQL query whose tasks are in a graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryInfo {
+    /// What its task keys start with before `s<stage>.<task>`: nothing
+    /// when the graph is the query, `<answer>/` in a session.
+    pub keys: String,
+    /// Its `--explain` plan.
+    pub explain: String,
+}
+
+impl QueryInfo {
+    /// Its stages as the plan describes them: number, tasks, and the rest
+    /// of the plan's line (what the stage reads, how its output is cut).
+    pub fn stages(&self) -> Vec<(u32, u64, String)> {
+        self.explain
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix("Stage ")?;
+                let (number, rest) = rest.split_once(": ")?;
+                let (tasks, _) = rest.split_once(' ')?;
+                Some((number.parse().ok()?, tasks.parse().ok()?, rest.to_string()))
+            })
+            .collect()
+    }
+
+    /// The task prefix of stage `stage` ([`daskrs_core::key_prefix`]).
+    pub fn stage_prefix(&self, stage: u32) -> String {
+        format!("{}s{stage}", self.keys)
+    }
 }
 
 /// Past this many prefixes in one graph (keys that share no prefix, such
@@ -45,8 +82,29 @@ const MAX_PREFIXES: usize = 10_000;
 
 #[derive(Debug)]
 pub struct Prefix {
-    pub name: Box<str>,
+    pub name: Arc<str>,
     pub totals: PrefixTotals,
+    /// Its tasks in the graph by state, and how many of them are done
+    /// (computed, and not lost since), for progress by prefix.
+    pub counts: [u64; TaskState::ALL.len()],
+    pub done: u64,
+}
+
+impl Prefix {
+    /// A prefix no task has.
+    pub fn empty() -> Prefix {
+        Prefix {
+            name: "".into(),
+            totals: PrefixTotals::default(),
+            counts: [0; TaskState::ALL.len()],
+            done: 0,
+        }
+    }
+
+    /// Its tasks in the graph.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
 }
 
 /// Tasks of one prefix ([`daskrs_core::key_prefix`]) that finished.
@@ -80,7 +138,7 @@ impl Graph {
         let i = self.prefixes.len() as u32;
         self.prefixes.push(Prefix {
             name: name.into(),
-            totals: PrefixTotals::default(),
+            ..Prefix::empty()
         });
         self.prefix_ids.insert(name.into(), i);
         i
@@ -97,6 +155,13 @@ impl Graph {
         totals.waited += more.waited;
         totals.nbytes += more.nbytes;
         totals.transfer_bytes += more.transfer_bytes;
+    }
+
+    /// The prefix named `name`, if the graph has it.
+    pub fn prefix_named(&self, name: &str) -> Option<&Prefix> {
+        self.prefix_ids
+            .get(name)
+            .and_then(|&i| self.prefixes.get(i as usize))
     }
 
     /// The mean run time of the prefix's tasks that finished, if any did.
@@ -139,6 +204,7 @@ impl Graph {
             session,
             prefixes: Vec::new(),
             prefix_ids: HashMap::new(),
+            queries: Vec::new(),
         }
     }
 }
@@ -166,6 +232,43 @@ pub(super) struct Checked {
 }
 
 impl State {
+    /// Notes that a SQL query planned as `explain` is among graph `graph`'s
+    /// tasks, keyed `<keys>s<stage>.<task>`. In a session its answer is the
+    /// key `output` instead, which is counted in the last stage.
+    pub fn describe_query(
+        &mut self,
+        graph: GraphId,
+        keys: &str,
+        explain: String,
+        output: Option<&str>,
+    ) {
+        let Some(g) = self.graphs.get_mut(&graph) else {
+            return;
+        };
+        let query = QueryInfo {
+            keys: keys.to_string(),
+            explain,
+        };
+        let last = query.stages().last().map(|s| s.0);
+        if let (Some(output), Some(last)) = (output, last)
+            && let Some(t) = g.keys.get(output).and_then(|id| self.tasks.get_mut(id))
+        {
+            let to = g.prefix_of(&format!("{}.0", query.stage_prefix(last)));
+            let from = std::mem::replace(&mut t.prefix, to);
+            for (p, by) in [(from, -1i64), (to, 1)] {
+                let p = &mut g.prefixes[p as usize];
+                p.counts[t.state as usize] = p.counts[t.state as usize].wrapping_add_signed(by);
+                if t.done {
+                    p.done = p.done.wrapping_add_signed(by);
+                }
+            }
+        }
+        if g.queries.len() == MAX_QUERIES {
+            g.queries.remove(0);
+        }
+        g.queries.push(query);
+    }
+
     /// Whether some worker, or the built-in registry, knows this kind, or
     /// it is one that workers joining later may run.
     pub fn kind_known(&self, kind: &str) -> bool {
@@ -319,7 +422,9 @@ impl State {
             let prefix = self.graphs.get_mut(&graph_id).map_or(0, |g| {
                 g.keys.insert(key.clone(), id);
                 g.counts[TaskState::Released as usize] += 1;
-                g.prefix_of(&key)
+                let prefix = g.prefix_of(&key);
+                g.prefixes[prefix as usize].counts[TaskState::Released as usize] += 1;
+                prefix
             });
             let my_dependents: Vec<TaskId> = dependents[i]
                 .iter()

@@ -15,6 +15,7 @@ mod outbox;
 mod placement;
 mod retire;
 mod session;
+mod stream;
 mod task;
 #[cfg(test)]
 mod tests;
@@ -28,10 +29,14 @@ use std::time::{Duration, Instant};
 use daskrs_core::{DataFormat, TaskState};
 
 pub use daskrs_core::Priority;
-pub use graph::{Graph, LocateError, OutputInfo, PrefixTotals, Submission};
+pub use graph::{Graph, LocateError, OutputInfo, Prefix, PrefixTotals, QueryInfo, Submission};
 pub use outbox::{GraphEvent, Outbox, ToWorker};
+pub use stream::{DEFAULT_TASK_STREAM_LEN, Record, TaskStream, What};
 pub use task::{Failure, GraphId, Task, TaskId, WorkerId};
-pub use worker::{Registration, RemoveReason, WorkerReport, WorkerState, WorkerStatus};
+pub use worker::{
+    MEMORY_HISTORY_SECONDS, MemorySample, Registration, RemoveReason, WorkerReport, WorkerState,
+    WorkerStatus,
+};
 
 /// Expected run time of a task kind never seen before, as Dask assumes.
 const DEFAULT_ESTIMATE: f64 = 0.5;
@@ -65,6 +70,12 @@ pub struct Finished {
     pub transfer_bytes: u64,
     /// Seconds it waited on the worker before it ran: fetching, then a thread.
     pub waited: f64,
+    /// When it ended, on the scheduler's clock ([`daskrs_core::clock`]).
+    pub stop: f64,
+    /// The worker's thread that ran it.
+    pub thread: u32,
+    /// When its inputs were fetched from peers, on the scheduler's clock.
+    pub fetch: Option<(f64, f64)>,
 }
 
 /// A worker's report that a task failed: its error, and what user code
@@ -99,6 +110,8 @@ pub struct StateConfig {
     /// that would pass it is refused. Each task costs the scheduler a few
     /// hundred bytes, so this bounds what clients can make it hold.
     pub max_tasks: usize,
+    /// Records the task stream keeps (see [`TaskStream`]).
+    pub task_stream_len: usize,
 }
 
 /// The default of [`StateConfig::max_tasks`].
@@ -109,6 +122,7 @@ impl Default for StateConfig {
         StateConfig {
             worker_ttl: Duration::from_secs(30),
             max_tasks: DEFAULT_MAX_TASKS,
+            task_stream_len: DEFAULT_TASK_STREAM_LEN,
         }
     }
 }
@@ -149,6 +163,8 @@ pub struct State {
     next_graph: GraphId,
     next_worker: WorkerId,
     pub totals: Totals,
+    /// What the workers' threads did lately, for the dashboard.
+    pub stream: TaskStream,
     pub outbox: Outbox,
     /// Last tick at which any task was waiting, queued or processing.
     last_busy: Instant,
@@ -157,6 +173,7 @@ pub struct State {
 impl State {
     pub fn new(config: StateConfig) -> Self {
         State {
+            stream: TaskStream::new(config.task_stream_len),
             config,
             tasks: HashMap::new(),
             graphs: HashMap::new(),
@@ -198,6 +215,10 @@ impl State {
         if let Some(g) = self.graphs.get_mut(&t.graph) {
             g.counts[old as usize] -= 1;
             g.counts[new as usize] += 1;
+            if let Some(p) = g.prefixes.get_mut(t.prefix as usize) {
+                p.counts[old as usize] -= 1;
+                p.counts[new as usize] += 1;
+            }
             g.dirty = true;
         }
     }
@@ -249,10 +270,13 @@ impl State {
             if t.done {
                 // Computed before, but the result is gone.
                 t.done = false;
-                let graph = t.graph;
+                let (graph, prefix) = (t.graph, t.prefix);
                 self.totals.tasks_recomputed += 1;
                 if let Some(g) = self.graphs.get_mut(&graph) {
                     g.n_done -= 1;
+                    if let Some(p) = g.prefixes.get_mut(prefix as usize) {
+                        p.done -= 1;
+                    }
                 }
             }
             let t = &self.tasks[&id];
@@ -321,6 +345,9 @@ impl State {
             duration,
             transfer_bytes,
             waited,
+            stop,
+            thread,
+            fetch,
         } = done;
         if !self.take_from_processing(worker, id) {
             // Cancelled, stolen or forgotten meanwhile: the worker must not keep it.
@@ -369,6 +396,18 @@ impl State {
         t.dependents = dependents;
         if let Some(g) = self.graphs.get_mut(&graph) {
             g.n_done += 1;
+            if let Some(p) = g.prefixes.get_mut(prefix as usize) {
+                p.done += 1;
+                let what = What::Task {
+                    key: self.tasks[&id].key.clone(),
+                    prefix: p.name.clone(),
+                    thread,
+                    fetch,
+                    nbytes,
+                    transfer_bytes,
+                };
+                self.stream.push(worker, what, stop - duration, stop);
+            }
             g.count(
                 prefix,
                 PrefixTotals {

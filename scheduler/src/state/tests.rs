@@ -18,6 +18,9 @@ fn finished(task: TaskId, duration: f64) -> Finished {
         duration,
         transfer_bytes: 0,
         waited: 0.0005,
+        stop: 0.0,
+        thread: 0,
+        fetch: None,
     }
 }
 
@@ -232,6 +235,18 @@ impl Sim {
                 );
                 assert!(t.refs > 0, "{} is held but nobody needs it", t.key);
             }
+        }
+        // Progress by prefix adds up to the graph's.
+        for g in self.state.graphs.values() {
+            let mut counts = [0u64; TaskState::ALL.len()];
+            for p in &g.prefixes {
+                for (c, n) in counts.iter_mut().zip(p.counts) {
+                    *c += n;
+                }
+            }
+            assert_eq!(counts, g.counts, "graph {} by prefix", g.id);
+            let done: u64 = g.prefixes.iter().map(|p| p.done).sum();
+            assert_eq!(done, g.n_done, "graph {} done by prefix", g.id);
         }
         for t in self.state.tasks.values() {
             for w in &t.who_has {
@@ -1133,4 +1148,204 @@ fn a_task_follows_an_input_that_takes_longer_to_move_than_to_wait_for() {
     let mut counts: Vec<usize> = placed.values().map(|k| k.len()).collect();
     counts.sort_unstable();
     assert_eq!(counts, [0, 2], "both readers where x-0 is: {placed:?}");
+}
+
+#[test]
+fn the_task_stream_keeps_the_newest_runs_with_their_prefix_worker_and_thread() {
+    let mut sim = Sim::new(0);
+    sim.state = State::new(StateConfig {
+        task_stream_len: 5,
+        ..StateConfig::default()
+    });
+    let w = sim.add_worker(2);
+    let tasks: Vec<TaskSpec> = (0..8)
+        .map(|i| TaskSpec::new(format!("inc-{i}"), "noop"))
+        .chain([TaskSpec::new("sum-aggregate-1", "noop").deps(["inc-0", "inc-7"])])
+        .collect();
+    // Every task is wanted, so none is pruned.
+    let keys: Vec<String> = tasks.iter().map(|t| t.key.clone()).collect();
+    let outputs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let g = submit(&mut sim, tasks, &outputs);
+    let mut stop = 10.0;
+    while let Some(c) = sim
+        .queued
+        .get_mut(&w)
+        .and_then(|q| (!q.is_empty()).then(|| q.remove(0)))
+    {
+        sim.held
+            .get_mut(&w)
+            .unwrap()
+            .insert(c.task, value_of(&c.key, &[]));
+        stop += 1.0;
+        sim.state.task_finished(
+            w,
+            Finished {
+                stop,
+                thread: (stop as u32) % 2,
+                fetch: Some((stop - 0.75, stop - 0.5)),
+                ..finished(c.task, 0.25)
+            },
+        );
+        sim.pump();
+    }
+    assert!(sim.finished(g).is_some());
+    assert_eq!(sim.state.stream.len(), 5, "the newest five of nine");
+    assert_eq!(sim.state.stream.last_seq(), 9);
+    let records: Vec<&Record> = sim.state.stream.after(0, 0.0, 100).collect();
+    let last = records.last().unwrap();
+    assert_eq!((last.worker, last.start, last.stop), (w, 18.75, 19.0));
+    match &last.what {
+        What::Task {
+            key,
+            prefix,
+            thread,
+            fetch,
+            ..
+        } => {
+            assert_eq!((&**key, &**prefix), ("sum-aggregate-1", "sum-aggregate"));
+            assert_eq!((*thread, *fetch), (1, Some((18.25, 18.5))));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Spills of a worker the scheduler knows are marked; others are not.
+    sim.state.spilled(w, 20.0, 20.5, 1 << 20);
+    sim.state.spilled(999, 20.0, 20.5, 1 << 20);
+    assert_eq!(sim.state.stream.last_seq(), 10);
+    sim.check_no_leaks();
+}
+
+#[test]
+fn progress_by_prefix_counts_each_state_and_recomputations() {
+    let mut sim = Sim::new(2);
+    let tasks: Vec<TaskSpec> = (0..6)
+        .map(|i| TaskSpec::new(format!("load-{i}"), "noop"))
+        .chain((0..3).map(|i| {
+            TaskSpec::new(format!("pair-{i}"), "noop")
+                .deps([format!("load-{}", 2 * i), format!("load-{}", 2 * i + 1)])
+        }))
+        .collect();
+    let g = submit(&mut sim, tasks, &["pair-0", "pair-1", "pair-2"]);
+    let prefix = |sim: &Sim, name: &str| {
+        let p = sim.state.graphs[&g].prefix_named(name).unwrap();
+        (p.total(), p.done, p.counts[TaskState::Processing as usize])
+    };
+    assert_eq!(prefix(&sim, "load"), (6, 0, 2));
+    assert_eq!(prefix(&sim, "pair").0, 3);
+    sim.run_one(0, false);
+    sim.run_one(1, false);
+    assert_eq!(prefix(&sim, "load").1, 2);
+    sim.check_no_leaks();
+    // A worker lost with results: they are counted as not done again.
+    sim.kill(0);
+    sim.check_no_leaks();
+    sim.run_to_end();
+    assert_eq!(prefix(&sim, "load"), (6, 6, 0));
+    assert_eq!(prefix(&sim, "pair"), (3, 3, 0));
+    sim.check_no_leaks();
+}
+
+#[test]
+fn a_query_in_a_session_counts_its_answer_in_its_last_stage() {
+    let mut sim = Sim::new(1);
+    let g = sim.state.open_session("s".into());
+    let tasks = vec![
+        TaskSpec::new("sql-1/s0.0", "noop"),
+        TaskSpec::new("sql-1/s0.1", "noop"),
+        TaskSpec::new("sql-1", "noop").deps(["sql-1/s0.0", "sql-1/s0.1"]),
+    ];
+    sim.state
+        .submit_to(
+            g,
+            Submission {
+                name: String::new(),
+                tasks,
+                outputs: vec!["sql-1".into()],
+            },
+        )
+        .unwrap();
+    let explain = "Stage 0: 2 tasks, reads table t (key x), output shuffled into 1 pieces\n  SomeExec\n\
+                   Stage 1: 1 task, reads stage 0 (shuffle), output returned to the client\n  OtherExec\n";
+    sim.state
+        .describe_query(g, "sql-1/", explain.to_string(), Some("sql-1"));
+    sim.pump();
+    let q = &sim.state.graphs[&g].queries[0];
+    assert_eq!(
+        q.stages(),
+        vec![
+            (
+                0,
+                2,
+                "2 tasks, reads table t (key x), output shuffled into 1 pieces".to_string()
+            ),
+            (
+                1,
+                1,
+                "1 task, reads stage 0 (shuffle), output returned to the client".to_string()
+            ),
+        ]
+    );
+    let stage = |sim: &Sim, s: u32| {
+        let graph = &sim.state.graphs[&g];
+        let p = graph
+            .prefix_named(&graph.queries[0].stage_prefix(s))
+            .unwrap();
+        (p.total(), p.done)
+    };
+    assert_eq!((stage(&sim, 0), stage(&sim, 1)), ((2, 0), (1, 0)));
+    sim.check_no_leaks();
+    sim.run_to_end();
+    assert_eq!((stage(&sim, 0).1, stage(&sim, 1).1), (2, 1));
+    sim.check_no_leaks();
+}
+
+#[test]
+fn memory_history_keeps_the_last_minutes_a_sample_per_heartbeat() {
+    let mut sim = Sim::new(1);
+    let w = *sim.held.keys().next().unwrap();
+    let beat = |sim: &mut Sim, at: f64, managed: u64| {
+        sim.state.heartbeat(
+            w,
+            WorkerReport {
+                managed_bytes: managed,
+                process_bytes: managed + 100,
+                pause_bytes: 800,
+                at,
+                ..WorkerReport::default()
+            },
+        )
+    };
+    for i in 0..700 {
+        beat(&mut sim, f64::from(i), i as u64);
+    }
+    // A second heartbeat at once (a pause) adds no sample.
+    beat(&mut sim, 699.1, 5);
+    let ws = &sim.state.workers[&w];
+    let history = &ws.memory_history;
+    assert_eq!(ws.pause_bytes, 800);
+    assert_eq!(history.len(), 300, "seconds 400 to 699");
+    assert_eq!(history.front().unwrap().at, 400.0);
+    let last = history.back().unwrap();
+    assert_eq!((last.at, last.managed, last.process), (699.0, 699, 799));
+}
+
+#[test]
+fn a_query_run_as_its_own_graph_has_its_stages_by_key() {
+    let mut sim = Sim::new(2);
+    let tasks = vec![
+        TaskSpec::new("s0.0", "noop"),
+        TaskSpec::new("s0.1", "noop"),
+        TaskSpec::new("s1.0", "noop").deps(["s0.0", "s0.1"]),
+    ];
+    let g = submit(&mut sim, tasks, &["s1.0"]);
+    let explain = "Stage 0: 2 tasks, reads files, output shuffled into 1 pieces\n\
+                   Stage 1: 1 task, reads stage 0 (shuffle), output returned to the client\n";
+    sim.state.describe_query(g, "", explain.to_string(), None);
+    sim.run_to_end();
+    let graph = &sim.state.graphs[&g];
+    let q = &graph.queries[0];
+    for (stage, tasks, _) in q.stages() {
+        let p = graph.prefix_named(&q.stage_prefix(stage)).unwrap();
+        assert_eq!((p.total(), p.done), (tasks, tasks), "stage {stage}");
+    }
+    sim.check_no_leaks();
 }

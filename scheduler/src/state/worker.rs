@@ -1,14 +1,33 @@
 //! A worker as the scheduler tracks it, and membership: workers joining,
 //! reporting, and leaving (retired or lost).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::time::Instant;
 
 use daskrs_core::TaskState;
 
 use super::task::{TaskId, WorkerId};
-use super::{MAX_SUSPICIOUS, State};
+use super::{MAX_SUSPICIOUS, State, What};
+
+/// Seconds of memory history kept per worker, for the dashboard.
+pub const MEMORY_HISTORY_SECONDS: f64 = 300.0;
+/// Heartbeats closer together than this add no sample (a worker sends one
+/// at once when it pauses or resumes).
+const MEMORY_SAMPLE_GAP: f64 = 0.25;
+
+/// A worker's memory at one heartbeat, for its history.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemorySample {
+    /// On the scheduler's clock ([`daskrs_core::clock`]).
+    pub at: f64,
+    /// Its results in memory.
+    pub managed: u64,
+    /// Its results on disk.
+    pub spilled: u64,
+    /// Its process's resident memory and its task processes'.
+    pub process: u64,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerStatus {
@@ -52,6 +71,11 @@ pub struct WorkerState {
     pub memory_bytes: u64,
     pub spilled_bytes: u64,
     pub executed: u64,
+    /// Above this much memory it pauses (0 until it says).
+    pub pause_bytes: u64,
+    /// Its memory at its heartbeats over the last
+    /// [`MEMORY_HISTORY_SECONDS`], oldest first.
+    pub memory_history: VecDeque<MemorySample>,
 }
 
 /// Why a worker leaves the cluster.
@@ -82,10 +106,18 @@ impl fmt::Display for RemoveReason {
 }
 
 /// What a worker reports about itself in a heartbeat.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct WorkerReport {
-    /// Bytes of results it keeps in memory.
+    /// Bytes of results it keeps in memory, and what its task processes hold.
     pub memory_bytes: u64,
+    /// Bytes of results it keeps in memory alone.
+    pub managed_bytes: u64,
+    /// Its process's resident memory and its task processes'.
+    pub process_bytes: u64,
+    /// Its pause threshold.
+    pub pause_bytes: u64,
+    /// When it was received, on the scheduler's clock.
+    pub at: f64,
     /// Bytes of results it spilled to disk.
     pub spilled_bytes: u64,
     /// Over its memory pause threshold.
@@ -140,6 +172,8 @@ impl State {
                 memory_bytes: 0,
                 spilled_bytes: 0,
                 executed: 0,
+                pause_bytes: 0,
+                memory_history: VecDeque::new(),
             },
         );
         self.requeue_no_worker();
@@ -159,6 +193,10 @@ impl State {
         };
         let WorkerReport {
             memory_bytes: memory,
+            managed_bytes,
+            process_bytes,
+            pause_bytes,
+            at,
             spilled_bytes,
             paused,
             executed,
@@ -166,6 +204,25 @@ impl State {
         w.memory_bytes = memory;
         w.spilled_bytes = spilled_bytes;
         w.executed = executed;
+        w.pause_bytes = pause_bytes;
+        let history = &mut w.memory_history;
+        if history
+            .back()
+            .is_none_or(|last| at - last.at >= MEMORY_SAMPLE_GAP)
+        {
+            history.push_back(MemorySample {
+                at,
+                managed: managed_bytes,
+                spilled: spilled_bytes,
+                process: process_bytes,
+            });
+        }
+        while history
+            .front()
+            .is_some_and(|first| at - first.at > MEMORY_HISTORY_SECONDS)
+        {
+            history.pop_front();
+        }
         let was = w.status;
         w.status = match (w.status, paused) {
             (WorkerStatus::Retiring, _) => WorkerStatus::Retiring,
@@ -177,6 +234,14 @@ impl State {
             if w.status == WorkerStatus::Running {
                 self.schedule();
             }
+        }
+    }
+
+    /// A worker wrote results to disk from `start` to `stop` (scheduler's
+    /// clock): a mark in the task stream.
+    pub fn spilled(&mut self, worker: WorkerId, start: f64, stop: f64, bytes: u64) {
+        if self.workers.contains_key(&worker) {
+            self.stream.push(worker, What::Spill { bytes }, start, stop);
         }
     }
 
