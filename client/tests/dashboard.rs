@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use daskrs_client::Graph;
 use harness::browser::{Browser, Page, chromium, headless_args, screenshot_dir};
-use harness::graphs::{range, sleep, slow_sum, start_graph};
+use harness::graphs::{check_slow_sum, range, sleep, slow_sum, start_graph};
 use harness::{Cluster, pod_env};
 
 /// The page's DOM after its script has polled the scheduler for `budget_ms`
@@ -111,7 +111,7 @@ async fn the_dashboard_shows_workers_and_a_running_graph() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_status_api_and_page_are_served() {
     let cluster = Cluster::start(1, &[], &[]);
-    let _client = cluster.client(1).await;
+    let client = cluster.client(1).await;
     let (code, page) = cluster.http_get("/");
     assert_eq!(code, 200);
     assert!(page.contains("/api/v1/status"), "{page}");
@@ -122,6 +122,56 @@ async fn the_status_api_and_page_are_served() {
     assert_eq!(status["graphs"].as_array().map(Vec::len), Some(0));
     assert!(status["tasks"]["processing"].is_u64(), "{status}");
     assert!(status["totals"]["tasks_finished"].is_u64(), "{status}");
+
+    // The task stream: each task run once, on the worker's one thread,
+    // within the scheduler's clock; a reader asking from the last record on
+    // gets nothing more.
+    check_slow_sum(&client, 4, 10, 20).await;
+    let json = |path: &str| {
+        let (code, body) = cluster.http_get(path);
+        assert_eq!(code, 200, "{path}: {body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let stream = json("/api/v1/task-stream");
+    let records = stream["records"].as_array().unwrap();
+    let keys: std::collections::BTreeSet<&str> =
+        records.iter().map(|r| r["key"].as_str().unwrap()).collect();
+    assert_eq!(records.len(), keys.len(), "each run once: {stream}");
+    for k in ["x0", "s3", "p2"] {
+        assert!(keys.contains(k), "{k}: {stream}");
+    }
+    let worker = stream["workers"][0]["id"].clone();
+    for r in records {
+        assert_eq!((&r["worker"], &r["thread"]), (&worker, &0.into()), "{r}");
+        let (start, stop) = (r["start"].as_f64().unwrap(), r["stop"].as_f64().unwrap());
+        assert!(
+            0.0 < start && start <= stop && stop <= stream["now"].as_f64().unwrap(),
+            "{r}"
+        );
+    }
+    let sleeps = records.iter().find(|r| r["key"] == "s1").unwrap();
+    assert_eq!(sleeps["prefix"], "s1");
+    let ran = sleeps["stop"].as_f64().unwrap() - sleeps["start"].as_f64().unwrap();
+    assert!(ran >= 0.02, "a 20 ms sleep ran {ran} s");
+    let last = stream["last"].as_u64().unwrap();
+    let again = json(&format!("/api/v1/task-stream?since={last}"));
+    assert_eq!(again["records"], serde_json::json!([]), "{again}");
+    let (code, body) = cluster.http_get("/api/v1/task-stream?since=soon");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("since"), "names the parameter: {body}");
+
+    // Memory: the worker's heartbeats, with its limit and pause threshold.
+    let memory = json("/api/v1/memory");
+    let w = &memory["workers"][0];
+    assert!(
+        w["samples"].as_array().is_some_and(|s| !s.is_empty()),
+        "{memory}"
+    );
+    let (limit, pause) = (
+        w["memory_limit"].as_u64().unwrap(),
+        w["pause_bytes"].as_u64().unwrap(),
+    );
+    assert!(0 < pause && pause < limit, "{memory}");
 }
 
 /// The Python client of `client/tests/dashboard/watched.py`, and the lines
@@ -217,6 +267,19 @@ fn items(picture: &str) -> String {
 
 const WAIT: Duration = Duration::from_secs(90);
 
+/// A browser window `height` pixels high on the cluster's dashboard, logged
+/// in by the link's token.
+async fn open_dashboard(cluster: &Cluster, height: u32) -> (Browser, Page) {
+    let mut browser = Browser::launch(1400, height).await;
+    let url = format!(
+        "http://127.0.0.1:{}/?token={}",
+        cluster.http_port,
+        cluster.token.expose()
+    );
+    let page = browser.open(&url).await;
+    (browser, page)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn each_picture_follows_a_python_graph_and_a_sql_query() {
     let python = pod_env::test_python();
@@ -226,13 +289,7 @@ async fn each_picture_follows_a_python_graph_and_a_sql_query() {
     let mut watched = Watched::start(&python, &cluster);
     watched.expect("graph running");
 
-    let mut browser = Browser::launch(1400, 1000).await;
-    let url = format!(
-        "http://127.0.0.1:{}/?token={}",
-        cluster.http_port,
-        cluster.token.expose()
-    );
-    let page = browser.open(&url).await;
+    let (mut browser, page) = open_dashboard(&cluster, 1000).await;
     let b = &mut browser;
     b.wait_for(&page, "document.body.dataset.updated", WAIT)
         .await;
@@ -412,4 +469,60 @@ async fn each_picture_follows_a_python_graph_and_a_sql_query() {
     watched.expect("sql done");
     watched.open("end");
     watched.finish();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spills_are_marked_across_the_workers_lanes() {
+    // 4 MB results on a worker whose results may hold 6 MiB: every new one
+    // sends an older one to disk.
+    let cluster = Cluster::start(
+        1,
+        &[],
+        &[
+            "--memory-limit",
+            "10MiB",
+            "--pause-on-process-memory",
+            "false",
+        ],
+    );
+    let client = cluster.client(1).await;
+    let blobs: Vec<daskrs_core::TaskSpec> = (0..5)
+        .map(|i| {
+            daskrs_core::TaskSpec::new(format!("blob-{i}"), "blob").payload(r#"{"bytes": 4000000}"#)
+        })
+        .collect();
+    let graph = Graph {
+        name: "spilling".into(),
+        outputs: blobs.iter().map(|t| t.key.clone()).collect(),
+        tasks: blobs,
+    };
+    let out = client.compute(graph, |_| {}).await.unwrap();
+    assert_eq!(out.len(), 5);
+
+    let (mut browser, page) = open_dashboard(&cluster, 600).await;
+    // The heartbeat after the spills carries them.
+    browser
+        .wait_for(
+            &page,
+            "stream.bars.some(b => b.r.kind === 'spill') && stream.bars.some(b => b.r.prefix === 'blob')",
+            WAIT,
+        )
+        .await;
+    let spilled = browser
+        .eval(
+            &page,
+            "stream.records.filter(r => r.kind === 'spill').reduce((a, r) => a + r.nbytes, 0)",
+        )
+        .await;
+    assert!(
+        spilled.as_u64() >= Some(3 * 4_000_000),
+        "at least three results went to disk: {spilled}"
+    );
+    browser
+        .screenshot(
+            &page,
+            "#stream",
+            &screenshot_dir().join("dashboard-task-stream-spills.png"),
+        )
+        .await;
 }

@@ -368,11 +368,26 @@ async fn task_stream(
         Err(e) => return bad_request(e.body_text()),
     };
     let now = daskrs_core::clock::now();
-    let g = core.lock();
-    let s = &g.state;
-    let records: Vec<serde_json::Value> = s
-        .stream
-        .after(q.since, now - q.seconds.max(0.0), q.limit)
+    // Copied out under the lock (the keys are shared, not copied), written
+    // as JSON after it.
+    let (records, last, workers) = {
+        let g = core.lock();
+        let s = &g.state;
+        let records: Vec<crate::state::Record> = s
+            .stream
+            .after(q.since, now - q.seconds.max(0.0), q.limit)
+            .cloned()
+            .collect();
+        let mut workers: Vec<serde_json::Value> = s
+            .workers
+            .values()
+            .map(|w| serde_json::json!({ "id": w.id, "name": w.name, "nthreads": w.nthreads }))
+            .collect();
+        workers.sort_by_key(|w| w["id"].as_u64());
+        (records, s.stream.last_seq(), workers)
+    };
+    let records: Vec<serde_json::Value> = records
+        .iter()
         .map(|r| match &r.what {
             What::Task {
                 key,
@@ -392,14 +407,10 @@ async fn task_stream(
             }),
         })
         .collect();
-    let mut workers: Vec<_> = s.workers.values().collect();
-    workers.sort_by_key(|w| w.id);
     Json(serde_json::json!({
         "now": now,
-        "last": s.stream.last_seq(),
-        "workers": workers.iter().map(|w| serde_json::json!({
-            "id": w.id, "name": w.name, "nthreads": w.nthreads,
-        })).collect::<Vec<_>>(),
+        "last": last,
+        "workers": workers,
         "records": records,
     }))
     .into_response()
