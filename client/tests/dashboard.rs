@@ -351,30 +351,45 @@ async fn each_picture_follows_a_python_graph_and_a_sql_query() {
 
     // Hovering a bar names its task, its duration and its worker. Redraws
     // wait while the pointer is on the stream, so the bar stays put.
-    let canvas = b
+    let canvas = "document.getElementById('stream-canvas').getBoundingClientRect()";
+    let corner = b
         .eval(
             &page,
-            "(() => { const r = document.getElementById('stream-canvas').getBoundingClientRect(); return [r.left, r.top]; })()",
+            &format!("(() => {{ const r = {canvas}; return [r.left, r.top]; }})()"),
         )
         .await;
-    let (left, top) = (canvas[0].as_f64().unwrap(), canvas[1].as_f64().unwrap());
+    let (left, top) = (corner[0].as_f64().unwrap(), corner[1].as_f64().unwrap());
     b.mouse_move(&page, left + 2.0, top + 2.0).await;
+    // A bar wide enough that the pointer at its middle is on it alone, and
+    // where it is on the page, read together.
     let bar = b
         .eval(
             &page,
-            "(() => { const b = stream.bars.find(b => b.r.kind === 'task' && b.r.prefix === 'slow_square');
-                      return b && [(b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2, b.r.key, b.r.worker]; })()",
+            &format!(
+                "(() => {{ const r = {canvas};
+                   const b = stream.bars.find(b => b.r.kind === 'task' && b.r.prefix === 'slow_square' && b.x1 - b.x0 >= 6);
+                   const name = stream.workers.find(w => w.id === b.r.worker).name;
+                   return [r.left + (b.x0 + b.x1) / 2, r.top + (b.y0 + b.y1) / 2, b.r.key, name]; }})()"
+            ),
         )
         .await;
     let (x, y) = (bar[0].as_f64().unwrap(), bar[1].as_f64().unwrap());
-    let key = bar[2].as_str().unwrap().to_string();
-    b.mouse_move(&page, left + x, top + y).await;
+    let (key, worker) = (bar[2].as_str().unwrap(), bar[3].as_str().unwrap());
+    b.mouse_move(&page, x, y).await;
     let tip = b
         .eval(&page, "document.getElementById('stream-tip').textContent")
         .await;
     let tip = tip.as_str().unwrap_or_default().to_string();
-    assert!(tip.starts_with(&key), "{tip:?} names {key}");
-    assert!(tip.contains(" ms on w"), "duration and worker: {tip:?}");
+    let lines: Vec<&str> = tip.lines().collect();
+    assert_eq!(lines.first(), Some(&key), "{tip:?}");
+    // "<duration> <unit> on <worker>, thread 0"
+    let ran = lines.get(1).copied().unwrap_or_default();
+    let unit = ran.split(' ').nth(1).unwrap_or_default();
+    assert!(
+        ran.ends_with(&format!(" on {worker}, thread 0"))
+            && ["µs", "ms", "s", "min"].contains(&unit),
+        "duration, worker and thread: {tip:?}"
+    );
     b.screenshot(
         &page,
         "#stream",
@@ -500,24 +515,20 @@ async fn spills_are_marked_across_the_workers_lanes() {
     assert_eq!(out.len(), 5);
 
     let (mut browser, page) = open_dashboard(&cluster, 600).await;
-    // The heartbeat after the spills carries them.
+    // Heartbeats carry the spills: at least three results went to disk, and
+    // each spill is drawn.
+    let spilled = "stream.records.filter(r => r.kind === 'spill')";
     browser
         .wait_for(
             &page,
-            "stream.bars.some(b => b.r.kind === 'spill') && stream.bars.some(b => b.r.prefix === 'blob')",
+            &format!(
+                "{spilled}.reduce((a, r) => a + r.nbytes, 0) >= 3 * 4000000
+                 && stream.bars.filter(b => b.r.kind === 'spill').length == {spilled}.length
+                 && stream.bars.some(b => b.r.prefix === 'blob')"
+            ),
             WAIT,
         )
         .await;
-    let spilled = browser
-        .eval(
-            &page,
-            "stream.records.filter(r => r.kind === 'spill').reduce((a, r) => a + r.nbytes, 0)",
-        )
-        .await;
-    assert!(
-        spilled.as_u64() >= Some(3 * 4_000_000),
-        "at least three results went to disk: {spilled}"
-    );
     browser
         .screenshot(
             &page,

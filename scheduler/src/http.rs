@@ -224,7 +224,7 @@ async fn status(AxState(core): AxState<Arc<Core>>) -> Json<serde_json::Value> {
                 "finished": gr.finished,
                 "prefixes": prefixes,
                 "prefixes_omitted": omitted,
-                "queries": gr.queries.iter().rev().map(|q| query_progress(gr, q)).collect::<Vec<_>>(),
+                "queries": gr.queries.iter().rev().filter_map(|q| query_progress(gr, q)).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -309,16 +309,28 @@ fn prefix_progress(g: &crate::state::Graph) -> (Vec<serde_json::Value>, usize) {
     (shown, omitted)
 }
 
-/// A query's stages as its plan describes them, each with its tasks' progress.
-fn query_progress(g: &crate::state::Graph, q: &crate::state::QueryInfo) -> serde_json::Value {
-    let stages: Vec<serde_json::Value> = q
+/// A query's stages as its plan describes them, each with its tasks'
+/// progress; `None` once none of its tasks is left (a session released it).
+fn query_progress(
+    g: &crate::state::Graph,
+    q: &crate::state::QueryInfo,
+) -> Option<serde_json::Value> {
+    let empty = crate::state::Prefix::empty();
+    let found: Vec<_> = q
         .stages()
         .into_iter()
         .map(|(stage, tasks, plan)| {
-            let mut v = match g.prefix_named(&q.stage_prefix(stage)) {
-                Some(p) => prefix_counts(p),
-                None => prefix_counts(&crate::state::Prefix::empty()),
-            };
+            let p = g.prefix_named(&q.stage_prefix(stage)).unwrap_or(&empty);
+            (stage, tasks, plan, p)
+        })
+        .collect();
+    if found.iter().all(|(_, _, _, p)| p.total() == 0) {
+        return None;
+    }
+    let stages: Vec<serde_json::Value> = found
+        .into_iter()
+        .map(|(stage, tasks, plan, p)| {
+            let mut v = prefix_counts(p);
             v["stage"] = stage.into();
             v["tasks"] = tasks.into();
             v["plan"] = plan.into();
@@ -328,12 +340,12 @@ fn query_progress(g: &crate::state::Graph, q: &crate::state::QueryInfo) -> serde
     let finished = stages
         .iter()
         .all(|s| s["done"].as_u64() >= s["tasks"].as_u64());
-    serde_json::json!({
+    Some(serde_json::json!({
         "keys": q.keys,
         "explain": q.explain,
         "stages": stages,
         "finished": finished,
-    })
+    }))
 }
 
 #[derive(Deserialize)]
@@ -408,6 +420,7 @@ async fn task_stream(
         })
         .collect();
     Json(serde_json::json!({
+        "run": run_id(),
         "now": now,
         "last": last,
         "workers": workers,
@@ -416,22 +429,43 @@ async fn task_stream(
     .into_response()
 }
 
+/// Tells this scheduler process from one before it, for readers of the
+/// task stream: its records are numbered, and its clock starts, anew.
+fn run_id() -> &'static str {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{:x}-{nanos:x}", std::process::id())
+    })
+}
+
 /// Each worker's memory over the last minutes: `[at, managed, spilled,
 /// process]` per heartbeat, with its limit and pause threshold.
 async fn memory(AxState(core): AxState<Arc<Core>>) -> Json<serde_json::Value> {
     let now = daskrs_core::clock::now();
-    let g = core.lock();
-    let mut workers: Vec<_> = g.state.workers.values().collect();
-    workers.sort_by_key(|w| w.id);
+    // Copied out under the lock, written as JSON after it.
+    let mut workers: Vec<_> = core
+        .lock()
+        .state
+        .workers
+        .values()
+        .map(|w| {
+            let samples: Vec<_> = w.memory_history.iter().copied().collect();
+            (w.id, w.name.clone(), w.memory_limit, w.pause_bytes, samples)
+        })
+        .collect();
+    workers.sort_by_key(|w| w.0);
     Json(serde_json::json!({
         "now": now,
         "seconds": crate::state::MEMORY_HISTORY_SECONDS,
-        "workers": workers.iter().map(|w| serde_json::json!({
-            "id": w.id,
-            "name": w.name,
-            "memory_limit": w.memory_limit,
-            "pause_bytes": w.pause_bytes,
-            "samples": w.memory_history.iter()
+        "workers": workers.iter().map(|(id, name, limit, pause, samples)| serde_json::json!({
+            "id": id,
+            "name": name,
+            "memory_limit": limit,
+            "pause_bytes": pause,
+            "samples": samples.iter()
                 .map(|m| serde_json::json!([m.at, m.managed, m.spilled, m.process]))
                 .collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
@@ -587,5 +621,47 @@ mod fuzz {
                     }
                 }
             });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use daskrs_core::TaskSpec;
+
+    use super::query_progress;
+    use crate::state::{State, StateConfig, Submission};
+
+    /// A session's query is shown while its tasks are there, by stage, and
+    /// no longer once the client let go of its answer.
+    #[test]
+    fn a_query_shows_until_its_answer_is_released() {
+        let mut state = State::new(StateConfig::default());
+        let g = state.open_session("s".into());
+        let tasks = vec![
+            TaskSpec::new("sql-7/s0.0", "noop"),
+            TaskSpec::new("sql-7/s0.1", "noop"),
+            TaskSpec::new("sql-7", "noop").deps(["sql-7/s0.0", "sql-7/s0.1"]),
+        ];
+        let submission = Submission {
+            name: String::new(),
+            tasks,
+            outputs: vec!["sql-7".into()],
+        };
+        state.submit_to(g, submission).unwrap();
+        let explain = "Stage 0: 2 tasks, reads files, output shuffled into 1 pieces\n\
+                       Stage 1: 1 task, reads stage 0 (shuffle), output returned to the client\n";
+        state.describe_query(g, "sql-7/", explain.into(), Some("sql-7"));
+        let graph = &state.graphs[&g];
+        let shown = query_progress(graph, &graph.queries[0]).expect("shown");
+        assert_eq!(shown["finished"], false);
+        let stages = shown["stages"].as_array().unwrap();
+        assert_eq!(stages.len(), 2);
+        for (stage, tasks) in [(0, 2), (1, 1)] {
+            assert_eq!(stages[stage]["tasks"], tasks);
+            assert_eq!(stages[stage]["total"], tasks, "{shown}");
+        }
+        state.release_keys(g, &["sql-7".to_string()]);
+        let graph = &state.graphs[&g];
+        assert!(query_progress(graph, &graph.queries[0]).is_none());
     }
 }

@@ -107,6 +107,19 @@ impl Browser {
     /// Sends a command (to a page's session, if given) and waits for its
     /// answer; events that come meanwhile are let go.
     async fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        self.try_call(session, method, params)
+            .await
+            .unwrap_or_else(|e| panic!("{method} failed: {e}"))
+    }
+
+    /// As [`Browser::call`], with the protocol's error (such as a page
+    /// that is navigating) given back.
+    async fn try_call(
+        &mut self,
+        session: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, Value> {
         let id = self.next_id;
         self.next_id += 1;
         let mut msg = json!({ "id": id, "method": method, "params": params });
@@ -130,10 +143,10 @@ impl Browser {
             if answer["id"].as_u64() != Some(id) {
                 continue;
             }
-            if let Some(e) = answer.get("error") {
-                panic!("{method} failed: {e}");
-            }
-            return answer["result"].clone();
+            return match answer.get("error") {
+                Some(e) => Err(e.clone()),
+                None => Ok(answer["result"].clone()),
+            };
         }
     }
 
@@ -167,12 +180,12 @@ impl Browser {
     /// The value of an expression, or what it raised.
     async fn try_eval(&mut self, page: &Page, expression: &str) -> Result<Value, Value> {
         let result = self
-            .call(
+            .try_call(
                 Some(&page.session),
                 "Runtime.evaluate",
                 json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
             )
-            .await;
+            .await?;
         match result.get("exceptionDetails") {
             Some(e) => Err(e["exception"]["description"].clone()),
             None => Ok(result["result"]["value"].clone()),

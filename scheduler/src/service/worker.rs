@@ -141,15 +141,16 @@ pub(crate) fn apply_to(
     mut ran: impl FnMut(f64),
 ) {
     state.seen(worker, Instant::now());
-    // The worker's clock to the scheduler's: the batch left it at `clock`
-    // and arrived now (the time in flight is counted as none).
+    // The worker's clock to the scheduler's (see `State::clock_offset`).
+    // Times it cannot place (no clock, or values that are not times) are
+    // taken as now; none is placed after now.
     let now = daskrs_core::clock::now();
-    let offset = if batch.clock > 0.0 {
-        now - batch.clock
-    } else {
-        0.0
+    let offset = (batch.clock.is_finite() && batch.clock > 0.0)
+        .then(|| state.clock_offset(worker, now - batch.clock));
+    let on_ours = |t: f64| match offset {
+        Some(offset) if t.is_finite() && t > 0.0 => (t + offset).clamp(0.0, now),
+        _ => now,
     };
-    let on_ours = |t: f64| if t > 0.0 { t + offset } else { now };
     for m in batch.messages.into_iter().filter_map(|m| m.msg) {
         match m {
             Up::Register(_) => {

@@ -43,6 +43,8 @@ pub struct Graph {
 
 /// The most queries a graph remembers; a session's older ones are forgotten.
 const MAX_QUERIES: usize = 32;
+/// The longest plan kept of a query; the rest is cut.
+const MOST_EXPLAIN_BYTES: usize = 64 << 10;
 
 /// A planned SQL query whose tasks are in a graph.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,9 +71,14 @@ impl QueryInfo {
             .collect()
     }
 
+    /// The key of stage `stage`'s first task.
+    fn stage_key(&self, stage: u32) -> String {
+        format!("{}s{stage}.0", self.keys)
+    }
+
     /// The task prefix of stage `stage` ([`daskrs_core::key_prefix`]).
     pub fn stage_prefix(&self, stage: u32) -> String {
-        format!("{}s{stage}", self.keys)
+        daskrs_core::key_prefix(&self.stage_key(stage)).to_string()
     }
 }
 
@@ -245,6 +252,15 @@ impl State {
         let Some(g) = self.graphs.get_mut(&graph) else {
             return;
         };
+        let mut explain = explain;
+        if explain.len() > MOST_EXPLAIN_BYTES {
+            let mut cut = MOST_EXPLAIN_BYTES;
+            while !explain.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            explain.truncate(cut);
+            explain.push_str("\n(cut)\n");
+        }
         let query = QueryInfo {
             keys: keys.to_string(),
             explain,
@@ -253,7 +269,7 @@ impl State {
         if let (Some(output), Some(last)) = (output, last)
             && let Some(t) = g.keys.get(output).and_then(|id| self.tasks.get_mut(id))
         {
-            let to = g.prefix_of(&format!("{}.0", query.stage_prefix(last)));
+            let to = g.prefix_of(&query.stage_key(last));
             let from = std::mem::replace(&mut t.prefix, to);
             for (p, by) in [(from, -1i64), (to, 1)] {
                 let p = &mut g.prefixes[p as usize];

@@ -406,7 +406,14 @@ impl State {
                     nbytes,
                     transfer_bytes,
                 };
-                self.stream.push(worker, what, stop - duration, stop);
+                // A run no longer than the time there has been.
+                let stop = if stop.is_finite() { stop.max(0.0) } else { 0.0 };
+                let ran = if duration.is_finite() {
+                    duration.clamp(0.0, stop)
+                } else {
+                    0.0
+                };
+                self.stream.push(worker, what, stop - ran, stop);
             }
             g.count(
                 prefix,

@@ -56,10 +56,21 @@ impl TaskStream {
         }
     }
 
-    /// Adds a record, dropping the oldest when full.
-    pub fn push(&mut self, worker: WorkerId, what: What, start: f64, stop: f64) {
+    /// Adds a record, dropping the oldest when full. A start after the stop
+    /// (clocks that disagree) is taken as the stop, and a fetch as ending by
+    /// the start.
+    pub fn push(&mut self, worker: WorkerId, mut what: What, start: f64, stop: f64) {
         if self.capacity == 0 {
             return;
+        }
+        let start = start.min(stop);
+        if let What::Task {
+            fetch: Some((from, to)),
+            ..
+        } = &mut what
+        {
+            *to = to.min(start);
+            *from = from.min(*to);
         }
         if self.records.len() == self.capacity {
             self.records.pop_front();
@@ -68,7 +79,7 @@ impl TaskStream {
             seq: self.next_seq,
             worker,
             what,
-            start: start.min(stop),
+            start,
             stop,
         });
         self.next_seq += 1;
@@ -159,6 +170,16 @@ mod tests {
         s.push(2, What::Spill { bytes: 1 }, 30.0, 29.0);
         let last = s.after(15, 0.0, 1).next().unwrap();
         assert_eq!((last.start, last.stop), (29.0, 29.0));
+        // A fetch ends by the run's start, and begins by its end.
+        let mut fetched = task("f");
+        if let What::Task { fetch, .. } = &mut fetched {
+            *fetch = Some((41.0, 40.5));
+        }
+        s.push(2, fetched, 40.0, 41.0);
+        match &s.after(16, 0.0, 1).next().unwrap().what {
+            What::Task { fetch, .. } => assert_eq!(*fetch, Some((40.0, 40.0))),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -1349,3 +1349,13 @@ fn a_query_run_as_its_own_graph_has_its_stages_by_key() {
     }
     sim.check_no_leaks();
 }
+
+#[test]
+fn a_workers_clock_offset_is_the_least_delay_seen() {
+    let mut sim = Sim::new(1);
+    let w = *sim.held.keys().next().unwrap();
+    assert_eq!(sim.state.clock_offset(w, 5.0), 5.0);
+    assert_eq!(sim.state.clock_offset(w, 7.5), 5.0, "a batch that waited");
+    assert_eq!(sim.state.clock_offset(w, 4.25), 4.25);
+    assert_eq!(sim.state.clock_offset(999, 9.0), 9.0, "an unknown worker");
+}

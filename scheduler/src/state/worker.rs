@@ -76,6 +76,8 @@ pub struct WorkerState {
     /// Its memory at its heartbeats over the last
     /// [`MEMORY_HISTORY_SECONDS`], oldest first.
     pub memory_history: VecDeque<MemorySample>,
+    /// Seconds from its clock to the scheduler's (see [`State::clock_offset`]).
+    pub clock_offset: f64,
 }
 
 /// Why a worker leaves the cluster.
@@ -174,6 +176,7 @@ impl State {
                 executed: 0,
                 pause_bytes: 0,
                 memory_history: VecDeque::new(),
+                clock_offset: f64::INFINITY,
             },
         );
         self.requeue_no_worker();
@@ -234,6 +237,21 @@ impl State {
             if w.status == WorkerStatus::Running {
                 self.schedule();
             }
+        }
+    }
+
+    /// What to add to a time on `worker`'s clock to place it on the
+    /// scheduler's, given `seen`, the arrival time of one of its batches less
+    /// the time it was sent. The smallest seen so far: the batch that waited
+    /// least on the way, in the worker's queue and in flight, sets it; times
+    /// placed by it are never later than their arrival.
+    pub fn clock_offset(&mut self, worker: WorkerId, seen: f64) -> f64 {
+        match self.workers.get_mut(&worker) {
+            Some(w) => {
+                w.clock_offset = w.clock_offset.min(seen);
+                w.clock_offset
+            }
+            None => seen,
         }
     }
 
