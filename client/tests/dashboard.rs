@@ -501,18 +501,25 @@ async fn spills_are_marked_across_the_workers_lanes() {
         ],
     );
     let client = cluster.client(1).await;
-    let blobs: Vec<daskrs_core::TaskSpec> = (0..5)
+    let mut tasks: Vec<daskrs_core::TaskSpec> = (0..5)
         .map(|i| {
             daskrs_core::TaskSpec::new(format!("blob-{i}"), "blob").payload(r#"{"bytes": 4000000}"#)
         })
         .collect();
+    let blobs: Vec<String> = tasks.iter().map(|t| t.key.clone()).collect();
+    // A task after them all that outlasts the test holds the graph, and its
+    // results, open.
+    tasks.push(
+        daskrs_core::TaskSpec::new("gate", "sleep")
+            .payload(r#"{"ms": 600000}"#)
+            .deps(blobs.clone()),
+    );
     let graph = Graph {
         name: "spilling".into(),
-        outputs: blobs.iter().map(|t| t.key.clone()).collect(),
-        tasks: blobs,
+        outputs: blobs.into_iter().chain(["gate".to_string()]).collect(),
+        tasks,
     };
-    let out = client.compute(graph, |_| {}).await.unwrap();
-    assert_eq!(out.len(), 5);
+    let run = start_graph(&client, graph).await;
 
     let (mut browser, page) = open_dashboard(&cluster, 600).await;
     // Heartbeats carry the spills: at least three results went to disk, and
@@ -536,4 +543,26 @@ async fn spills_are_marked_across_the_workers_lanes() {
             &screenshot_dir().join("dashboard-task-stream-spills.png"),
         )
         .await;
+    // Its memory is near its limit: the chart draws the limit and the pause
+    // threshold with the bytes in memory and on disk.
+    browser
+        .wait_for(
+            &page,
+            "document.querySelector('#memory figcaption')?.textContent.match(/, [1-9][0-9.]* MiB spilled/)
+             && document.querySelector('#memory figure').dataset.limit === 'drawn'",
+            WAIT,
+        )
+        .await;
+    browser
+        .screenshot(
+            &page,
+            "#memory",
+            &screenshot_dir().join("dashboard-memory-limit.png"),
+        )
+        .await;
+    assert!(
+        !run.is_finished(),
+        "the graph ended before the page was read"
+    );
+    run.abort();
 }
