@@ -13,9 +13,14 @@ use daskrs_operator::builders::{Defaults, WorkerSizing, worker_pod};
 use daskrs_operator::crd::DaskCluster;
 use k8s_openapi::api::core::v1::PodSpec;
 
-fn dockerfile() -> String {
+/// A file of the repository, by its path from the root.
+fn repo_file(path: &str) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    std::fs::read_to_string(root.join("Dockerfile")).expect("Dockerfile")
+    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn dockerfile() -> String {
+    repo_file("Dockerfile")
 }
 
 /// The lines of the Dockerfile stage `name`, continuation lines joined.
@@ -115,8 +120,7 @@ fn the_images_run_as_the_user_and_entrypoint_the_pods_expect() {
             "builder skips {package}"
         );
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let client = std::fs::read_to_string(root.join("client/Cargo.toml")).expect("client manifest");
+    let client = repo_file("client/Cargo.toml");
     assert!(
         client.contains("name = \"daskrs\""),
         "daskrs-client no longer builds `daskrs`"

@@ -200,15 +200,17 @@ def futures_of(obj: Any) -> list[Future]:
             stack.extend(reversed(list(x)))
         elif isinstance(x, dict):
             stack.extend(reversed(list(x.values())))
-        elif is_dask_collection(x):
+        elif (graph := dask_graph(x)) is not None:
             # A persisted collection's graph maps its keys to futures.
-            stack.extend(reversed(list(x.__dask_graph__().values())))
+            stack.extend(reversed(list(graph.values())))
     return out
 
 
-def is_dask_collection(x: Any) -> bool:
+def dask_graph(x: Any) -> Any:
+    """A dask collection's graph (built once: for some collections that
+    costs), or None for anything else."""
     graph = getattr(x, "__dask_graph__", None)
-    return not isinstance(x, type) and callable(graph) and graph() is not None
+    return None if isinstance(x, type) or not callable(graph) else graph()
 
 
 FIRST_COMPLETED = "FIRST_COMPLETED"
@@ -232,7 +234,8 @@ def wait(
     persisted dask collection stands for the futures behind it."""
     if isinstance(fs, Future):
         fs = [fs]
-    fs = futures_of(fs) if is_dask_collection(fs) else list(fs)
+    graph = dask_graph(fs)
+    fs = futures_of(list(graph.values())) if graph is not None else list(fs)
     n = len(fs)
     if return_when == ALL_COMPLETED:
         enough: Callable[[int, set[str]], bool] = lambda done, _: done == n
@@ -352,4 +355,3 @@ class as_completed(Iterator[Any]):  # noqa: N801 - named as in distributed
     def batches(self) -> Iterator[list[Any]]:
         while not self.is_empty():
             yield self.next_batch(block=True)
-

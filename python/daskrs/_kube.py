@@ -73,6 +73,15 @@ class KubeError(DaskrsError):
         self.detail = detail or message
 
 
+def _is_whole(v: Any) -> bool:
+    """A whole number >= 0 (not a bool)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _random_name() -> str:
+    return f"daskrs-{uuid.uuid4().hex[:8]}"
+
+
 def make_cluster_spec(
     name: str,
     *,
@@ -91,7 +100,7 @@ def make_cluster_spec(
     """The ``DaskCluster`` manifest ``KubeCluster`` creates from its
     arguments. Raises ``ValueError`` naming the argument at fault."""
     check_name(name)
-    if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 0:
+    if not _is_whole(n_workers):
         raise ValueError(f"n_workers must be a whole number >= 0, not {n_workers!r}")
     worker: dict[str, Any] = {"replicas": n_workers}
     scheduler: dict[str, Any] = {}
@@ -292,11 +301,10 @@ class _Forward:
         self.server: asyncio.base_events.Server | None = None
         self.last_error: str | None = None
 
-    async def start(self) -> int:
+    async def start(self) -> None:
         # Port 0: the kernel's choice, held from here on.
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.local_port = self.server.sockets[0].getsockname()[1]
-        return self.local_port
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -432,7 +440,8 @@ class KubeCluster:
         self._forwards: dict[int, _Forward] = {}
         self._tls_dir: str | None = None
         self._closed = False
-        self._created = False
+        # The cluster was made, or found, by this object.
+        self._exists = False
         self._spec: dict[str, Any] = {}
         self._kubeconfig = None if kubeconfig is None else os.fspath(kubeconfig)
         self._context = context
@@ -447,13 +456,11 @@ class KubeCluster:
             manifest = None
         elif custom_cluster_spec is not None:
             manifest = load_spec(custom_cluster_spec)
-            name = name or manifest["metadata"].get("name")
-            if name is None:
-                name = f"daskrs-{uuid.uuid4().hex[:8]}"
+            name = name or manifest["metadata"].get("name") or _random_name()
             check_name(name)
             manifest["metadata"]["name"] = name
         else:
-            name = name or f"daskrs-{uuid.uuid4().hex[:8]}"
+            name = name or _random_name()
             manifest = make_cluster_spec(
                 name,
                 n_workers=n_workers,
@@ -469,7 +476,6 @@ class KubeCluster:
             )
         self.name: str = name
         self.shutdown_on_close = (not _attach) if shutdown_on_close is None else shutdown_on_close
-        self._attached = False
         self._loop = _Loop()
         try:
             api = self._loop.run(self._api(), timeout=60)
@@ -482,11 +488,11 @@ class KubeCluster:
             if manifest is not None:
                 manifest["metadata"]["namespace"] = self.namespace
                 self._loop.run(self._create(manifest), timeout=60)
-                self._created = True
+                self._exists = True
                 _LIVE.add(self)
             else:
                 self._loop.run(self._get(missing_ok=False), timeout=60)
-                self._attached = True
+                self._exists = True
             self._loop.run(self._wait_running(timeout, operator_timeout), timeout=timeout + 60)
             self._loop.run(self._credentials(), timeout=60)
             if self.port_forward:
@@ -541,7 +547,7 @@ class KubeCluster:
     def scale(self, n: int) -> None:
         """Asks for ``n`` workers, ending adaptive scaling. Scaling down
         retires workers after they hand their results to others."""
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        if not _is_whole(n):
             raise ValueError(f"scale takes a whole number of workers >= 0, not {n!r}")
         patch = {"spec": {"worker": {"replicas": n}, "autoscaling": None}}
         self._run(self._patch(patch, f"scale to {n} workers"))
@@ -550,7 +556,7 @@ class KubeCluster:
         """Lets the operator choose between ``minimum`` and ``maximum``
         workers by the scheduler's load."""
         for arg, v in (("minimum", minimum), ("maximum", maximum)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            if not _is_whole(v):
                 raise ValueError(f"adapt: {arg} must be a whole number >= 0, not {v!r}")
         if minimum > maximum:
             raise ValueError(f"adapt: minimum ({minimum}) exceeds maximum ({maximum})")
@@ -584,7 +590,7 @@ class KubeCluster:
                 for forward in self._forwards.values():
                     loop.run(forward.stop(), timeout=10)
                 # Only what this object made, or was told to remove.
-                if self.shutdown_on_close and (self._created or self._attached):
+                if self.shutdown_on_close and self._exists:
                     loop.run(self._delete(timeout), timeout=timeout + 30)
         finally:
             if loop is not None:

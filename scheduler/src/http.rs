@@ -327,6 +327,7 @@ fn query_progress(
     if found.iter().all(|(_, _, _, p)| p.total() == 0) {
         return None;
     }
+    let finished = found.iter().all(|(_, tasks, _, p)| p.done >= *tasks);
     let stages: Vec<serde_json::Value> = found
         .into_iter()
         .map(|(stage, tasks, plan, p)| {
@@ -337,9 +338,6 @@ fn query_progress(
             v
         })
         .collect();
-    let finished = stages
-        .iter()
-        .all(|s| s["done"].as_u64() >= s["tasks"].as_u64());
     Some(serde_json::json!({
         "keys": q.keys,
         "explain": q.explain,
@@ -390,12 +388,12 @@ async fn task_stream(
             .after(q.since, now - q.seconds.max(0.0), q.limit)
             .cloned()
             .collect();
-        let mut workers: Vec<serde_json::Value> = s
-            .workers
-            .values()
+        let mut workers: Vec<_> = s.workers.values().collect();
+        workers.sort_by_key(|w| w.id);
+        let workers: Vec<serde_json::Value> = workers
+            .iter()
             .map(|w| serde_json::json!({ "id": w.id, "name": w.name, "nthreads": w.nthreads }))
             .collect();
-        workers.sort_by_key(|w| w["id"].as_u64());
         (records, s.stream.last_seq(), workers)
     };
     let records: Vec<serde_json::Value> = records

@@ -96,6 +96,29 @@ impl ControlPlane {
         Client::try_from(config).expect("client")
     }
 
+    /// Waits until the CRD `name` (`<plural>.<group>`) is established.
+    /// Polled: `kubectl wait` errs while the CRD has no conditions yet.
+    pub fn wait_established(&self, name: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let out = self.kubectl(&[
+                "get",
+                &format!("crd/{name}"),
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+            ]);
+            if stdout(&out).trim() == "True" {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "CRD {name} not established: {}",
+                stderr(&out)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// The admin kubeconfig with its user's credentials swapped for `token`.
     pub fn kubeconfig_with_token(&self, name: &str, token: &str) -> PathBuf {
         let admin = std::fs::read_to_string(&self.kubeconfig).expect("read kubeconfig");

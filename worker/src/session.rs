@@ -540,28 +540,22 @@ impl Session {
             // Measured again at once, not at the guard's next look.
             sample_memory(&self.shared);
         }
-        let outside = self.shared.store.outside();
-        if self.shared.config.pause_on_process_memory {
-            let limit = self.shared.config.memory_limit as f64 * crate::store::PAUSE_FRACTION;
+        let store = &self.shared.store;
+        let m = &self.shared.metrics;
+        let (memory, spilled, outside) =
+            (store.memory_bytes(), store.spilled_bytes(), store.outside());
+        // The process's own memory where it is its own (one worker per
+        // process), else its results'.
+        let own = if self.shared.config.pause_on_process_memory {
             let own = self
                 .shared
                 .process_bytes
                 .load(std::sync::atomic::Ordering::Relaxed);
-            self.process_over_pause = (own + outside) as f64 > limit;
-        }
-        let store = &self.shared.store;
-        let m = &self.shared.metrics;
-        let (memory, spilled) = (store.memory_bytes(), store.spilled_bytes());
-        // The process's own memory where it is its own (one worker per
-        // process), else its results'.
-        let own = if self.shared.config.pause_on_process_memory {
-            self.shared
-                .process_bytes
-                .load(std::sync::atomic::Ordering::Relaxed)
+            self.process_over_pause = own + outside > store.pause_bytes();
+            own
         } else {
             memory
         };
-        let limit = self.shared.config.memory_limit;
         m.memory_bytes.set(memory as i64);
         m.spilled_bytes.set(spilled as i64);
         m.held_results.set(store.len() as i64);
@@ -573,7 +567,7 @@ impl Session {
             executed: self.executed,
             managed_bytes: memory,
             process_bytes: own + outside,
-            pause_bytes: (limit as f64 * crate::store::PAUSE_FRACTION) as u64,
+            pause_bytes: store.pause_bytes(),
             spills: store
                 .take_spills()
                 .into_iter()

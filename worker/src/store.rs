@@ -396,7 +396,12 @@ impl Store {
     /// Whether managed memory, with what tasks use outside the process,
     /// is above the pause threshold.
     pub fn over_pause(&self) -> bool {
-        (self.memory_bytes() + self.outside()) as f64 > self.limit as f64 * PAUSE_FRACTION
+        self.memory_bytes() + self.outside() > self.pause_bytes()
+    }
+
+    /// Above this much memory the worker takes no new tasks.
+    pub fn pause_bytes(&self) -> u64 {
+        (self.limit as f64 * PAUSE_FRACTION) as u64
     }
 
     /// Sets the memory the worker's tasks use outside this process.

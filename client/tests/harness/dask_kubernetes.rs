@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::install;
 use super::kube::{ControlPlane, Process, stderr, stdout, wait_for};
@@ -54,31 +54,17 @@ pub fn install_crds(plane: &ControlPlane, python: &Path) {
         ])
         .output()
         .expect("run python");
-    assert!(
-        out.status.success(),
-        "the CRDs of dask-kubernetes: {}",
-        stderr(&out)
-    );
-    let dir = stdout(&out).trim().to_string();
+    let dir = install::succeeded("the CRDs of dask-kubernetes", &out, &String::new)
+        .trim()
+        .to_string();
     plane.kubectl_ok(&["apply", "--server-side", "-f", &dir]);
-    // Polled rather than `kubectl wait`, which fails on a CRD that has no
-    // conditions yet.
-    let deadline = Instant::now() + Duration::from_secs(60);
     for crd in [
         "daskclusters",
         "daskworkergroups",
         "daskjobs",
         "daskautoscalers",
     ] {
-        let crd = format!("crd/{crd}.kubernetes.dask.org");
-        let established = r#"jsonpath={.status.conditions[?(@.type=="Established")].status}"#;
-        while stdout(&plane.kubectl(&["get", &crd, "-o", established])) != "True" {
-            assert!(
-                Instant::now() < deadline,
-                "{crd} not established after 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        plane.wait_established(&format!("{crd}.kubernetes.dask.org"));
     }
 }
 

@@ -175,10 +175,9 @@ def example() -> None:
 
     path = Path(__file__).resolve().parents[3] / "examples" / "kubernetes.ipynb"
     nb = nbformat.read(path, as_version=4)
+    # Raises on the first cell that fails.
     nbclient.NotebookClient(nb, timeout=600, kernel_name="python3").execute()
     code = [c for c in nb.cells if c.cell_type == "code"]
-    errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors, errors
 
     def text(cell: dict) -> str:
         parts = []
@@ -198,7 +197,6 @@ def example() -> None:
     assert total == sync, (total, sync)
     assert "workers: 3" in text(code[3]), text(code[3])
     assert "workers: 1" in text(code[4]), text(code[4])
-    assert "closed" in text(code[5]), text(code[5])
     step("examples/kubernetes.ipynb ran top to bottom")
 
 

@@ -65,25 +65,7 @@ pub fn control_plane() -> &'static ControlPlane {
                 "CRD {name} not applied: {}",
                 stderr(&applied)
             );
-            // `kubectl wait` errs while the CRD has no conditions yet, so poll.
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let out = plane.kubectl(&[
-                    "get",
-                    &format!("crd/{name}"),
-                    "-o",
-                    "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
-                ]);
-                if stdout(&out).trim() == "True" {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "CRD {name} not established: {}",
-                    stderr(&out)
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            plane.wait_established(name);
         }
         plane
     })

@@ -164,6 +164,37 @@ impl Graph {
         totals.transfer_bytes += more.transfer_bytes;
     }
 
+    /// Counts a task of prefix `prefix` that moved from state `from` to
+    /// `to` (`None`: it came, or went), in the graph and in its prefix.
+    pub(super) fn recount(&mut self, prefix: u32, from: Option<TaskState>, to: Option<TaskState>) {
+        let p = self.prefixes.get_mut(prefix as usize);
+        let counts = [Some(&mut self.counts), p.map(|p| &mut p.counts)];
+        for c in counts.into_iter().flatten() {
+            if let Some(from) = from {
+                c[from as usize] -= 1;
+            }
+            if let Some(to) = to {
+                c[to as usize] += 1;
+            }
+        }
+    }
+
+    /// Counts a task of prefix `prefix` as done, or as no longer done (a
+    /// lost result, a forgotten task), in the graph and in its prefix.
+    pub(super) fn count_done(&mut self, prefix: u32, done: bool) {
+        let p = self.prefixes.get_mut(prefix as usize);
+        for n in [Some(&mut self.n_done), p.map(|p| &mut p.done)]
+            .into_iter()
+            .flatten()
+        {
+            if done {
+                *n += 1;
+            } else {
+                *n -= 1;
+            }
+        }
+    }
+
     /// The prefix named `name`, if the graph has it.
     pub fn prefix_named(&self, name: &str) -> Option<&Prefix> {
         self.prefix_ids
@@ -271,12 +302,11 @@ impl State {
         {
             let to = g.prefix_of(&query.stage_key(last));
             let from = std::mem::replace(&mut t.prefix, to);
-            for (p, by) in [(from, -1i64), (to, 1)] {
-                let p = &mut g.prefixes[p as usize];
-                p.counts[t.state as usize] = p.counts[t.state as usize].wrapping_add_signed(by);
-                if t.done {
-                    p.done = p.done.wrapping_add_signed(by);
-                }
+            g.recount(from, Some(t.state), None);
+            g.recount(to, None, Some(t.state));
+            if t.done {
+                g.count_done(from, false);
+                g.count_done(to, true);
             }
         }
         if g.queries.len() == MAX_QUERIES {
@@ -437,9 +467,8 @@ impl State {
             };
             let prefix = self.graphs.get_mut(&graph_id).map_or(0, |g| {
                 g.keys.insert(key.clone(), id);
-                g.counts[TaskState::Released as usize] += 1;
                 let prefix = g.prefix_of(&key);
-                g.prefixes[prefix as usize].counts[TaskState::Released as usize] += 1;
+                g.recount(prefix, None, Some(TaskState::Released));
                 prefix
             });
             let my_dependents: Vec<TaskId> = dependents[i]

@@ -213,12 +213,7 @@ impl State {
         self.counts[old as usize] -= 1;
         self.counts[new as usize] += 1;
         if let Some(g) = self.graphs.get_mut(&t.graph) {
-            g.counts[old as usize] -= 1;
-            g.counts[new as usize] += 1;
-            if let Some(p) = g.prefixes.get_mut(t.prefix as usize) {
-                p.counts[old as usize] -= 1;
-                p.counts[new as usize] += 1;
-            }
+            g.recount(t.prefix, Some(old), Some(new));
             g.dirty = true;
         }
     }
@@ -273,10 +268,7 @@ impl State {
                 let (graph, prefix) = (t.graph, t.prefix);
                 self.totals.tasks_recomputed += 1;
                 if let Some(g) = self.graphs.get_mut(&graph) {
-                    g.n_done -= 1;
-                    if let Some(p) = g.prefixes.get_mut(prefix as usize) {
-                        p.done -= 1;
-                    }
+                    g.count_done(prefix, false);
                 }
             }
             let t = &self.tasks[&id];
@@ -395,9 +387,8 @@ impl State {
         t.deps = deps;
         t.dependents = dependents;
         if let Some(g) = self.graphs.get_mut(&graph) {
-            g.n_done += 1;
-            if let Some(p) = g.prefixes.get_mut(prefix as usize) {
-                p.done += 1;
+            g.count_done(prefix, true);
+            if let Some(p) = g.prefixes.get(prefix as usize) {
                 let what = What::Task {
                     key: self.tasks[&id].key.clone(),
                     prefix: p.name.clone(),
@@ -406,14 +397,7 @@ impl State {
                     nbytes,
                     transfer_bytes,
                 };
-                // A run no longer than the time there has been.
-                let stop = if stop.is_finite() { stop.max(0.0) } else { 0.0 };
-                let ran = if duration.is_finite() {
-                    duration.clamp(0.0, stop)
-                } else {
-                    0.0
-                };
-                self.stream.push(worker, what, stop - ran, stop);
+                self.stream.push(worker, what, stop - duration, stop);
             }
             g.count(
                 prefix,

@@ -172,13 +172,9 @@ impl State {
         self.counts[t.state as usize] -= 1;
         if let Some(g) = self.graphs.get_mut(&t.graph) {
             g.keys.remove(&t.key);
-            g.counts[t.state as usize] -= 1;
-            if let Some(p) = g.prefixes.get_mut(t.prefix as usize) {
-                p.counts[t.state as usize] -= 1;
-                p.done -= u64::from(t.done);
-            }
+            g.recount(t.prefix, Some(t.state), None);
             if t.done {
-                g.n_done -= 1;
+                g.count_done(t.prefix, false);
             }
             g.dirty = true;
         }

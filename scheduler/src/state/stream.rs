@@ -56,14 +56,21 @@ impl TaskStream {
         }
     }
 
-    /// Adds a record, dropping the oldest when full. A start after the stop
-    /// (clocks that disagree) is taken as the stop, and a fetch as ending by
-    /// the start.
+    /// Adds a record, dropping the oldest when full. Times that are not
+    /// times (negative, not finite) are taken as the clock's start for the
+    /// stop and as the stop for the start; a start after the stop (clocks
+    /// that disagree) is taken as the stop, and a fetch as ending by the
+    /// start.
     pub fn push(&mut self, worker: WorkerId, mut what: What, start: f64, stop: f64) {
         if self.capacity == 0 {
             return;
         }
-        let start = start.min(stop);
+        let stop = if stop.is_finite() { stop.max(0.0) } else { 0.0 };
+        let start = if start.is_finite() {
+            start.clamp(0.0, stop)
+        } else {
+            stop
+        };
         if let What::Task {
             fetch: Some((from, to)),
             ..
@@ -104,9 +111,8 @@ impl TaskStream {
         let first = self.records.front().map_or(self.next_seq, |r| r.seq);
         let skip = seq.saturating_add(1).saturating_sub(first) as usize;
         let newer = self.records.len().saturating_sub(skip);
-        // Records end nearly in order (workers report as they finish), so
-        // the window starts at the first one after `since`, counted back
-        // from the newest.
+        // The newest `limit` of those after `seq`; of them, the ones that
+        // ended since `since`.
         let start = self.records.len() - newer.min(limit);
         self.records.range(start..).filter(move |r| r.stop >= since)
     }

@@ -78,7 +78,7 @@ pub(super) async fn port_forward<S: AsyncRead + AsyncWrite + Unpin>(
         .filter(|p| !p.is_empty())
         .collect();
     // A client that names no subprotocol gets the binary channels too, as
-    // from the kubelet (kr8s names none).
+    // from the kubelet.
     let protocol = if offered.is_empty() {
         String::new()
     } else if offered.contains(&V4_CHANNEL) {
